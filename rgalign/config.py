@@ -1,0 +1,79 @@
+"""One typed config per stage. Defaults are the paper's section 5.1 values where it gives one.
+
+The CLI, the KFP components and the tests all build these dataclasses; ``to_dict`` is what gets printed
+and logged with every run. Each field's ``metadata["help"]`` is its documentation (and CLI help).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+# scale -> number of users; with ~5 sessions a user these give about 20k, 1M and 7.5M sessions
+SCALES: dict[str, int] = {"ci": 4_000, "bench": 200_000, "paper": 1_500_000}
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+class _Config:
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Stable short hash of the config (used as a cache key and a lineage tag)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class WorldConfig(_Config):
+    """The benchmark world: knowledge base, users, orders, sessions and the hidden intent model."""
+    scale: str = _f("ci", "ci (~20k sessions), bench (~1M) or paper (~7.5M)")
+    seed: int = _f(0, "world seed; the same seed gives byte-identical tables")
+    n_users: int | None = _f(None, "override the number of users implied by --scale")
+    start_date: str = _f("2026-09-01", "first day of the five simulated weeks (UTC)")
+    days: int = _f(35, "simulated days; the last 7 are the evaluation week")
+    eval_days: int = _f(7, "length of the evaluation week at the end")
+    chunk_users: int = _f(20_000, "users simulated per chunk; bounds memory at any scale")
+    mean_sessions: float = _f(4.0, "mean chatbot sessions per user beyond the first")
+    max_sessions_per_user: int = _f(24, "cap on sessions per user in five weeks")
+    n_personas: int = _f(6, "hidden user personas with persistent family preferences")
+    temperature: float = _f(1.0, "temperature of p(intent | context); higher = noisier, harder world")
+    slot_strength: float = _f(1.0, "scale of the semantic slot-match effects (0 removes the semantic signal)")
+    persona_strength: float = _f(1.0, "scale of the hidden persona effects (collaborative signal)")
+    shown_k: int = _f(5, "intents shown by the logging policy in each training session")
+    position_bias: float = _f(0.8, "eta in P(examine position r) = 1 / (1 + r)^eta")
+    click_prob: float = _f(0.85, "P(click | the true intent is shown and examined)")
+    noise_click_rate: float = _f(0.10, "P(a noise click on a shown intent | the true one was not clicked)")
+    cold_start_frac: float = _f(0.03, "share of intents launched only in the evaluation week")
+
+    def __post_init__(self):
+        if self.scale not in SCALES:
+            raise ValueError(f"scale={self.scale!r} is unknown; use one of {sorted(SCALES)} "
+                             "(or keep --scale ci and set --n-users for a custom size).")
+        if self.n_users is not None and self.n_users < 10:
+            raise ValueError(f"n_users={self.n_users} is too small; use at least 10.")
+        if not 0 < self.eval_days < self.days:
+            raise ValueError(f"eval_days={self.eval_days} must be between 1 and days-1={self.days - 1}.")
+        for name in ("temperature", "position_bias"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
+        for name in ("click_prob", "noise_click_rate", "cold_start_frac"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}.")
+
+    @property
+    def users(self) -> int:
+        return self.n_users if self.n_users is not None else SCALES[self.scale]
+
+    @property
+    def train_days(self) -> int:
+        return self.days - self.eval_days
+
+    @property
+    def name(self) -> str:
+        """Folder name of this world, e.g. ``ci-s0``."""
+        size = self.scale if self.n_users is None else f"{self.scale}-u{self.n_users}"
+        return f"{size}-s{self.seed}"

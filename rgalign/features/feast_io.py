@@ -1,0 +1,137 @@
+"""Feast as the single source of features: apply, materialize, training sets and online reads.
+
+The declarative repo is ``feature_repo/`` (``feature_store.yaml`` + ``definitions.py``). A world is bound
+to it through two environment variables, set here around every Feast call:
+
+- ``RGALIGN_WORLD_DIR``: the world folder whose parquet files are the batch sources;
+- ``RGALIGN_FEAST_DIR``: where the registry and the SQLite online store of that world live.
+
+Example (after ``rgalign world generate --scale ci``):
+    >>> fs = FeatureStoreSession("artifacts/worlds/ci-s0")          # doctest: +SKIP
+    >>> fs.apply(); fs.materialize()                                # doctest: +SKIP
+    >>> train = fs.training_set(split="train")                     # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from rgalign.features.context import derive_request_features
+from rgalign.world.generate import load_manifest
+
+FEATURE_SERVICE = "intent_ranking_v1"
+LABEL_COLUMNS = ["session_id", "user_id", "event_timestamp", "entry_point", "shown_intents", "clicked_intent",
+                 "click_position", "day", "split"]
+
+
+def feature_repo_path() -> Path:
+    """The Feast repo: ``$RGALIGN_FEATURE_REPO`` or ``feature_repo/`` of this checkout / image."""
+    env = os.environ.get("RGALIGN_FEATURE_REPO")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "feature_repo"
+    if not (path / "feature_store.yaml").is_file():
+        raise FileNotFoundError(f"no Feast repo at {path} (feature_store.yaml missing); set "
+                                "RGALIGN_FEATURE_REPO to the project's feature_repo/ folder.")
+    return path
+
+
+@contextlib.contextmanager
+def _env(**values: str):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class FeatureStoreSession:
+    """A Feast store bound to one world.
+
+    Args:
+        world_dir: a generated world (``rgalign world generate``).
+        feast_dir: registry + online store folder; default ``<world_dir>/../../feast/<world name>``.
+        repo: the Feast repo (default: ``feature_repo_path()``).
+    """
+
+    def __init__(self, world_dir: str | Path, feast_dir: str | Path | None = None, repo: str | Path | None = None):
+        self.world_dir = Path(world_dir).resolve()
+        self.manifest = load_manifest(self.world_dir)
+        self.feast_dir = Path(feast_dir or self.world_dir.parent.parent / "feast" / self.world_dir.name).resolve()
+        self.repo = Path(repo).resolve() if repo else feature_repo_path()
+        self.env = {"RGALIGN_WORLD_DIR": str(self.world_dir), "RGALIGN_FEAST_DIR": str(self.feast_dir)}
+
+    def store(self):
+        from feast import FeatureStore
+        with _env(**self.env):
+            return FeatureStore(repo_path=str(self.repo))
+
+    def definitions(self) -> list:
+        """The Feast objects of ``definitions.py``, loaded with this world's paths."""
+        from feast import Entity, FeatureService, FeatureView
+        spec = importlib.util.spec_from_file_location(f"rgalign_feast_defs_{id(self)}", self.repo / "definitions.py")
+        mod = importlib.util.module_from_spec(spec)
+        with _env(**self.env):
+            spec.loader.exec_module(mod)
+        sys.modules.pop(spec.name, None)
+        return [v for v in vars(mod).values() if isinstance(v, (Entity, FeatureView, FeatureService))]
+
+    def apply(self) -> list[str]:
+        """``feast apply`` for this world (idempotent). Returns the names of the applied objects."""
+        self.feast_dir.mkdir(parents=True, exist_ok=True)
+        objs = self.definitions()
+        with _env(**self.env):
+            self.store().apply(objs)
+        return sorted(o.name for o in objs)
+
+    def time_range(self) -> tuple[pd.Timestamp, pd.Timestamp]:
+        cfg = self.manifest["config"]
+        start = pd.Timestamp(cfg["start_date"], tz="UTC")
+        return start - pd.Timedelta(days=8), start + pd.Timedelta(days=cfg["days"] + 1)
+
+    def materialize(self, end: pd.Timestamp | None = None) -> None:
+        """Load the latest feature values up to ``end`` (default: the end of the world) into the online store."""
+        start, stop = self.time_range()
+        with _env(**self.env):
+            self.store().materialize(start.to_pydatetime(), (end or stop).to_pydatetime())
+
+    def sessions(self, split: str | None = None) -> pd.DataFrame:
+        """The session log (labels and entity rows), optionally one split (``train`` or ``eval``)."""
+        if split not in (None, "train", "eval"):
+            raise ValueError(f"split={split!r}; use 'train', 'eval' or None")
+        df = pd.read_parquet(self.world_dir / "sessions.parquet")
+        return df if split is None else df[df.split == split].reset_index(drop=True)
+
+    def training_set(self, split: str | None = None, sessions: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Point-in-time correct features of each session (``get_historical_features`` on the feature
+        service), derived request features, and the session's labels; one row per session."""
+        s = sessions if sessions is not None else self.sessions(split)
+        entity = s[["session_id", "user_id", "event_timestamp"]]
+        with _env(**self.env):
+            store = self.store()
+            job = store.get_historical_features(entity_df=entity,
+                                                features=store.get_feature_service(FEATURE_SERVICE))
+            feats = job.to_df()
+        feats = feats.drop(columns=["user_id", "event_timestamp"]).merge(
+            s[[c for c in LABEL_COLUMNS if c in s.columns]], on="session_id", how="right")
+        return derive_request_features(feats).sort_values("session_id").reset_index(drop=True)
+
+    def online_context(self, user_ids: list[int], request_ts: pd.Timestamp | None = None,
+                       entry_points: list[int] | None = None) -> pd.DataFrame:
+        """Online features of ``user_ids`` at ``request_ts`` (default: now), with the derived request features."""
+        with _env(**self.env):
+            store = self.store()
+            rows = store.get_online_features(features=store.get_feature_service(FEATURE_SERVICE),
+                                             entity_rows=[{"user_id": int(u)} for u in user_ids]).to_df()
+        rows["event_timestamp"] = request_ts or pd.Timestamp.now(tz="UTC")
+        if entry_points is not None:
+            rows["entry_point"] = entry_points
+        return derive_request_features(rows)
