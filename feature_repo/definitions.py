@@ -8,7 +8,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.types import Array, Float64, Int64
 
 WORLD = os.environ.get("RGALIGN_WORLD_DIR") or str(Path(__file__).parent / "data" / "world")
@@ -20,7 +20,8 @@ def _source(name: str) -> FileSource:
 
 
 # The chatbot user; every feature below is keyed by user_id.
-user = Entity(name="user", join_keys=["user_id"], description="E-commerce buyer who opens the chatbot")
+user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64,
+              description="E-commerce buyer who opens the chatbot")
 
 user_profile = FeatureView(
     name="user_profile",

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 # scale -> number of users; with ~5 sessions a user these give about 20k, 1M and 7.5M sessions
-SCALES: dict[str, int] = {"ci": 4_000, "bench": 200_000, "paper": 1_500_000}
+SCALES: dict[str, int] = {"ci": 4_500, "bench": 225_000, "paper": 1_700_000}
 
 
 def _f(default, help: str, **kw):
@@ -37,7 +37,7 @@ class WorldConfig(_Config):
     days: int = _f(35, "simulated days; the last 7 are the evaluation week")
     eval_days: int = _f(7, "length of the evaluation week at the end")
     chunk_users: int = _f(20_000, "users simulated per chunk; bounds memory at any scale")
-    mean_sessions: float = _f(4.0, "mean chatbot sessions per user beyond the first")
+    mean_sessions: float = _f(5.0, "mean chatbot sessions per user beyond the first")
     max_sessions_per_user: int = _f(24, "cap on sessions per user in five weeks")
     n_personas: int = _f(6, "hidden user personas with persistent family preferences")
     temperature: float = _f(1.0, "temperature of p(intent | context); higher = noisier, harder world")

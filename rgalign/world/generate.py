@@ -35,7 +35,7 @@ from rgalign.world.intent_model import IntentModel
 from rgalign.world.kb import build_kb, load_bitext
 from rgalign.world.simulator import simulate_chunk
 
-TABLES = ("profiles", "order_context", "behaviour", "sessions", "hidden")
+TABLES = ("profiles", "order_context", "behaviour", "sessions", "hidden", "eval_labels")
 _LIST_TYPES = {"shown_intents": pa.list_(pa.int64()), "recent_intents": pa.list_(pa.int64()),
                "recent_click_ts": pa.list_(pa.int64())}
 
@@ -99,6 +99,9 @@ def generate_world(cfg: WorldConfig, root: str | Path = "artifacts/worlds", bite
             eval_ranks.append(h.bayes_rank.to_numpy()[ev])
             eval_users.append(s.user_id.to_numpy()[ev])
             eval_true.append(h.true_intent.to_numpy()[ev])
+            # the evaluation set: true intents of the last week (the paper's human-refined labels)
+            tables["eval_labels"] = s.loc[ev, ["session_id", "user_id", "event_timestamp"]].assign(
+                true_intent=h.true_intent.to_numpy()[ev])
             for name, df in tables.items():
                 path = tmp / ("hidden/sessions.parquet" if name == "hidden" else f"{name}.parquet")
                 if name not in writers:
@@ -112,20 +115,12 @@ def generate_world(cfg: WorldConfig, root: str | Path = "artifacts/worlds", bite
         bar.close()
         for w in writers.values():
             w.close()
-        # the evaluation set: true intents of the last week (the paper's human-refined labels)
-        sess = pq.read_table(tmp / "sessions.parquet", columns=["session_id", "user_id", "event_timestamp", "split"])
-        hid = pq.read_table(tmp / "hidden/sessions.parquet", columns=["session_id", "true_intent"])
-        ev = sess.filter(pa.compute.equal(sess["split"], "eval"))
-        ev_ids = set(ev["session_id"].to_pylist())
-        labels = ev.to_pandas().drop(columns="split").merge(
-            hid.to_pandas()[lambda d: d.session_id.isin(ev_ids)], on="session_id")
-        labels.to_parquet(tmp / "eval_labels.parquet", index=False)
         report = headroom_report(np.concatenate(eval_ranks), np.concatenate(eval_users),
                                  np.concatenate(eval_true), clicks_train, kb)
         meta = {
             "name": cfg.name, "config": cfg.to_dict(), "config_digest": cfg.digest(),
             "intents": len(kb), "cold_start_intents": int((kb.launch_day > 0).sum()),
-            "rows": counts, "eval_sessions": len(labels), "seconds": round(time.perf_counter() - t0, 1),
+            "rows": counts, "eval_sessions": counts["eval_labels"], "seconds": round(time.perf_counter() - t0, 1),
             "report": report,
             "files": {p.relative_to(tmp).as_posix(): _sha(p) for p in sorted(tmp.rglob("*.parquet"))},
         }

@@ -82,7 +82,7 @@ def simulate_chunk(cfg: WorldConfig, model: IntentModel, user_offset: int, n_use
     base_cancel = rng.beta(1.2, 25, U)
 
     # weekly profile snapshots at days -7, 0, 7, ... (what Feast's point-in-time join reads)
-    n_snap = cfg.days // 7 + 2
+    n_snap = (cfg.days - 1) // 7 + 2  # the last snapshot falls inside the simulated window
     snap_day = np.arange(n_snap) * 7 - 7
     orders_90d = rng.poisson(base_orders[:, None], (U, n_snap))
     aov = np.round(base_aov[:, None] * rng.lognormal(0, .1, (U, n_snap)), 2)
@@ -102,7 +102,7 @@ def simulate_chunk(cfg: WorldConfig, model: IntentModel, user_offset: int, n_use
     # ---- session times ------------------------------------------------------------------------------
     n_sess = np.minimum(1 + rng.poisson(rng.lognormal(np.log(cfg.mean_sessions) - .3, .8, U)), K)
     gaps = np.where(rng.random((U, K)) < .4, rng.integers(HOUR, 20 * HOUR, (U, K)),
-                    HOUR + rng.exponential(5 * DAY, (U, K)).astype(np.int64))
+                    HOUR + rng.exponential(3 * DAY, (U, K)).astype(np.int64))
     t0 = rng.integers(0, cfg.days * DAY - HOUR, U)
     t = t0[:, None] + np.concatenate([np.zeros((U, 1), np.int64), np.cumsum(gaps[:, 1:], 1)], 1)
     valid = (np.arange(K)[None] < n_sess[:, None]) & (t < cfg.days * DAY)
@@ -184,8 +184,9 @@ def simulate_chunk(cfg: WorldConfig, model: IntentModel, user_offset: int, n_use
 
         # logging policy (a noisy production ranker) shows shown_k intents; position-biased clicks
         with np.errstate(divide="ignore"):
-            pol = .6 * np.log(p) + .4 * model.log_pop[None] + rng.gumbel(size=p.shape)
-        shown = np.argsort(-pol, 1)[:, :cfg.shown_k] + 1
+            pol = .8 * np.log(p) + .2 * model.log_pop[None] + .5 * rng.gumbel(size=p.shape)
+        top = np.argpartition(-pol, cfg.shown_k, 1)[:, :cfg.shown_k]
+        shown = np.take_along_axis(top, np.argsort(-np.take_along_axis(pol, top, 1), 1), 1) + 1
         pos = np.where(shown == true[:, None], np.arange(cfg.shown_k)[None], cfg.shown_k).min(1)
         examine = 1 / (1 + pos) ** cfg.position_bias
         hit = (pos < cfg.shown_k) & (rng.random(len(a)) < cfg.click_prob * examine)
@@ -213,8 +214,10 @@ def simulate_chunk(cfg: WorldConfig, model: IntentModel, user_offset: int, n_use
         c = np.flatnonzero(clicked > 0)
         if len(c):
             # the behaviour row written at click time: this click plus the earlier ones within 24 h
-            seq = np.concatenate([recent[c], clicked[c, None]], 1)[:, -MAX_RECENT:]
-            seq_t = np.concatenate([np.where(keep, hist_t, 0)[c], click_t[a[c], k, None]], 1)[:, -MAX_RECENT:]
+            ct = click_t[a[c], k, None]
+            keep_c = (hist[c] > 0) & (hist_t[c] >= ct - DAY)  # the window of the row's own timestamp
+            seq = np.concatenate([np.where(keep_c, hist[c], 0), clicked[c, None]], 1)[:, -MAX_RECENT:]
+            seq_t = np.concatenate([np.where(keep_c, hist_t[c], 0), ct], 1)[:, -MAX_RECENT:]
             m = seq > 0
             rows_b.append(pd.DataFrame({
                 "user_id": uid[a[c]], "event_timestamp": start + click_t[a[c], k],

@@ -1,0 +1,51 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rgalign.cli import main
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "rgalign.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_unknown_scale_is_refused():
+    r = run("world", "generate", "--scale", "huge")
+    assert r.returncode == 2 and "invalid choice: 'huge'" in r.stderr
+
+
+def test_missing_bitext_names_the_file_and_writes_nothing(tmp_path, capsys):
+    rc = main(["world", "generate", "--n-users", "20", "--out", str(tmp_path / "w"),
+               "--bitext", str(tmp_path / "nope.csv")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "Bitext dataset not found" in err and "nope.csv" in err
+    assert not (tmp_path / "w").exists()
+
+
+def test_world_generate_and_show(tmp_path, capsys):
+    assert main(["world", "generate", "--n-users", "100", "--seed", "1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| Bayes-optimal (ceiling) |" in out and "| Popularity (floor) |" in out
+    assert main(["world", "show", str(tmp_path / "ci-u100-s1")]) == 0
+    assert "1016 intents" in capsys.readouterr().out
+    assert main(["world", "show", str(tmp_path / "nothing")]) == 2
+    assert "not a generated world" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end_is_idempotent(tmp_path):
+    first = run("quickstart", "--out", str(tmp_path), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "training set:" in first.stdout and "The user question is:" in first.stdout
+    manifest = tmp_path / "worlds" / "ci-s0" / "manifest.json"
+    online = tmp_path / "feast" / "ci-s0" / "online_store.db"
+    before = (manifest.stat().st_mtime_ns, json.loads(manifest.read_text())["files"])
+    assert online.stat().st_size > 0
+    second = run("quickstart", "--out", str(tmp_path), cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert (manifest.stat().st_mtime_ns, json.loads(manifest.read_text())["files"]) == before
+    # same world, same summary
+    assert first.stdout.split("done in")[0].split("[4/4]")[1] == second.stdout.split("done in")[0].split("[4/4]")[1]

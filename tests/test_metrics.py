@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+from sklearn.metrics import ndcg_score, roc_auc_score
+
+from rgalign import metrics as M
+
+
+def test_ranks_count_ties_against_target():
+    scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.3], [1.0, 1.0, 1.0]])
+    assert M.ranks_from_scores(scores, np.array([2, 1, 0])).tolist() == [1, 0, 2]
+
+
+def test_hand_worked_recall_ndcg_mrr():
+    ranks = np.array([0, 1, 2, 3, 7])
+    assert M.recall_at_k(ranks, 3) == pytest.approx(3 / 5)
+    assert M.recall_at_k(ranks, 5) == pytest.approx(4 / 5)
+    assert M.ndcg_at_k(ranks, 3) == pytest.approx((1 + 1 / np.log2(3) + 1 / np.log2(4)) / 5)
+    assert M.mrr(ranks) == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4 + 1 / 8) / 5)
+
+
+def test_single_relevant_ndcg_matches_sklearn():
+    rng = np.random.default_rng(0)
+    scores = rng.random((200, 40))
+    target = rng.integers(0, 40, 200)
+    y = np.zeros_like(scores)
+    y[np.arange(200), target] = 1
+    ranks = M.ranks_from_scores(scores, target)
+    for k in (3, 5):
+        assert M.ndcg_at_k(ranks, k) == pytest.approx(ndcg_score(y, scores, k=k))
+
+
+def test_graded_ndcg_matches_sklearn():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, (100, 20)).astype(float)
+    s = rng.random((100, 20))
+    for k in (3, 5):
+        assert M.ndcg_graded(y, s, k) == pytest.approx(ndcg_score(y, s, k=k))
+
+
+def test_auc_matches_sklearn_with_ties():
+    rng = np.random.default_rng(2)
+    s = rng.integers(0, 5, 300).astype(float)  # many ties
+    y = rng.random(300) < 0.3
+    assert M.auc(s, y) == pytest.approx(roc_auc_score(y, s))
+    assert np.isnan(M.auc(s, np.ones(300)))
+
+
+def test_gauc_is_impression_weighted_per_user_auc():
+    rng = np.random.default_rng(3)
+    users = rng.integers(0, 30, 2000)
+    s = rng.random(2000)
+    y = rng.random(2000) < 0.2 + 0.3 * s
+    expected_num = expected_den = 0.0
+    for u in np.unique(users):
+        m = users == u
+        if y[m].all() or not y[m].any():
+            continue
+        expected_num += roc_auc_score(y[m], s[m]) * m.sum()
+        expected_den += m.sum()
+    assert M.gauc(users, s, y) == pytest.approx(expected_num / expected_den)
+
+
+def test_gauc_from_ranks_equals_sessionwise_sklearn():
+    rng = np.random.default_rng(4)
+    n_sessions, n = 60, 50
+    users = rng.integers(0, 10, n_sessions)
+    scores = rng.random((n_sessions, n))
+    target = rng.integers(0, n, n_sessions)
+    a, w = M.gauc_from_ranks(users, M.ranks_from_scores(scores, target), n)
+    for i, u in enumerate(np.unique(users)):
+        sess = np.flatnonzero(users == u)
+        per = [roc_auc_score(np.arange(n) == target[j], scores[j]) for j in sess]
+        assert a[i] == pytest.approx(np.mean(per))
+        assert w[i] == len(sess) * n
+
+
+def test_evaluate_ranks_confidence_intervals():
+    rng = np.random.default_rng(5)
+    big = M.evaluate_ranks(rng.integers(0, 10, 5000), rng.integers(0, 500, 5000), 100)
+    small = M.evaluate_ranks(rng.integers(0, 10, 200), rng.integers(0, 50, 200), 100)
+    assert list(big) == list(M.METRICS)
+    for m, v in big.items():
+        assert v.lo <= v.value <= v.hi
+        assert (v.hi - v.lo) < (small[m].hi - small[m].lo)
+
+
+def test_bad_shapes_are_named():
+    with pytest.raises(ValueError, match="scores must be"):
+        M.ranks_from_scores(np.zeros(3), np.zeros(3, int))
+    with pytest.raises(ValueError, match="target must be"):
+        M.ranks_from_scores(np.zeros((3, 4)), np.zeros(2, int))
+    with pytest.raises(ValueError, match="outside"):
+        M.ranks_from_scores(np.zeros((3, 4)), np.array([0, 1, 4]))
