@@ -14,7 +14,7 @@ import time
 import typing
 from pathlib import Path
 
-from rgalign.config import SCALES, WorldConfig
+from rgalign.config import SCALES, RankerConfig, WorldConfig
 
 DEFAULT_ROOT = Path("artifacts")
 
@@ -28,7 +28,11 @@ def add_config_args(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ())
         typ = hints[f.name]
         base = next((t for t in typing.get_args(typ) if t is not type(None)), typ)
         kw = {"choices": sorted(SCALES)} if f.name == "scale" else {}
-        p.add_argument("--" + f.name.replace("_", "-"), type=base, default=f.default,
+        if f.name == "model":
+            kw = {"choices": ["qe-rec", "baseline"]}
+        if base is bool:
+            kw, base = {"action": argparse.BooleanOptionalAction}, None
+        p.add_argument("--" + f.name.replace("_", "-"), **({"type": base} if base else {}), default=f.default,
                        help=f"{f.metadata.get('help', '')} (default: {f.default})", **kw)
 
 
@@ -37,11 +41,10 @@ def config_from_args(cls, args: argparse.Namespace):
 
 
 def _world_summary(world: Path) -> str:
-    from rgalign.metrics import MetricValue, format_table
-    from rgalign.world.generate import load_manifest
+    from rgalign.metrics import format_table
+    from rgalign.world.generate import headroom_rows, load_manifest
     m = load_manifest(world)
-    rows = {name: {k: MetricValue(**v) for k, v in r.items()}
-            for name, r in m["report"].items() if isinstance(r, dict)}
+    rows = headroom_rows(m)
     r = m["rows"]
     return "\n".join([
         f"world {m['name']} at {world}",
@@ -115,6 +118,46 @@ def cmd_features_prompt(args) -> int:
     return 0
 
 
+def cmd_train_ranker(args) -> int:
+    from rgalign.metrics import format_table
+    from rgalign.ranker.stage1 import run_ranker
+    from rgalign.world.generate import headroom_rows, load_manifest
+    cfg = config_from_args(RankerConfig, args)
+    print("config:", json.dumps(cfg.to_dict()))
+    run = run_ranker(cfg, Path(args.world), tracking=not args.no_tracking, tracking_uri=args.tracking_uri,
+                     root=args.artifacts)
+    r = run.result
+    print(format_table({**headroom_rows(load_manifest(args.world)), **run.table},
+                       f"{Path(args.world).name}: evaluation week (true intents), 95% bootstrap CI"))
+    print(f"\ntrain sessions {len(run.inputs.train):,}, best epoch {r.best_epoch}/{len(r.history)}, "
+          f"{r.samples_per_s:,.0f} samples/s, {run.seconds:.0f} s in all")
+    if run.model_uri:
+        print(f"mlflow run {run.run_id}; model {run.model_uri}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import mlflow
+
+    from rgalign.metrics import format_table
+    from rgalign.ranker.checkpoint import load_ranker
+    from rgalign.ranker.data import RankerData
+    from rgalign.ranker.inputs import load_ranker_inputs
+    from rgalign.ranker.ranker_trainer import evaluate_model
+    from rgalign.tracking import tracking_uri
+    from rgalign.world.generate import headroom_rows, load_manifest
+    mlflow.set_tracking_uri(tracking_uri(args.tracking_uri, args.artifacts))
+    rows = dict(headroom_rows(load_manifest(args.world)))
+    for uri in args.model_uri:
+        path = Path(mlflow.artifacts.download_artifacts(uri)) / "artifacts" / "checkpoint"
+        model, spec, cfg, _ = load_ranker(path)
+        inputs = load_ranker_inputs(args.world, cfg.query_encoder, cfg.query_dim, cfg.intent_encoder, cfg.val_days)
+        data = RankerData.build(inputs.eval, spec, inputs.query["eval"], "true_intent")
+        rows[f"{cfg.model} ({uri})"] = evaluate_model(model, data, seed=cfg.seed)
+    print(format_table(rows, f"{Path(args.world).name}: evaluation week (true intents), 95% bootstrap CI"))
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     from rgalign.features.feast_io import FeatureStoreSession
     from rgalign.world.generate import generate_world
@@ -163,6 +206,21 @@ def build_parser() -> argparse.ArgumentParser:
     s = w.add_parser("show", help="print a world's counts and headroom table")
     s.add_argument("world")
     s.set_defaults(fn=cmd_world_show)
+
+    t = sub.add_parser("train", help="train a model").add_subparsers(dest="sub", required=True)
+    r = t.add_parser("ranker", help="Stage 1: train QE-Rec or the baseline, evaluate, log to MLflow")
+    add_config_args(r, RankerConfig)
+    r.add_argument("--world", required=True, help="a generated world folder")
+    r.add_argument("--artifacts", default=str(DEFAULT_ROOT), help="artifacts root (MLflow SQLite + runs)")
+    r.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: SQLite under --artifacts)")
+    r.add_argument("--no-tracking", action="store_true", help="train and evaluate without MLflow")
+    r.set_defaults(fn=cmd_train_ranker)
+    e = sub.add_parser("eval", help="evaluate logged rankers on a world's evaluation week")
+    e.add_argument("--world", required=True)
+    e.add_argument("--model-uri", nargs="+", required=True, help="MLflow model URIs (runs:/<id>/ranker, models:/...)")
+    e.add_argument("--artifacts", default=str(DEFAULT_ROOT))
+    e.add_argument("--tracking-uri", default=None)
+    e.set_defaults(fn=cmd_eval)
 
     f = sub.add_parser("features", help="Feast feature store and verbalization").add_subparsers(dest="sub", required=True)
     for name, fn, hlp in [("apply", cmd_features_apply, "feast apply for a world"),

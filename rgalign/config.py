@@ -77,3 +77,42 @@ class WorldConfig(_Config):
         """Folder name of this world, e.g. ``ci-s0``."""
         size = self.scale if self.n_users is None else f"{self.scale}-u{self.n_users}"
         return f"{size}-s{self.seed}"
+
+
+@dataclass
+class RankerConfig(_Config):
+    """Stage 1 (and Stage 3) ranker training: QE-Rec or the two-tower AutoInt + MMoE baseline."""
+    model: str = _f("qe-rec", "qe-rec (three towers, Eq. 4) or baseline (two-tower AutoInt + 4-expert MMoE)")
+    d: int = _f(64, "tower output size")
+    w: float = _f(0.7, "Eq. 4 weight of cos(z_u, z_i); 1 - w weighs cos(z_i, z_q) (paper: 0.7)")
+    heads: int = _f(2, "attention heads (sequence self-attention, cross-attention, AutoInt)")
+    autoint_layers: int = _f(2, "baseline: AutoInt interacting layers")
+    n_experts: int = _f(4, "baseline: MMoE experts (paper: 4)")
+    dropout: float = _f(0.2, "dropout (paper section 5.1: 0.2)")
+    weight_decay: float = _f(0.01, "AdamW weight decay (paper: 0.01)")
+    grad_clip: float = _f(1.0, "gradient-norm clip (paper: 1.0)")
+    lr: float = _f(1e-3, "AdamW learning rate")
+    epochs: int = _f(10, "maximum epochs (paper: 10-20); early stopping may end sooner")
+    patience: int = _f(2, "epochs without a validation-MRR gain before stopping")
+    batch_size: int = _f(512, "sessions per step")
+    n_neg: int = _f(15, "sampled negatives added to each logged list of shown intents")
+    confidence: bool = _f(True, "qe-rec: weight samples by the learned confidence predictor (Eq. 5)")
+    confidence_floor: float = _f(0.5, "minimum per-sample weight, keeps the weights from collapsing")
+    val_days: int = _f(3, "last days of the training weeks held out for early stopping (never the eval week)")
+    user_buckets: int = _f(50_000, "hash buckets of the user-id embedding")
+    query_encoder: str = _f("hashing", "frozen text encoder of the verbalized context for e: hashing | minilm")
+    query_dim: int = _f(256, "size of e from the hashing encoder")
+    intent_encoder: str = _f("minilm", "frozen text encoder of the intent texts (z_sem): minilm | hashing")
+    max_train_sessions: int | None = _f(None, "cap on clicked training sessions (None = all)")
+    seed: int = _f(0, "seed of initialisation, shuffling and negative sampling")
+
+    def __post_init__(self):
+        if self.model not in ("qe-rec", "baseline"):
+            raise ValueError(f"model={self.model!r}; use 'qe-rec' or 'baseline'")
+        if not 0 <= self.w <= 1:
+            raise ValueError(f"w must be within [0, 1], got {self.w}")
+        if self.d % self.heads:
+            raise ValueError(f"d={self.d} must be divisible by heads={self.heads}")
+        for name in ("epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

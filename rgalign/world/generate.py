@@ -87,7 +87,7 @@ def generate_world(cfg: WorldConfig, root: str | Path = "artifacts/worlds", bite
         clicks_train = np.zeros(len(kb) + 1, np.int64)
         eval_ranks, eval_users, eval_true = [], [], []
         n_chunks = -(-cfg.users // cfg.chunk_users)
-        bar = tqdm(total=cfg.users, unit="user", desc=f"world {cfg.name}", disable=not progress)
+        bar = tqdm(total=cfg.users, unit="user", desc=f"world {cfg.name}", disable=None if progress else True)
         for c in range(n_chunks):
             n = min(cfg.chunk_users, cfg.users - c * cfg.chunk_users)
             tables = simulate_chunk(cfg, model, c * cfg.chunk_users, n, c)
@@ -150,6 +150,13 @@ def headroom_report(bayes_ranks: np.ndarray, users: np.ndarray, true: np.ndarray
     cold = np.isin(true, kb.intent_id[kb.launch_day > 0].to_numpy())
     return {name: {m: vars(v) for m, v in r.items()} for name, r in rows.items()} | {
         "eval_sessions_with_cold_start_intent": int(cold.sum())}
+
+
+def headroom_rows(manifest: dict) -> dict:
+    """The Bayes-optimal and popularity rows of a world's manifest as ``{name: {metric: MetricValue}}``."""
+    from rgalign.metrics import MetricValue
+    return {name: {k: MetricValue(**v) for k, v in r.items()}
+            for name, r in manifest["report"].items() if isinstance(r, dict)}
 
 
 def load_manifest(path: str | Path) -> dict:

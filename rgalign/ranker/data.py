@@ -1,0 +1,162 @@
+"""From a Feast training set to ranker tensors: feature encoding, candidate lists and labels.
+
+A ``FeatureSpec`` is fitted on the training weeks (vocabulary sizes, numeric standardisation) and saved with
+every model, so serving encodes a request exactly as training did. Fallbacks, all documented and counted in
+``FeatureSpec.encode``'s ``oov`` report rather than silently wrong: a categorical id outside the dictionary
+becomes 0 ("unknown"); an intent id in the behaviour sequence that the KB does not know becomes the reserved
+out-of-vocabulary id ``n_intents + 1``; a missing number becomes the training mean (0 after standardising).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from rgalign.features.metadata import FEATURES, MAX_RECENT
+
+CATEGORICAL = ["gender", "age_band", "region", "membership_tier", "device_os", "language", "entry_point",
+               "order_status", "payment_method", "logistics_channel", "product_category", "promotion",
+               "seller_type"]
+NUMERICAL = ["account_age_days", "orders_90d", "avg_order_value", "return_rate_90d", "cancel_rate_90d",
+             "days_in_status", "order_amount", "items_count", "expected_delivery_days", "hour_of_day"]
+LOG1P = {"account_age_days", "orders_90d", "avg_order_value", "order_amount", "items_count", "days_in_status",
+         "expected_delivery_days"}
+AGE_EDGES_H = [1, 3, 6, 12, 24]  # behaviour-sequence click age buckets (hours): ids 1..5, 0 = padding
+
+
+@dataclass
+class FeatureSpec:
+    """Everything needed to encode a feature row the way the model was trained."""
+    n_intents: int
+    user_buckets: int = 50_000
+    max_recent: int = MAX_RECENT
+    cardinality: dict[str, int] = field(default_factory=lambda: {c: len(FEATURES[c].vocab) + 1 for c in CATEGORICAL})
+    mean: dict[str, float] = field(default_factory=dict)
+    std: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, train: pd.DataFrame, n_intents: int, **kw) -> "FeatureSpec":
+        spec = cls(n_intents=n_intents, **kw)
+        for c in NUMERICAL:
+            x = spec._num(train, c)
+            x = x[np.isfinite(x)]
+            spec.mean[c] = float(x.mean()) if len(x) else 0.0
+            std = float(x.std()) if len(x) else 0.0
+            spec.std[c] = std if std > 1e-12 else 1.0  # constant or absent column: centre only
+        return spec
+
+    def _num(self, df: pd.DataFrame, c: str) -> np.ndarray:
+        x = pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) if c in df else np.full(len(df), np.nan)
+        return np.log1p(np.maximum(x, 0)) if c in LOG1P else x
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "FeatureSpec":
+        return cls(**json.loads(text))
+
+    @property
+    def oov_intent(self) -> int:
+        return self.n_intents + 1
+
+    def encode(self, df: pd.DataFrame) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+        """Encode a feature frame (one row per request) into model inputs.
+
+        Returns ``(inputs, oov)`` where inputs has ``cat`` (B, C) int64, ``user`` (B,) int64, ``num`` (B, N)
+        float32, ``seq`` (B, L) int64 intent ids (0 = padding, most recent last), ``seq_age`` (B, L) int64
+        click-age buckets; ``oov`` counts the fallbacks applied per feature.
+        """
+        B, oov = len(df), {}
+        cat = np.zeros((B, len(CATEGORICAL)), np.int64)
+        for j, c in enumerate(CATEGORICAL):
+            x = pd.to_numeric(df[c], errors="coerce").fillna(0).to_numpy(np.int64) if c in df else np.zeros(B, np.int64)
+            bad = (x < 0) | (x >= self.cardinality[c])
+            if bad.any():
+                oov[c] = int(bad.sum())
+            cat[:, j] = np.where(bad, 0, x)
+        if "user_id" not in df:
+            raise KeyError("feature frame lacks 'user_id'")
+        user = pd.to_numeric(df["user_id"]).to_numpy(np.int64) % self.user_buckets + 1
+        num = np.zeros((B, len(NUMERICAL)), np.float32)
+        for j, c in enumerate(NUMERICAL):
+            x = (self._num(df, c) - self.mean[c]) / self.std[c]
+            num[:, j] = np.nan_to_num(x, nan=0.0)
+        seq = np.zeros((B, self.max_recent), np.int64)
+        age = np.zeros((B, self.max_recent), np.int64)
+        now = ((pd.to_datetime(df["event_timestamp"], utc=True) - pd.Timestamp(0, tz="UTC"))
+               // pd.Timedelta(seconds=1)).to_numpy() if "event_timestamp" in df else np.zeros(B, np.int64)
+        recents = df["recent_intents"] if "recent_intents" in df else [[]] * B
+        times = df["recent_click_ts"] if "recent_click_ts" in df else [[]] * B
+        n_oov = 0
+        for b, (ids, ts) in enumerate(zip(recents, times)):
+            ids = np.asarray([] if ids is None else ids, np.int64)[-self.max_recent:]
+            ts = np.asarray([] if ts is None else ts, np.int64)[-self.max_recent:]
+            if len(ids) == 0:
+                continue
+            bad = (ids < 1) | (ids > self.n_intents)
+            n_oov += int(bad.sum())
+            seq[b, -len(ids):] = np.where(bad, self.oov_intent, ids)
+            hours = (now[b] - ts) / 3600 if len(ts) == len(ids) else np.full(len(ids), 24.0)
+            age[b, -len(ids):] = np.searchsorted(AGE_EDGES_H, hours, side="left").clip(0, len(AGE_EDGES_H) - 1) + 1
+        if n_oov:
+            oov["recent_intents"] = n_oov
+        return ({"cat": torch.from_numpy(cat), "user": torch.from_numpy(user), "num": torch.from_numpy(num),
+                 "seq": torch.from_numpy(seq), "seq_age": torch.from_numpy(age)}, oov)
+
+
+@dataclass
+class RankerData:
+    """Encoded sessions with query embeddings and labels.
+
+    ``clicked`` is the clicked intent id (training weeks) or the true intent (evaluation week), 0 when the
+    session has no label; ``shown`` (B, K) the logged list; ``click_pos`` (B,) the clicked position or -1.
+    """
+    inputs: dict[str, torch.Tensor]
+    query: torch.Tensor          # (B, d_e) float32
+    clicked: torch.Tensor        # (B,)
+    shown: torch.Tensor          # (B, K)
+    click_pos: torch.Tensor      # (B,)
+    user_ids: np.ndarray         # (B,) raw user ids (GAUC groups)
+    session_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.clicked)
+
+    def subset(self, idx) -> "RankerData":
+        idx = torch.as_tensor(idx)
+        return RankerData({k: v[idx] for k, v in self.inputs.items()}, self.query[idx], self.clicked[idx],
+                          self.shown[idx], self.click_pos[idx], self.user_ids[idx.numpy()],
+                          self.session_ids[idx.numpy()])
+
+    @classmethod
+    def build(cls, df: pd.DataFrame, spec: FeatureSpec, query: np.ndarray, label: str = "clicked_intent") -> "RankerData":
+        if len(query) != len(df):
+            raise ValueError(f"query embeddings have {len(query)} rows for {len(df)} sessions")
+        inputs, _ = spec.encode(df)
+        shown = np.stack(df["shown_intents"].map(lambda x: np.asarray(x, np.int64)).to_numpy()) \
+            if "shown_intents" in df and len(df) else np.zeros((len(df), 0), np.int64)
+        clicked = pd.to_numeric(df[label]).fillna(0).clip(lower=0).to_numpy(np.int64)
+        pos = df["click_position"].to_numpy(np.int64) if "click_position" in df else np.full(len(df), -1)
+        return cls(inputs, torch.as_tensor(np.asarray(query, np.float32)), torch.from_numpy(clicked),
+                   torch.from_numpy(shown), torch.from_numpy(pos), df["user_id"].to_numpy(),
+                   df["session_id"].to_numpy())
+
+
+def candidate_lists(clicked: torch.Tensor, shown: torch.Tensor, n_neg: int, neg_probs: torch.Tensor,
+                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training lists: the logged ``shown`` intents plus ``n_neg`` sampled negatives per session.
+
+    Returns ``(cand (B, N) intent ids, y (B, N) click labels, mask (B, N) valid)``; a sampled negative equal to
+    the clicked intent is masked out so each list has exactly one positive.
+    """
+    B = len(clicked)
+    neg = torch.multinomial(neg_probs, B * n_neg, replacement=True, generator=generator).view(B, n_neg) + 1
+    cand = torch.cat([shown, neg], 1)
+    y = (cand == clicked[:, None]).float()
+    mask = torch.ones_like(cand, dtype=torch.bool)
+    mask[:, shown.shape[1]:] = neg != clicked[:, None]
+    return cand, y * mask, mask

@@ -1,0 +1,116 @@
+"""Ranker inputs of a world: Feast training sets, verbalized contexts, query and intent-text embeddings.
+
+Everything expensive is cached under ``<artifacts>/cache/<world>/`` and keyed by what produced it (the
+feature service for the training set, the encoder's name for embeddings), so Stage 1, Stage 3 and the
+benchmarks reuse one another's work.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from rgalign.features.feast_io import FEATURE_SERVICE, FeatureStoreSession
+from rgalign.features.text_encoders import get_encoder
+from rgalign.features.verbalize import Verbalizer
+
+
+@dataclass
+class RankerInputs:
+    """Frames of the three splits (train = clicked sessions before the validation days, val = clicked
+    sessions of the last ``val_days`` training days, eval = the evaluation week with true intents), the KB,
+    and per-split query embeddings (aligned with the frames' rows)."""
+    train: pd.DataFrame
+    val: pd.DataFrame
+    eval: pd.DataFrame
+    kb: pd.DataFrame
+    semantic: np.ndarray                 # (n_intents, d_sem) intent-text embeddings
+    query: dict[str, np.ndarray]         # split -> (rows, d_e)
+    world: Path
+
+    @property
+    def n_intents(self) -> int:
+        return len(self.kb)
+
+
+def verbalize_frame(df: pd.DataFrame, kb: pd.DataFrame, progress: bool = False) -> list[str]:
+    """The user context C (Table 1) of every row of a Feast feature frame."""
+    v = Verbalizer(dict(zip(kb.intent_id.tolist(), kb.title.tolist())))
+    rows = df.to_dict("records")
+    return [v.context(r) for r in tqdm(rows, desc="verbalize", unit="ctx", disable=None if progress else True, mininterval=2)]
+
+
+def intent_texts(kb: pd.DataFrame) -> list[str]:
+    return (kb.title + ". " + kb.description).tolist()
+
+
+def cache_dir(world: Path) -> Path:
+    d = Path(world).resolve().parent.parent / "cache" / Path(world).name
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _cached_npy(path: Path, make) -> np.ndarray:
+    if path.is_file():
+        return np.load(path)
+    arr = make()
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, arr)
+    tmp.replace(path)
+    return arr
+
+
+def load_ranker_inputs(world: str | Path, query_encoder: str = "hashing", query_dim: int = 256,
+                       intent_encoder: str = "minilm", val_days: int = 3, max_train_sessions: int | None = None,
+                       seed: int = 0, progress: bool = True, query_fn=None) -> RankerInputs:
+    """Build (or load from cache) everything Stage 1 needs for ``world``.
+
+    ``query_fn(texts) -> (N, d_e)``, when given, replaces the text encoder for the query embedding (the
+    reasoner's LTP plugs in here); its name must then be part of ``query_encoder`` for caching.
+    """
+    world = Path(world)
+    fs = FeatureStoreSession(world)
+    cache = cache_dir(world)
+    ts_path = cache / f"training_set-{FEATURE_SERVICE}.parquet"
+    if ts_path.is_file():
+        full = pd.read_parquet(ts_path)
+    else:
+        fs.apply()
+        full = fs.training_set()
+        full.to_parquet(ts_path.with_suffix(".tmp"), index=False)
+        ts_path.with_suffix(".tmp").replace(ts_path)
+    kb = pd.read_parquet(world / "kb.parquet")
+    labels = pd.read_parquet(world / "eval_labels.parquet")[["session_id", "true_intent"]]
+    train_days = fs.manifest["config"]["days"] - fs.manifest["config"]["eval_days"]
+    clicked = full[(full.split == "train") & (full.clicked_intent > 0)]
+    val = clicked[clicked.day >= train_days - val_days]
+    train = clicked[clicked.day < train_days - val_days]
+    if max_train_sessions is not None and len(train) > max_train_sessions:
+        train = train.sample(max_train_sessions, random_state=seed).sort_values("session_id")
+    ev = full[full.split == "eval"].merge(labels, on="session_id")
+    frames = {"train": train.reset_index(drop=True), "val": val.reset_index(drop=True),
+              "eval": ev.reset_index(drop=True)}
+
+    sem_enc = intent_encoder if intent_encoder == "minilm" else f"hashing-{query_dim}"
+    semantic = _cached_npy(cache / f"intent_text-{sem_enc}.npy",
+                           lambda: get_encoder(intent_encoder, **({"dim": query_dim} if intent_encoder == "hashing" else {}))
+                           .encode(intent_texts(kb)))
+    enc = None
+    query = {}
+    for split, df in frames.items():
+        key = query_encoder if query_fn is not None else (
+            f"hashing-{query_dim}" if query_encoder == "hashing" else query_encoder)
+        path = cache / f"query-{key}-{split}-{len(df)}-{int(df.session_id.sum()) % 10**12}.npy"
+
+        def make(df=df):
+            nonlocal enc
+            texts = verbalize_frame(df, kb, progress)
+            if query_fn is not None:
+                return query_fn(texts)
+            enc = enc or get_encoder(query_encoder, **({"dim": query_dim} if query_encoder == "hashing" else {}))
+            return enc.encode(texts)
+        query[split] = _cached_npy(path, make)
+    return RankerInputs(frames["train"], frames["val"], frames["eval"], kb, semantic, query, world)

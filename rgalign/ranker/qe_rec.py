@@ -1,0 +1,77 @@
+"""QE-Rec: the query-enhanced three-tower ranker (paper section 3.3, Eq. 4).
+
+    s = w * cos(z_u, z_i) + (1 - w) * cos(z_i, z_q),   w = 0.7
+
+Example:
+    >>> import torch
+    >>> from rgalign.ranker.qe_rec import QERec
+    >>> m = QERec(n_intents=50, semantic=torch.randn(50, 16), d_e=32, d=16)
+    >>> x = {"cat": torch.zeros(4, 13, dtype=torch.long), "user": torch.ones(4, dtype=torch.long),
+    ...      "num": torch.zeros(4, 10), "seq": torch.zeros(4, 10, dtype=torch.long),
+    ...      "seq_age": torch.zeros(4, 10, dtype=torch.long)}
+    >>> m(x, torch.randn(4, 32), torch.randint(1, 51, (4, 7))).shape   # (B, N) scores of N candidates
+    torch.Size([4, 7])
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rgalign.ranker.data import CATEGORICAL, NUMERICAL
+from rgalign.ranker.towers import FieldEmbedding, IntentTower, QueryTower, UserTower
+from rgalign.features.metadata import FEATURES, MAX_RECENT
+
+
+def qe_score(z_u: torch.Tensor, z_i: torch.Tensor, z_q: torch.Tensor | None, w: float) -> torch.Tensor:
+    """Eq. 4 for ``z_u`` (B, d), candidate ``z_i`` (B, N, d) or (N, d) shared, ``z_q`` (B, d) -> (B, N).
+    Without ``z_q`` (the two-tower baseline) the score is cos(z_u, z_i)."""
+    z_u = F.normalize(z_u, dim=-1)
+    z_i = F.normalize(z_i, dim=-1)
+    eq = "bd,nd->bn" if z_i.dim() == 2 else "bd,bnd->bn"
+    s = torch.einsum(eq, z_u, z_i)
+    if z_q is None:
+        return s
+    return w * s + (1 - w) * torch.einsum(eq, F.normalize(z_q, dim=-1), z_i)
+
+
+class QERec(nn.Module):
+    """User, intent and query towers scored by Eq. 4.
+
+    Args:
+        n_intents: KB size (intent ids 1..n_intents).
+        semantic: (n_intents, d_sem) frozen text embeddings of the intent texts (row k = intent k + 1).
+        d_e: query-embedding size (the reasoner's hidden size for LTP).
+        d: tower output size; w: Eq. 4 weight of the user-intent term.
+    """
+
+    def __init__(self, n_intents: int, semantic: torch.Tensor, d_e: int, d: int = 64, w: float = 0.7,
+                 user_buckets: int = 50_000, dropout: float = 0.2, heads: int = 2):
+        super().__init__()
+        if not 0 <= w <= 1:
+            raise ValueError(f"w must be within [0, 1], got {w}")
+        if semantic.shape[0] != n_intents:
+            raise ValueError(f"semantic has {semantic.shape[0]} rows for n_intents={n_intents}")
+        self.w, self.n_intents, self.d_e = w, n_intents, d_e
+        fields = FieldEmbedding([len(FEATURES[c].vocab) + 1 for c in CATEGORICAL], user_buckets, len(NUMERICAL), d)
+        self.user_tower = UserTower(fields, n_intents, d, MAX_RECENT, heads=heads, dropout=dropout)
+        self.intent_tower = IntentTower(semantic, d, dropout)
+        self.query_tower = QueryTower(d_e, d)
+
+    def user(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.user_tower(x["cat"], x["user"], x["num"], x["seq"], x["seq_age"])
+
+    def intent_index(self) -> torch.Tensor:
+        """z_i of every intent, (n_intents, d): precomputed once and looked up at serving time."""
+        return self.intent_tower(torch.arange(1, self.n_intents + 1, device=self.query_tower.proj.weight.device))
+
+    def forward(self, x: dict[str, torch.Tensor], e: torch.Tensor, candidates: torch.Tensor | None = None,
+                intent_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores (B, N) of ``candidates`` (B, N) intent ids, or (B, n_intents) of all intents when None
+        (using ``intent_index`` when given)."""
+        z_u, z_q = self.user(x), self.query_tower(e)
+        if candidates is None:
+            z_i = intent_index if intent_index is not None else self.intent_index()
+        else:
+            z_i = self.intent_tower(candidates)
+        return qe_score(z_u, z_i, z_q, self.w)

@@ -1,0 +1,63 @@
+"""Stage 1 as one call: inputs -> train -> evaluate -> MLflow (params, per-epoch metrics, table, model).
+
+The CLI (``rgalign train ranker``), the KFP component and the tests call ``run_ranker``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rgalign.config import RankerConfig
+from rgalign.features.feast_io import FEATURE_SERVICE
+from rgalign.metrics import MetricValue
+from rgalign.ranker.inputs import RankerInputs, load_ranker_inputs
+from rgalign.ranker.ranker_trainer import RankerTrainer, TrainResult, evaluate_model
+from rgalign.world.generate import headroom_rows, load_manifest
+
+MODEL_LABEL = {"baseline": "Baseline (AutoInt + MMoE)", "qe-rec": "QE-Rec"}
+
+
+@dataclass
+class RankerRun:
+    result: TrainResult
+    table: dict[str, dict[str, MetricValue]]
+    inputs: RankerInputs
+    run_id: str | None
+    model_uri: str | None
+    seconds: float
+
+
+def run_ranker(cfg: RankerConfig, world: str | Path, tracking: bool = True, tracking_uri: str | None = None,
+               root: str | Path = "artifacts", inputs: RankerInputs | None = None, progress: bool = True,
+               label: str | None = None) -> RankerRun:
+    t0 = time.perf_counter()
+    world = Path(world)
+    manifest = load_manifest(world)
+    inputs = inputs or load_ranker_inputs(world, cfg.query_encoder, cfg.query_dim, cfg.intent_encoder,
+                                          cfg.val_days, cfg.max_train_sessions, cfg.seed, progress)
+    label = label or MODEL_LABEL[cfg.model]
+    if not tracking:
+        trainer = RankerTrainer(cfg, inputs, progress)
+        result = trainer.train()
+        table = {label: evaluate_model(result.model, trainer.data["eval"], seed=cfg.seed)}
+        return RankerRun(result, table, inputs, None, None, time.perf_counter() - t0)
+    import mlflow
+
+    from rgalign.tracking import experiment, log_ranker
+    exp = experiment("rgalign-ranker", tracking_uri, root)
+    with mlflow.start_run(experiment_id=exp, run_name=f"{cfg.model}-{world.name}") as run:
+        mlflow.log_params({f"ranker.{k}": v for k, v in cfg.to_dict().items()})
+        mlflow.set_tags({"world": world.name, "world_digest": manifest["config_digest"],
+                         "feature_service": FEATURE_SERVICE, "stage": "1", "model": cfg.model})
+        mlflow.log_params({"train_sessions": len(inputs.train), "val_sessions": len(inputs.val),
+                           "eval_sessions": len(inputs.eval), "query_dim": inputs.query["train"].shape[1]})
+        trainer = RankerTrainer(cfg, inputs, progress, log_fn=lambda m, step: mlflow.log_metrics(m, step=step))
+        result = trainer.train()
+        table = {label: evaluate_model(result.model, trainer.data["eval"], seed=cfg.seed)}
+        mlflow.log_metrics({f"eval_{k.replace('@', '_at_')}": v.value for k, v in table[label].items()})
+        mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds,
+                            "train_samples_per_s": result.samples_per_s})
+        uri = log_ranker(result, inputs, {**headroom_rows(manifest), **table},
+                         {"world_digest": manifest["config_digest"]})
+        return RankerRun(result, table, inputs, run.info.run_id, uri, time.perf_counter() - t0)

@@ -1,0 +1,146 @@
+"""The three towers of QE-Rec (paper section 3.3): user z_u, intent z_i and query z_q.
+
+Example:
+    >>> import torch
+    >>> from rgalign.ranker.towers import QueryTower
+    >>> QueryTower(d_e=384, d=64)(torch.randn(8, 384)).shape
+    torch.Size([8, 64])
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _check(name: str, x: torch.Tensor, shape: tuple) -> None:
+    """Assert ``x`` matches ``shape`` (None = any size) with a message naming the argument."""
+    if x.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape)):
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
+
+
+class FieldEmbedding(nn.Module):
+    """Embeds the categorical fields, the hashed user id and each numerical feature as one d-vector per field.
+
+    Input: ``cat`` (B, C) int64, ``user`` (B,) int64, ``num`` (B, N) float32. Output: (B, C + 1 + N, d).
+    """
+
+    def __init__(self, cardinalities: list[int], user_buckets: int, n_num: int, d: int):
+        super().__init__()
+        if d < 1 or not cardinalities:
+            raise ValueError(f"need d >= 1 and at least one categorical field, got d={d}, {len(cardinalities)} fields")
+        self.cat = nn.ModuleList(nn.Embedding(n, d, padding_idx=0) for n in cardinalities)
+        self.user = nn.Embedding(user_buckets + 1, d, padding_idx=0)
+        self.num_w = nn.Parameter(torch.randn(n_num, d) * 0.1)  # AutoInt: a numeric field is value * vector
+        self.num_b = nn.Parameter(torch.zeros(n_num, d))
+        self.n_fields = len(cardinalities) + 1 + n_num
+
+    def forward(self, cat: torch.Tensor, user: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
+        _check("cat", cat, (None, len(self.cat)))
+        _check("num", num, (cat.shape[0], self.num_w.shape[0]))
+        e = [emb(cat[:, j]) for j, emb in enumerate(self.cat)] + [self.user(user)]
+        return torch.cat([torch.stack(e, 1), num.unsqueeze(-1) * self.num_w + self.num_b], 1)
+
+
+class UserTower(nn.Module):
+    """z_u = sigma(MLP([v_non-seq; v_seq; v_grouped])).
+
+    - v_non-seq: numerical + categorical field embeddings, flattened through an MLP.
+    - v_seq: self-attention over the ordered behaviour sequence (intent id + position), read at a [CLS]
+      token, so an empty sequence is well defined (the [CLS] attends to itself only).
+    - v_grouped: intra-group cross-attention of the coupled group (intent id, click age): each clicked
+      intent attends over the ages of the group, fused and mean-pooled; zero for an empty sequence.
+
+    Input: ``cat`` (B, C), ``user`` (B,), ``num`` (B, N), ``seq`` (B, L) intent ids with 0 = padding,
+    ``seq_age`` (B, L) age buckets. Output: (B, d).
+    """
+
+    def __init__(self, fields: FieldEmbedding, n_intents: int, d: int, max_len: int, n_age: int = 6,
+                 heads: int = 2, dropout: float = 0.2):
+        super().__init__()
+        if d % heads:
+            raise ValueError(f"d={d} must be divisible by heads={heads}")
+        self.fields = fields
+        self.items = nn.Embedding(n_intents + 2, d, padding_idx=0)  # + OOV id n_intents + 1
+        self.ages = nn.Embedding(n_age, d, padding_idx=0)
+        self.pos = nn.Parameter(torch.randn(max_len + 1, d) * 0.02)
+        self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.seq_attn = nn.TransformerEncoderLayer(d, heads, 2 * d, dropout, batch_first=True)
+        self.cross = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.non_seq = nn.Sequential(nn.Linear(fields.n_fields * d, 2 * d), nn.ReLU(), nn.Dropout(dropout),
+                                     nn.Linear(2 * d, d))
+        self.mlp = nn.Sequential(nn.Linear(3 * d, 2 * d), nn.ReLU(), nn.Dropout(dropout), nn.Linear(2 * d, d))
+
+    def forward(self, cat, user, num, seq, seq_age) -> torch.Tensor:
+        _check("seq", seq, (cat.shape[0], None))
+        _check("seq_age", seq_age, tuple(seq.shape))
+        B, L = seq.shape
+        v_non_seq = self.non_seq(self.fields(cat, user, num).flatten(1))
+        pad = seq == 0
+        x = torch.cat([self.cls.expand(B, 1, -1), self.items(seq)], 1) + self.pos[: L + 1]
+        mask = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=seq.device), pad], 1)
+        v_seq = self.seq_attn(x, src_key_padding_mask=mask)[:, 0]
+        items, ages = self.items(seq), self.ages(seq_age)
+        # every row keeps one unmasked key (a padded key of an empty row is unmasked, its output zeroed below)
+        key_mask = pad & ~pad.all(1, keepdim=True)
+        fused, _ = self.cross(items, ages, ages, key_padding_mask=key_mask, need_weights=False)
+        keep = (~pad).unsqueeze(-1).float()
+        v_grouped = ((items + fused) * keep).sum(1) / keep.sum(1).clamp(min=1)
+        return torch.sigmoid(self.mlp(torch.cat([v_non_seq, v_seq, v_grouped], -1)))
+
+
+class CrossLayer(nn.Module):
+    """One DCN-style feature cross: x_1 = x_0 * (W x_0 + b) + x_0. (B, D) -> (B, D)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.lin = nn.Linear(dim, dim)
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        return x0 * self.lin(x0) + x0
+
+
+class IntentTower(nn.Module):
+    """z_i from a learnable ID embedding z_id and a frozen semantic embedding z_sem of the intent text,
+    crossed by a feature-cross layer. The semantic table is a buffer (not trained).
+
+    Input: ``intent_ids`` (...) int64 in [1, n_intents]. Output: (..., d).
+    """
+
+    def __init__(self, semantic: torch.Tensor, d: int, dropout: float = 0.2):
+        super().__init__()
+        _check("semantic", semantic, (None, None))
+        n, d_sem = semantic.shape
+        self.n_intents = n
+        self.register_buffer("semantic", torch.cat([torch.zeros(1, d_sem), semantic.float()]))  # row 0 = pad
+        self.ids = nn.Embedding(n + 1, d, padding_idx=0)
+        self.sem = nn.Linear(d_sem, d)
+        self.cross = CrossLayer(2 * d)
+        self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * d, d))
+
+    def forward(self, intent_ids: torch.Tensor) -> torch.Tensor:
+        if intent_ids.numel() and (intent_ids.min() < 1 or intent_ids.max() > self.n_intents):
+            raise ValueError(f"intent ids must be within [1, {self.n_intents}], got "
+                             f"[{int(intent_ids.min())}, {int(intent_ids.max())}]")
+        x = torch.cat([self.ids(intent_ids), self.sem(self.semantic[intent_ids])], -1)
+        return self.out(self.cross(x))
+
+
+class QueryTower(nn.Module):
+    """z_q = W e + b: a single-layer MLP projecting the query embedding e (e.g. the reasoner's LTP, Eq. 3).
+    e is layer-normalised first: LLM hidden states carry a few outlier dimensions.
+
+    Input: (B, d_e). Output: (B, d).
+    """
+
+    def __init__(self, d_e: int, d: int):
+        super().__init__()
+        self.d_e = d_e
+        self.norm = nn.LayerNorm(d_e)
+        self.proj = nn.Linear(d_e, d)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        if e.dim() != 2 or e.shape[1] != self.d_e:
+            raise ValueError(f"query embedding must have shape (B, {self.d_e}), got {tuple(e.shape)}: the ranker "
+                             f"was trained with {self.d_e}-d query embeddings; use the same encoder/reasoner")
+        return self.proj(self.norm(e))

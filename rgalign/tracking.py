@@ -1,0 +1,47 @@
+"""MLflow tracking for every stage: SQLite by default, any tracking URI (``mlflow server``, Postgres) by
+``--tracking-uri`` / ``MLFLOW_TRACKING_URI``. Artifacts of the default store land beside the database, never
+in the current directory's ``./mlruns``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+DEFAULT_DIR = Path("artifacts")
+
+
+def tracking_uri(uri: str | None = None, root: str | Path = DEFAULT_DIR) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def experiment(name: str, uri: str | None = None, root: str | Path = DEFAULT_DIR) -> str:
+    """Set the tracking URI and get-or-create ``name`` with an artifact location under ``root/mlruns``."""
+    import mlflow
+    mlflow.set_tracking_uri(tracking_uri(uri, root))
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is None:
+        loc = None if uri or os.environ.get("MLFLOW_TRACKING_URI") else (Path(root).resolve() / "mlruns").as_uri()
+        return mlflow.create_experiment(name, artifact_location=loc)
+    return exp.experiment_id
+
+
+def log_ranker(result, inputs, table: dict, extra_tags: dict | None = None) -> str:
+    """Log a trained ranker into the active run: its checkpoint as a models-from-code pyfunc, the evaluation
+    table (markdown + json) and the feature spec. Returns the model URI."""
+    import mlflow
+    from rgalign.metrics import format_table
+    from rgalign.ranker.checkpoint import save_ranker
+    fam = inputs.kb.family.astype("category").cat.codes.to_numpy() + 1
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = save_ranker(result.model, result.spec, result.cfg, inputs.semantic, fam, inputs.kb,
+                           Path(tmp) / "checkpoint", meta={"world": inputs.world.name, **(extra_tags or {})})
+        md = format_table(table, f"{result.cfg.model} on {inputs.world.name} (evaluation week, 95% CI)")
+        mlflow.log_text(md, "evaluation/table.md")
+        mlflow.log_text(json.dumps({m: vars(v) for r in table.values() for m, v in r.items()}, indent=2),
+                        "evaluation/metrics.json")
+        info = mlflow.pyfunc.log_model(
+            name="ranker", python_model=str(Path(__file__).parent / "ranker" / "pyfunc_model.py"),
+            artifacts={"checkpoint": str(ckpt)}, pip_requirements=["rgalign-rec"])
+    return info.model_uri

@@ -1,0 +1,188 @@
+"""Rankers in the style of TRL/torchrec tests: exact equations, shapes, every parameter trains, loss falls."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rgalign.config import RankerConfig
+from rgalign.ranker.baseline import MMoE, TwoTowerAutoIntMMoE
+from rgalign.ranker.data import CATEGORICAL, NUMERICAL, FeatureSpec, candidate_lists
+from rgalign.ranker.loss import ConfidencePredictor, listnet_kl, weighted_intent_loss
+from rgalign.ranker.qe_rec import QERec, qe_score
+from rgalign.ranker.towers import IntentTower, QueryTower
+
+N_INTENTS, B, L = 40, 6, 10
+
+
+def batch(seed=0, empty_seq=False):
+    g = torch.Generator().manual_seed(seed)
+    seq = torch.randint(1, N_INTENTS + 1, (B, L), generator=g)
+    seq[:, : L // 2] = 0  # left padding
+    if empty_seq:
+        seq[:] = 0
+    return {"cat": torch.randint(1, 3, (B, len(CATEGORICAL)), generator=g),
+            "user": torch.randint(1, 100, (B,), generator=g), "num": torch.randn(B, len(NUMERICAL), generator=g),
+            "seq": seq, "seq_age": torch.where(seq > 0, torch.randint(1, 6, (B, L), generator=g), 0)}
+
+
+def make(model: str):
+    torch.manual_seed(0)
+    if model == "qe-rec":
+        return QERec(N_INTENTS, torch.randn(N_INTENTS, 24), d_e=32, d=16, user_buckets=100, dropout=0.0)
+    return TwoTowerAutoIntMMoE(N_INTENTS, torch.randint(1, 5, (N_INTENTS,)), d=16, user_buckets=100, dropout=0.0)
+
+
+def test_eq4_holds_exactly_for_hand_set_embeddings():
+    z_u = torch.tensor([[1.0, 0.0]])
+    z_q = torch.tensor([[0.0, 2.0]])
+    z_i = torch.tensor([[3.0, 3.0], [1.0, 0.0], [0.0, -1.0]])
+    s = qe_score(z_u, z_i, z_q, w=0.7)
+    c = 1 / math.sqrt(2)
+    expected = [0.7 * c + 0.3 * c, 0.7 * 1 + 0.3 * 0, 0.7 * 0 + 0.3 * -1]
+    assert torch.allclose(s, torch.tensor([expected]), atol=1e-6)
+    assert torch.allclose(qe_score(z_u, z_i, None, 0.7), torch.tensor([[c, 1.0, 0.0]]), atol=1e-6)
+
+
+def test_confidence_weighted_listnet_equals_hand_computation():
+    s = torch.tensor([[0.5, -0.2, 0.1], [0.0, 0.9, -0.4], [0.3, 0.3, 0.8]])
+    y = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 0]])
+    w = torch.tensor([0.5, 1.2, 1.3])
+
+    def kl(yr, sr):
+        p = np.exp(yr) / np.exp(yr).sum()
+        q = np.exp(sr) / np.exp(sr).sum()
+        return float((p * np.log(p / q)).sum())
+    per = [kl(y[j].numpy(), s[j].numpy()) for j in range(3)]
+    assert torch.allclose(listnet_kl(s, y), torch.tensor(per), atol=1e-6)
+    assert float(weighted_intent_loss(s, y, w)) == pytest.approx(sum(wj * k for wj, k in zip(w.tolist(), per)) / 3, abs=1e-6)
+    # a masked candidate drops out of both softmaxes
+    mask = torch.tensor([[True, True, False]] * 3)
+    per_m = [kl(y[j, :2].numpy(), s[j, :2].numpy()) for j in range(3)]
+    assert torch.allclose(listnet_kl(s, y, mask), torch.tensor(per_m), atol=1e-6)
+
+
+def test_confidence_weights_cannot_collapse():
+    cp = ConfidencePredictor(d=4, n_positions=5, floor=0.5)
+    with torch.no_grad():
+        cp.net[-1].weight.mul_(1000)  # extreme scores
+    w = cp(torch.randn(64, 4), torch.randint(-1, 5, (64,)))
+    assert w.shape == (64,)
+    w = w.detach()
+    assert float(w.mean()) == pytest.approx(1.0, abs=1e-5)
+    assert float(w.min()) >= 0.5 - 1e-6
+    with pytest.raises(ValueError, match="floor"):
+        ConfidencePredictor(4, 5, floor=1.0)
+
+
+@pytest.mark.parametrize("model", ["qe-rec", "baseline"])
+def test_shapes(model):
+    m = make(model).eval()
+    x, e = batch(), torch.randn(B, 32)
+    cand = torch.randint(1, N_INTENTS + 1, (B, 7))
+    assert m(x, e, cand).shape == (B, 7)                      # (B, N)
+    assert m(x, e).shape == (B, N_INTENTS)                     # all intents
+    assert m.intent_index().shape == (N_INTENTS, 16)           # (n_intents, d)
+    assert m.user(x).shape == (B, 16)                          # (B, d)
+    assert torch.allclose(m(x, e), m(x, e, intent_index=m.intent_index()))
+
+
+@pytest.mark.parametrize("model", ["qe-rec", "baseline"])
+def test_one_step_changes_every_trainable_parameter(model):
+    m = make(model).train()
+    extra = ConfidencePredictor(16, 5) if model == "qe-rec" else None
+    params = list(m.parameters()) + (list(extra.parameters()) if extra else [])
+    before = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)  # no decay: a change must come from the gradient
+    x, e = batch(), torch.randn(B, 32)
+    clicked = torch.randint(1, N_INTENTS + 1, (B,))
+    shown = torch.cat([clicked[:, None], torch.randint(1, N_INTENTS + 1, (B, 4))], 1)
+    cand, y, mask = candidate_lists(clicked, shown, 5, torch.ones(N_INTENTS) / N_INTENTS,
+                                    torch.Generator().manual_seed(0))
+    if model == "qe-rec":
+        z_u = m.user(x)
+        s = qe_score(z_u, m.intent_tower(cand), m.query_tower(e), m.w)
+        loss = weighted_intent_loss(s, y, extra(z_u, torch.randint(-1, 5, (B,))), mask)
+    else:
+        loss = weighted_intent_loss(m(x, None, cand), y, None, mask)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    names = [n for n, _ in m.named_parameters()] + ([f"confidence.{n}" for n, _ in extra.named_parameters()] if extra else [])
+    unchanged = [n for n, p, b in zip(names, params, before) if torch.equal(p, b)]
+    assert unchanged == []
+
+
+@pytest.mark.parametrize("model", ["qe-rec", "baseline"])
+def test_loss_falls_on_a_tiny_set(model):
+    m = make(model).train()
+    opt = torch.optim.AdamW(m.parameters(), lr=5e-3)
+    x, e = batch(1), torch.randn(B, 32)
+    cand = torch.randint(1, N_INTENTS + 1, (B, 8))
+    y = torch.zeros(B, 8)
+    y[:, 0] = 1
+    losses = []
+    for _ in range(60):
+        loss = weighted_intent_loss(m(x, e, cand), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_empty_behaviour_sequence_is_a_defined_fallback():
+    m = make("qe-rec").eval()
+    z_empty = m.user(batch(2, empty_seq=True))
+    z_full = m.user(batch(2))
+    assert torch.isfinite(z_empty).all()
+    assert not torch.allclose(z_empty, z_full)
+
+
+def test_bad_inputs_are_named():
+    m = make("qe-rec")
+    with pytest.raises(ValueError, match=r"query embedding must have shape \(B, 32\)"):
+        m(batch(), torch.randn(B, 31))
+    with pytest.raises(ValueError, match=r"intent ids must be within \[1, 40\]"):
+        m(batch(), torch.randn(B, 32), torch.full((B, 3), 41))
+    with pytest.raises(ValueError, match="seq must have shape"):
+        x = batch()
+        x["seq"] = x["seq"][:2]
+        m(x, torch.randn(B, 32))
+    with pytest.raises(ValueError, match="semantic has 3 rows"):
+        QERec(N_INTENTS, torch.randn(3, 8), d_e=8)
+    with pytest.raises(ValueError, match="must be divisible"):
+        RankerConfig(d=30, heads=4)
+    with pytest.raises(ValueError, match="model="):
+        RankerConfig(model="dlrm")
+
+
+def test_feature_spec_fallbacks_are_counted():
+    df = pd.DataFrame({"user_id": [1, 2], "gender": [1, 99], "region": [3, -1],
+                       "recent_intents": [[5, 999], []], "recent_click_ts": [[0, 0], []],
+                       "event_timestamp": pd.to_datetime([3600 * 2, 0], unit="s", utc=True),
+                       "days_in_status": [np.nan, 3.0]})
+    spec = FeatureSpec.fit(df, n_intents=50)
+    x, oov = spec.encode(df)
+    assert oov == {"gender": 1, "region": 1, "recent_intents": 1}
+    assert x["cat"][1, CATEGORICAL.index("gender")] == 0
+    assert x["seq"][0, -2:].tolist() == [5, spec.oov_intent]
+    assert x["seq"][1].tolist() == [0] * spec.max_recent
+    assert x["seq_age"][0, -1] == 2  # clicked 2 h before the request: bucket (1, 3] h
+    assert torch.isfinite(x["num"]).all()
+    assert FeatureSpec.from_json(spec.to_json()) == spec
+    assert all(np.isfinite(v) and v > 0 for v in spec.std.values())
+
+
+def test_mmoe_gates_mix_experts():
+    m = MMoE(8, 4, n_experts=4, n_tasks=2)
+    out = m(torch.randn(3, 8))
+    assert len(out) == 2 and out[0].shape == (3, 4) and not torch.allclose(out[0], out[1])
+
+
+def test_query_tower_is_single_layer():
+    q = QueryTower(10, 4)
+    assert sum(isinstance(mod, torch.nn.Linear) for mod in q.modules()) == 1
+    it = IntentTower(torch.randn(5, 3), d=4)
+    assert not it.semantic.requires_grad and "semantic" not in dict(it.named_parameters())
