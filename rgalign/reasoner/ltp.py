@@ -1,0 +1,124 @@
+"""Last-token pooling (paper Eq. 2-3): e_LTP = H[-1], the final-layer hidden state of the last prompt token.
+
+Prompts are the section 3.2 chat (system + user template around the context C) rendered by the tokenizer's
+chat template with the generation prompt appended, so the last token is where the answer would start. Batches
+are left-padded, so the last position is the last real token of every row. Results are float32 (B, d).
+
+Verbalized contexts repeat across sessions, so an on-disk cache (SQLite) keyed by sha256(model version,
+prompt) answers repeats without a forward pass.
+
+Example:
+    >>> enc = LTPEncoder(load_reasoner("artifacts/reasoners/tiny-s0"))        # doctest: +SKIP
+    >>> enc.embed(["User Profile: User Gender: Female"]).shape                # doctest: +SKIP
+    (1, 128)
+"""
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rgalign.features.prompt import ReasonerPrompt
+from rgalign.reasoner.sources import Reasoner
+
+
+class LTPCache:
+    """SQLite key -> float32 vector store; safe to share between threads of one process."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False)
+        self._db.execute("CREATE TABLE IF NOT EXISTS ltp (key TEXT PRIMARY KEY, vec BLOB)")
+        self._lock = threading.Lock()
+
+    def get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
+        out = {}
+        with self._lock:
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                q = f"SELECT key, vec FROM ltp WHERE key IN ({','.join('?' * len(chunk))})"
+                out.update({k: np.frombuffer(v, np.float32) for k, v in self._db.execute(q, chunk)})
+        return out
+
+    def put_many(self, items: dict[str, np.ndarray]) -> None:
+        with self._lock:
+            self._db.executemany("INSERT OR REPLACE INTO ltp VALUES (?, ?)",
+                                 [(k, np.asarray(v, np.float32).tobytes()) for k, v in items.items()])
+            self._db.commit()
+
+
+class LTPEncoder:
+    """Batched LTP extraction with left padding, left truncation and an optional cache.
+
+    Args:
+        reasoner: a loaded ``Reasoner``; its ``version`` keys the cache.
+        max_prompt_tokens: longer prompts keep their last tokens (a warning; counted in ``truncated``).
+        cache: an ``LTPCache`` (or a path to one), or None.
+    """
+
+    def __init__(self, reasoner: Reasoner, max_prompt_tokens: int = 512, batch_size: int = 32,
+                 cache: LTPCache | str | Path | None = None, prompt: ReasonerPrompt | None = None):
+        if max_prompt_tokens < 16:
+            raise ValueError(f"max_prompt_tokens must be >= 16, got {max_prompt_tokens}")
+        self.reasoner, self.max_prompt_tokens, self.batch_size = reasoner, max_prompt_tokens, batch_size
+        self.cache = LTPCache(cache) if isinstance(cache, (str, Path)) else cache
+        self.prompt = prompt or ReasonerPrompt()
+        self.truncated = self.hits = self.misses = 0
+
+    @property
+    def dim(self) -> int:
+        return self.reasoner.hidden_size
+
+    def render(self, context: str) -> str:
+        """The chat prompt text of one verbalized context (raises on an empty context)."""
+        return self.reasoner.tokenizer.apply_chat_template(self.prompt.messages(context), tokenize=False,
+                                                           add_generation_prompt=True)
+
+    def _key(self, prompt: str) -> str:
+        return hashlib.sha256(f"{self.reasoner.version}\x00{prompt}".encode()).hexdigest()
+
+    def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        tok = self.reasoner.tokenizer
+        ids = tok(prompts, add_special_tokens=False)["input_ids"]
+        over = [len(x) > self.max_prompt_tokens for x in ids]
+        if any(over):
+            self.truncated += sum(over)
+            warnings.warn(f"{sum(over)} prompt(s) longer than max_prompt_tokens={self.max_prompt_tokens} were "
+                          f"truncated from the left ({self.truncated} so far)", stacklevel=3)
+            ids = [x[-self.max_prompt_tokens:] for x in ids]
+        width = max(len(x) for x in ids)
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        return {"input_ids": input_ids, "attention_mask": mask}
+
+    @torch.inference_mode()
+    def embed_prompts(self, prompts: list[str]) -> np.ndarray:
+        """LTP of already rendered prompts, (N, d) float32."""
+        keys = [self._key(p) for p in prompts]
+        found = self.cache.get_many(list(set(keys))) if self.cache is not None else {}
+        todo = sorted({k: p for k, p in zip(keys, prompts) if k not in found}.items())
+        self.hits += sum(k in found for k in keys)
+        self.misses += len(todo)
+        new = {}
+        model = self.reasoner.model
+        base = getattr(model, "model", model)  # the decoder body: last_hidden_state is after the final norm
+        for i in range(0, len(todo), self.batch_size):
+            chunk = todo[i:i + self.batch_size]
+            b = self.tokenize([p for _, p in chunk])
+            h = base(**b).last_hidden_state[:, -1].float().numpy()
+            new.update({k: v for (k, _), v in zip(chunk, h)})
+        if self.cache is not None and new:
+            self.cache.put_many(new)
+        found.update(new)
+        return np.stack([found[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, self.dim), np.float32)
+
+    def embed(self, contexts: list[str]) -> np.ndarray:
+        """LTP of verbalized contexts C, (N, d) float32."""
+        return self.embed_prompts([self.render(c) for c in contexts])

