@@ -36,6 +36,14 @@ def add_config_args(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ())
                        help=f"{f.metadata.get('help', '')} (default: {f.default})", **kw)
 
 
+def add_tracking_args(p: argparse.ArgumentParser, optional: bool = True) -> None:
+    """``--artifacts`` (root of the SQLite MLflow store and its runs), ``--tracking-uri`` and ``--no-tracking``."""
+    p.add_argument("--artifacts", default=str(DEFAULT_ROOT), help="artifacts root (MLflow SQLite + runs)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: SQLite under --artifacts)")
+    if optional:
+        p.add_argument("--no-tracking", action="store_true", help="skip MLflow logging")
+
+
 def config_from_args(cls, args: argparse.Namespace):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
 
@@ -266,15 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     r = t.add_parser("ranker", help="Stage 1: train QE-Rec or the baseline, evaluate, log to MLflow")
     add_config_args(r, RankerConfig)
     r.add_argument("--world", required=True, help="a generated world folder")
-    r.add_argument("--artifacts", default=str(DEFAULT_ROOT), help="artifacts root (MLflow SQLite + runs)")
-    r.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: SQLite under --artifacts)")
-    r.add_argument("--no-tracking", action="store_true", help="train and evaluate without MLflow")
+    add_tracking_args(r)
     r.set_defaults(fn=cmd_train_ranker)
     e = sub.add_parser("eval", help="evaluate logged rankers on a world's evaluation week")
     e.add_argument("--world", required=True)
     e.add_argument("--model-uri", nargs="+", required=True, help="MLflow model URIs (runs:/<id>/ranker, models:/...)")
-    e.add_argument("--artifacts", default=str(DEFAULT_ROOT))
-    e.add_argument("--tracking-uri", default=None)
+    add_tracking_args(e, optional=False)
     e.set_defaults(fn=cmd_eval)
 
     rs = sub.add_parser("reasoner", help="the LLM query reasoner").add_subparsers(dest="sub", required=True)
@@ -282,9 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(b, ReasonerConfig)
     b.add_argument("--world", required=True, help="world whose training weeks feed the pre-training corpus")
     b.add_argument("--out", default=None, help="output directory (default: artifacts/reasoners/<source>-s<seed>)")
-    b.add_argument("--artifacts", default=str(DEFAULT_ROOT))
-    b.add_argument("--tracking-uri", default=None)
-    b.add_argument("--no-tracking", action="store_true")
+    add_tracking_args(b)
     b.set_defaults(fn=cmd_reasoner_build)
     for name, fn in (("embed", cmd_reasoner_embed), ("generate", cmd_reasoner_generate)):
         c = rs.add_parser(name, help="LTP embeddings of sessions" if name == "embed" else "write user questions")

@@ -96,6 +96,9 @@ class RankerConfig(_Config):
     patience: int = _f(2, "epochs without a validation-MRR gain before stopping")
     batch_size: int = _f(512, "sessions per step")
     n_neg: int = _f(15, "sampled negatives added to each logged list of shown intents")
+    non_seq: str = _f("mlp", "qe-rec: encoder of the non-sequence fields before the MLP: mlp (concatenated, as "
+                             "the paper writes) or autoint (the baseline's interacting layers first)")
+    user_activation: str = _f("sigmoid", "sigma of z_u = sigma(MLP(...)): sigmoid (as written in the paper), tanh or none")
     confidence: bool = _f(True, "qe-rec: weight samples by the learned confidence predictor (Eq. 5)")
     confidence_floor: float = _f(0.5, "minimum per-sample weight, keeps the weights from collapsing")
     val_days: int = _f(3, "last days of the training weeks held out for early stopping (never the eval week)")
@@ -111,6 +114,10 @@ class RankerConfig(_Config):
             raise ValueError(f"model={self.model!r}; use 'qe-rec' or 'baseline'")
         if not 0 <= self.w <= 1:
             raise ValueError(f"w must be within [0, 1], got {self.w}")
+        if self.non_seq not in ("autoint", "mlp"):
+            raise ValueError(f"non_seq={self.non_seq!r}; use 'autoint' or 'mlp'")
+        if self.user_activation not in ("sigmoid", "tanh", "none"):
+            raise ValueError(f"user_activation={self.user_activation!r}; use sigmoid, tanh or none")
         if self.d % self.heads:
             raise ValueError(f"d={self.d} must be divisible by heads={self.heads}")
         for name in ("epochs", "batch_size", "patience"):
@@ -139,6 +146,7 @@ class ReasonerConfig(_Config):
     ltp_batch: int = _f(32, "prompts per LTP forward pass")
     max_new_tokens: int = _f(40, "generation budget of a query (the prompt asks for 10-20 words)")
     corpus_sessions: int = _f(20_000, "training-week sessions verbalized into the pre-training corpus")
+    context_share: float = _f(0.7, "share of pre-training samples drawn from (context prompt, question) documents")
 
     def __post_init__(self):
         if self.pretrain_steps < 0 or self.max_prompt_tokens < 16:

@@ -124,29 +124,27 @@ def test_generation_greedy_is_deterministic_and_clean(raw_reasoner):
 
 @pytest.mark.slow
 def test_pretrained_ltp_beats_random_init_on_a_linear_probe(ci_world, tmp_path):
-    """Acceptance: the pre-trained tiny reasoner's LTP carries information a random-init one does not."""
+    """Acceptance: the pre-trained tiny reasoner's LTP carries information a random-init one of equal size
+    does not. Probe: logistic regression from LTP to the family of the evaluation week's true intent."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
     from rgalign.ranker.inputs import load_ranker_inputs, verbalize_frame
     from rgalign.reasoner.sources import build_model
-    path = build_reasoner(ReasonerConfig(pretrain_steps=PROBE_STEPS, corpus_sessions=4000, seq_len=320), ci_world,
-                          tmp_path / "tiny", progress=False)
+    path = build_reasoner(ReasonerConfig(pretrain_steps=300, corpus_sessions=5000), ci_world, tmp_path / "tiny",
+                          progress=False)
     inputs = load_ranker_inputs(ci_world, progress=False)
-    df = inputs.train.head(1500)
+    df = inputs.eval.head(3000)
     ctx = verbalize_frame(df, inputs.kb)
-    y = inputs.kb.set_index("intent_id").family.loc[df.clicked_intent].to_numpy()
+    y = inputs.kb.set_index("intent_id").family.loc[df.true_intent].to_numpy()
     r = load_reasoner(path)
     rand = Reasoner(build_model("tiny", len(r.tokenizer), seed=123).eval(), r.tokenizer, "random")
 
     def probe(reasoner):
         x = LTPEncoder(reasoner).embed(ctx)
         x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-        return cross_val_score(LogisticRegression(max_iter=2000), x, y, cv=5).mean()
+        return cross_val_score(LogisticRegression(max_iter=3000), x, y, cv=5).mean()
     trained, random_init = probe(r), probe(rand)
-    assert trained > random_init + 0.02, (trained, random_init)
-
-
-PROBE_STEPS = 150
+    assert trained > random_init + 0.015, (trained, random_init)
 
 
 @pytest.mark.slow

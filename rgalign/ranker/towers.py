@@ -43,9 +43,10 @@ class FieldEmbedding(nn.Module):
 
 
 class UserTower(nn.Module):
-    """z_u = sigma(MLP([v_non-seq; v_seq; v_grouped])).
+    """z_u = sigma(MLP([v_non-seq; v_seq; v_grouped])), sigma = sigmoid as the paper writes it (``activation``).
 
-    - v_non-seq: numerical + categorical field embeddings, flattened through an MLP.
+    - v_non-seq: numerical + categorical field embeddings, concatenated through an MLP (``non_seq="autoint"``
+      first runs the production baseline's AutoInt interacting layers over them).
     - v_seq: self-attention over the ordered behaviour sequence (intent id + position), read at a [CLS]
       token, so an empty sequence is well defined (the [CLS] attends to itself only).
     - v_grouped: intra-group cross-attention of the coupled group (intent id, click age): each clicked
@@ -55,11 +56,16 @@ class UserTower(nn.Module):
     ``seq_age`` (B, L) age buckets. Output: (B, d).
     """
 
+    ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "none": lambda x: x}
+
     def __init__(self, fields: FieldEmbedding, n_intents: int, d: int, max_len: int, n_age: int = 6,
-                 heads: int = 2, dropout: float = 0.2):
+                 heads: int = 2, dropout: float = 0.2, activation: str = "sigmoid", non_seq: str = "mlp"):
         super().__init__()
         if d % heads:
             raise ValueError(f"d={d} must be divisible by heads={heads}")
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(f"activation={activation!r}; use one of {sorted(self.ACTIVATIONS)}")
+        self.sigma = self.ACTIVATIONS[activation]
         self.fields = fields
         self.items = nn.Embedding(n_intents + 2, d, padding_idx=0)  # + OOV id n_intents + 1
         self.ages = nn.Embedding(n_age, d, padding_idx=0)
@@ -67,6 +73,11 @@ class UserTower(nn.Module):
         self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         self.seq_attn = nn.TransformerEncoderLayer(d, heads, 2 * d, dropout, batch_first=True)
         self.cross = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        if non_seq not in ("autoint", "mlp"):
+            raise ValueError(f"non_seq={non_seq!r}; use 'autoint' or 'mlp'")
+        from rgalign.ranker.baseline import AutoIntLayer  # the production baseline's field-interaction encoder
+        self.interact = (nn.Sequential(*(AutoIntLayer(d, heads, dropout) for _ in range(2))) if non_seq == "autoint"
+                         else nn.Identity())
         self.non_seq = nn.Sequential(nn.Linear(fields.n_fields * d, 2 * d), nn.ReLU(), nn.Dropout(dropout),
                                      nn.Linear(2 * d, d))
         self.mlp = nn.Sequential(nn.Linear(3 * d, 2 * d), nn.ReLU(), nn.Dropout(dropout), nn.Linear(2 * d, d))
@@ -75,7 +86,7 @@ class UserTower(nn.Module):
         _check("seq", seq, (cat.shape[0], None))
         _check("seq_age", seq_age, tuple(seq.shape))
         B, L = seq.shape
-        v_non_seq = self.non_seq(self.fields(cat, user, num).flatten(1))
+        v_non_seq = self.non_seq(self.interact(self.fields(cat, user, num)).flatten(1))
         pad = seq == 0
         x = torch.cat([self.cls.expand(B, 1, -1), self.items(seq)], 1) + self.pos[: L + 1]
         mask = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=seq.device), pad], 1)
@@ -86,7 +97,7 @@ class UserTower(nn.Module):
         fused, _ = self.cross(items, ages, ages, key_padding_mask=key_mask, need_weights=False)
         keep = (~pad).unsqueeze(-1).float()
         v_grouped = ((items + fused) * keep).sum(1) / keep.sum(1).clamp(min=1)
-        return torch.sigmoid(self.mlp(torch.cat([v_non_seq, v_seq, v_grouped], -1)))
+        return self.sigma(self.mlp(torch.cat([v_non_seq, v_seq, v_grouped], -1)))
 
 
 class CrossLayer(nn.Module):

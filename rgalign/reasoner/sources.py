@@ -102,8 +102,11 @@ def pretrain(model, tokenizer, docs: list[tuple[str, str]], cfg: ReasonerConfig,
     model.train()
     losses = []
     bar = tqdm(range(cfg.pretrain_steps), desc="pre-train reasoner", unit="step", disable=None if progress else True)
+    is_ctx = torch.tensor([bool(p) for p, _ in docs], dtype=torch.float32)
+    share = cfg.context_share if 0 < is_ctx.sum() < len(docs) else 0.5
+    weights = share * is_ctx / is_ctx.sum().clamp(min=1) + (1 - share) * (1 - is_ctx) / (1 - is_ctx).sum().clamp(min=1)
     for _ in bar:
-        idx = torch.randint(0, len(docs), (cfg.pretrain_batch,), generator=gen).tolist()
+        idx = torch.multinomial(weights, cfg.pretrain_batch, replacement=True, generator=gen).tolist()
         loss = model(**encode_docs(tokenizer, [docs[i] for i in idx], cfg.seq_len)).loss
         opt.zero_grad()
         loss.backward()
