@@ -96,6 +96,9 @@ class RankerConfig(_Config):
     patience: int = _f(2, "epochs without a validation-MRR gain before stopping")
     batch_size: int = _f(512, "sessions per step")
     n_neg: int = _f(15, "sampled negatives added to each logged list of shown intents")
+    user_tower: str = _f("autoint-mmoe", "qe-rec user tower: autoint-mmoe (the baseline's user encoder, so QE-Rec = "
+                                         "the production two-tower + intent text + query tower; chosen on validation "
+                                         "MRR) or hierarchical (section 3.3: v_non-seq, v_seq, v_grouped)")
     non_seq: str = _f("mlp", "qe-rec: encoder of the non-sequence fields before the MLP: mlp (concatenated, as "
                              "the paper writes) or autoint (the baseline's interacting layers first)")
     user_activation: str = _f("sigmoid", "sigma of z_u = sigma(MLP(...)): sigmoid (as written in the paper), tanh or none")
@@ -114,6 +117,8 @@ class RankerConfig(_Config):
             raise ValueError(f"model={self.model!r}; use 'qe-rec' or 'baseline'")
         if not 0 <= self.w <= 1:
             raise ValueError(f"w must be within [0, 1], got {self.w}")
+        if self.user_tower not in ("hierarchical", "autoint-mmoe"):
+            raise ValueError(f"user_tower={self.user_tower!r}; use 'hierarchical' or 'autoint-mmoe'")
         if self.non_seq not in ("autoint", "mlp"):
             raise ValueError(f"non_seq={self.non_seq!r}; use 'autoint' or 'mlp'")
         if self.user_activation not in ("sigmoid", "tanh", "none"):

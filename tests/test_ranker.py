@@ -29,8 +29,10 @@ def batch(seed=0, empty_seq=False):
 
 def make(model: str):
     torch.manual_seed(0)
-    if model == "qe-rec":
-        return QERec(N_INTENTS, torch.randn(N_INTENTS, 24), d_e=32, d=16, user_buckets=100, dropout=0.0)
+    if model.startswith("qe-rec"):
+        tower = "hierarchical" if model == "qe-rec" else "autoint-mmoe"
+        return QERec(N_INTENTS, torch.randn(N_INTENTS, 24), d_e=32, d=16, user_buckets=100, dropout=0.0,
+                     user_tower=tower)
     return TwoTowerAutoIntMMoE(N_INTENTS, torch.randint(1, 5, (N_INTENTS,)), d=16, user_buckets=100, dropout=0.0)
 
 
@@ -76,7 +78,7 @@ def test_confidence_weights_cannot_collapse():
         ConfidencePredictor(4, 5, floor=1.0)
 
 
-@pytest.mark.parametrize("model", ["qe-rec", "baseline"])
+@pytest.mark.parametrize("model", ["qe-rec", "qe-rec-autoint", "baseline"])
 def test_shapes(model):
     m = make(model).eval()
     x, e = batch(), torch.randn(B, 32)
@@ -88,10 +90,10 @@ def test_shapes(model):
     assert torch.allclose(m(x, e), m(x, e, intent_index=m.intent_index()))
 
 
-@pytest.mark.parametrize("model", ["qe-rec", "baseline"])
+@pytest.mark.parametrize("model", ["qe-rec", "qe-rec-autoint", "baseline"])
 def test_one_step_changes_every_trainable_parameter(model):
     m = make(model).train()
-    extra = ConfidencePredictor(16, 5) if model == "qe-rec" else None
+    extra = ConfidencePredictor(16, 5) if model.startswith("qe-rec") else None
     params = list(m.parameters()) + (list(extra.parameters()) if extra else [])
     before = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)  # no decay: a change must come from the gradient
@@ -100,7 +102,7 @@ def test_one_step_changes_every_trainable_parameter(model):
     shown = torch.cat([clicked[:, None], torch.randint(1, N_INTENTS + 1, (B, 4))], 1)
     cand, y, mask = candidate_lists(clicked, shown, 5, torch.ones(N_INTENTS) / N_INTENTS,
                                     torch.Generator().manual_seed(0))
-    if model == "qe-rec":
+    if model.startswith("qe-rec"):
         z_u = m.user(x)
         s = qe_score(z_u, m.intent_tower(cand), m.query_tower(e), m.w)
         loss = weighted_intent_loss(s, y, extra(z_u, torch.randint(-1, 5, (B,))), mask)
@@ -114,7 +116,7 @@ def test_one_step_changes_every_trainable_parameter(model):
     assert unchanged == []
 
 
-@pytest.mark.parametrize("model", ["qe-rec", "baseline"])
+@pytest.mark.parametrize("model", ["qe-rec", "qe-rec-autoint", "baseline"])
 def test_loss_falls_on_a_tiny_set(model):
     m = make(model).train()
     opt = torch.optim.AdamW(m.parameters(), lr=5e-3)
@@ -156,6 +158,8 @@ def test_bad_inputs_are_named():
         RankerConfig(d=30, heads=4)
     with pytest.raises(ValueError, match="model="):
         RankerConfig(model="dlrm")
+    with pytest.raises(ValueError, match="user_tower="):
+        QERec(N_INTENTS, torch.randn(N_INTENTS, 8), d_e=8, user_tower="wide")
 
 
 def test_feature_spec_fallbacks_are_counted():

@@ -57,6 +57,26 @@ class MMoE(nn.Module):
         return [torch.einsum("be,bed->bd", F.softmax(g(x), -1), e) for g in self.gates]
 
 
+class AutoIntMMoEUser(nn.Module):
+    """The production user encoder: field embeddings (+ the mean of the recent-intent embeddings as one more
+    field) -> AutoInt interacting layers -> dense MMoE. Input as ``UserTower``; output (B, d)."""
+
+    def __init__(self, n_intents: int, d: int = 64, n_layers: int = 2, heads: int = 2, n_experts: int = 4,
+                 user_buckets: int = 50_000, dropout: float = 0.2):
+        super().__init__()
+        self.fields = FieldEmbedding([len(FEATURES[c].vocab) + 1 for c in CATEGORICAL], user_buckets,
+                                     len(NUMERICAL), d)
+        self.seq_items = nn.Embedding(n_intents + 2, d, padding_idx=0)
+        self.autoint = nn.Sequential(*(AutoIntLayer(d, heads, dropout) for _ in range(n_layers)))
+        self.mmoe = MMoE((self.fields.n_fields + 1) * d, d, n_experts, 1, dropout)
+
+    def forward(self, cat, user, num, seq, seq_age=None) -> torch.Tensor:
+        f = self.fields(cat, user, num)
+        keep = (seq > 0).unsqueeze(-1).float()
+        pooled = (self.seq_items(seq) * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp(min=1)
+        return self.mmoe(self.autoint(torch.cat([f, pooled], 1)).flatten(1))[0]
+
+
 class TwoTowerAutoIntMMoE(nn.Module):
     """User tower: field embeddings (+ mean of the recent-intent embeddings as one more field) -> AutoInt
     layers -> 4-expert MMoE. Intent tower: intent id + family id embeddings -> MLP. Score: cos(z_u, z_i).
@@ -71,22 +91,14 @@ class TwoTowerAutoIntMMoE(nn.Module):
         if families.shape != (n_intents,):
             raise ValueError(f"families must have shape ({n_intents},), got {tuple(families.shape)}")
         self.n_intents, self.d_e = n_intents, None
-        self.fields = FieldEmbedding([len(FEATURES[c].vocab) + 1 for c in CATEGORICAL], user_buckets,
-                                     len(NUMERICAL), d)
-        self.seq_items = nn.Embedding(n_intents + 2, d, padding_idx=0)
-        self.autoint = nn.Sequential(*(AutoIntLayer(d, heads, dropout) for _ in range(n_layers)))
-        self.mmoe = MMoE((self.fields.n_fields + 1) * d, d, n_experts, 1, dropout)
+        self.user_tower = AutoIntMMoEUser(n_intents, d, n_layers, heads, n_experts, user_buckets, dropout)
         self.register_buffer("families", torch.cat([torch.zeros(1, dtype=torch.long), families.long()]))
         self.intent_ids = nn.Embedding(n_intents + 1, d, padding_idx=0)
         self.family_ids = nn.Embedding(int(families.max()) + 1, d, padding_idx=0)
         self.intent_mlp = nn.Sequential(nn.Linear(2 * d, 2 * d), nn.ReLU(), nn.Dropout(dropout), nn.Linear(2 * d, d))
 
     def user(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        f = self.fields(x["cat"], x["user"], x["num"])
-        keep = (x["seq"] > 0).unsqueeze(-1).float()
-        seq = (self.seq_items(x["seq"]) * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp(min=1)
-        h = self.autoint(torch.cat([f, seq], 1))
-        return self.mmoe(h.flatten(1))[0]
+        return self.user_tower(x["cat"], x["user"], x["num"], x["seq"])
 
     def intent_tower(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.numel() and (ids.min() < 1 or ids.max() > self.n_intents):

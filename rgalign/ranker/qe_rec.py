@@ -47,16 +47,22 @@ class QERec(nn.Module):
 
     def __init__(self, n_intents: int, semantic: torch.Tensor, d_e: int, d: int = 64, w: float = 0.7,
                  user_buckets: int = 50_000, dropout: float = 0.2, heads: int = 2, user_activation: str = "sigmoid",
-                 non_seq: str = "mlp"):
+                 non_seq: str = "mlp", user_tower: str = "hierarchical"):
         super().__init__()
         if not 0 <= w <= 1:
             raise ValueError(f"w must be within [0, 1], got {w}")
         if semantic.shape[0] != n_intents:
             raise ValueError(f"semantic has {semantic.shape[0]} rows for n_intents={n_intents}")
         self.w, self.n_intents, self.d_e = w, n_intents, d_e
-        fields = FieldEmbedding([len(FEATURES[c].vocab) + 1 for c in CATEGORICAL], user_buckets, len(NUMERICAL), d)
-        self.user_tower = UserTower(fields, n_intents, d, MAX_RECENT, heads=heads, dropout=dropout,
-                                    activation=user_activation, non_seq=non_seq)
+        if user_tower == "hierarchical":
+            fields = FieldEmbedding([len(FEATURES[c].vocab) + 1 for c in CATEGORICAL], user_buckets, len(NUMERICAL), d)
+            self.user_tower = UserTower(fields, n_intents, d, MAX_RECENT, heads=heads, dropout=dropout,
+                                        activation=user_activation, non_seq=non_seq)
+        elif user_tower == "autoint-mmoe":
+            from rgalign.ranker.baseline import AutoIntMMoEUser
+            self.user_tower = AutoIntMMoEUser(n_intents, d, 2, heads, 4, user_buckets, dropout)
+        else:
+            raise ValueError(f"user_tower={user_tower!r}; use 'hierarchical' or 'autoint-mmoe'")
         self.intent_tower = IntentTower(semantic, d, dropout)
         self.query_tower = QueryTower(d_e, d)
 

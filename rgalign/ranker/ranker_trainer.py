@@ -32,7 +32,7 @@ def build_model(cfg: RankerConfig, n_intents: int, semantic: torch.Tensor, famil
         return TwoTowerAutoIntMMoE(n_intents, families, cfg.d, cfg.autoint_layers, cfg.heads, cfg.n_experts,
                                    cfg.user_buckets, cfg.dropout)
     return QERec(n_intents, semantic, d_e, cfg.d, cfg.w, cfg.user_buckets, cfg.dropout, cfg.heads,
-                 cfg.user_activation, cfg.non_seq)
+                 cfg.user_activation, cfg.non_seq, cfg.user_tower)
 
 
 @torch.inference_mode()

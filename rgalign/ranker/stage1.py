@@ -28,6 +28,16 @@ class RankerRun:
     seconds: float
 
 
+def cold_start_rows(model, data, kb, label: str, seed: int) -> dict[str, dict[str, MetricValue]]:
+    """The evaluation restricted to sessions whose true intent launched with the evaluation week."""
+    import numpy as np
+    cold = np.isin(data.clicked.numpy(), kb.intent_id[kb.launch_day > 0].to_numpy())
+    if not cold.any():
+        return {}
+    return {f"{label} [cold-start intents, n={int(cold.sum())}]":
+            evaluate_model(model, data.subset(np.flatnonzero(cold)), seed=seed)}
+
+
 def run_ranker(cfg: RankerConfig, world: str | Path, tracking: bool = True, tracking_uri: str | None = None,
                root: str | Path = "artifacts", inputs: RankerInputs | None = None, progress: bool = True,
                label: str | None = None) -> RankerRun:
@@ -40,7 +50,8 @@ def run_ranker(cfg: RankerConfig, world: str | Path, tracking: bool = True, trac
     if not tracking:
         trainer = RankerTrainer(cfg, inputs, progress)
         result = trainer.train()
-        table = {label: evaluate_model(result.model, trainer.data["eval"], seed=cfg.seed)}
+        table = {label: evaluate_model(result.model, trainer.data["eval"], seed=cfg.seed),
+                 **cold_start_rows(result.model, trainer.data["eval"], inputs.kb, label, cfg.seed)}
         return RankerRun(result, table, inputs, None, None, time.perf_counter() - t0)
     import mlflow
 
@@ -54,7 +65,8 @@ def run_ranker(cfg: RankerConfig, world: str | Path, tracking: bool = True, trac
                            "eval_sessions": len(inputs.eval), "query_dim": inputs.query["train"].shape[1]})
         trainer = RankerTrainer(cfg, inputs, progress, log_fn=lambda m, step: mlflow.log_metrics(m, step=step))
         result = trainer.train()
-        table = {label: evaluate_model(result.model, trainer.data["eval"], seed=cfg.seed)}
+        table = {label: evaluate_model(result.model, trainer.data["eval"], seed=cfg.seed),
+                 **cold_start_rows(result.model, trainer.data["eval"], inputs.kb, label, cfg.seed)}
         mlflow.log_metrics({f"eval_{k.replace('@', '_at_')}": v.value for k, v in table[label].items()})
         mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds,
                             "train_samples_per_s": result.samples_per_s})
