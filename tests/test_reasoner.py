@@ -126,9 +126,8 @@ def test_generation_greedy_is_deterministic_and_clean(raw_reasoner):
 def test_pretrained_ltp_beats_random_init_on_a_linear_probe(ci_world, tmp_path):
     """Acceptance: the pre-trained tiny reasoner's LTP carries information a random-init one of equal size
     does not. Probe: logistic regression from LTP to the family of the evaluation week's true intent."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import cross_val_score
     from rgalign.ranker.inputs import load_ranker_inputs, verbalize_frame
+    from rgalign.reasoner.ltp import linear_probe
     from rgalign.reasoner.sources import build_model
     path = build_reasoner(ReasonerConfig(pretrain_steps=300, corpus_sessions=5000), ci_world, tmp_path / "tiny",
                           progress=False)
@@ -139,11 +138,7 @@ def test_pretrained_ltp_beats_random_init_on_a_linear_probe(ci_world, tmp_path):
     r = load_reasoner(path)
     rand = Reasoner(build_model("tiny", len(r.tokenizer), seed=123).eval(), r.tokenizer, "random")
 
-    def probe(reasoner):
-        x = LTPEncoder(reasoner).embed(ctx)
-        x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-        return cross_val_score(LogisticRegression(max_iter=3000), x, y, cv=5).mean()
-    trained, random_init = probe(r), probe(rand)
+    trained, random_init = linear_probe(LTPEncoder(r), ctx, y), linear_probe(LTPEncoder(rand), ctx, y)
     assert trained > random_init + 0.015, (trained, random_init)
 
 

@@ -38,6 +38,15 @@ def cold_start_rows(model, data, kb, label: str, seed: int) -> dict[str, dict[st
             evaluate_model(model, data.subset(np.flatnonzero(cold)), seed=seed)}
 
 
+def _train_and_evaluate(cfg: RankerConfig, inputs: RankerInputs, progress: bool, log_fn, label: str):
+    trainer = RankerTrainer(cfg, inputs, progress, log_fn)
+    result = trainer.train()
+    ev = trainer.data["eval"]
+    table = {label: evaluate_model(result.model, ev, seed=cfg.seed),
+             **cold_start_rows(result.model, ev, inputs.kb, label, cfg.seed)}
+    return result, table
+
+
 def run_ranker(cfg: RankerConfig, world: str | Path, tracking: bool = True, tracking_uri: str | None = None,
                root: str | Path = "artifacts", inputs: RankerInputs | None = None, progress: bool = True,
                label: str | None = None) -> RankerRun:
@@ -48,10 +57,7 @@ def run_ranker(cfg: RankerConfig, world: str | Path, tracking: bool = True, trac
                                           cfg.val_days, cfg.max_train_sessions, cfg.seed, progress)
     label = label or MODEL_LABEL[cfg.model]
     if not tracking:
-        trainer = RankerTrainer(cfg, inputs, progress)
-        result = trainer.train()
-        table = {label: evaluate_model(result.model, trainer.data["eval"], seed=cfg.seed),
-                 **cold_start_rows(result.model, trainer.data["eval"], inputs.kb, label, cfg.seed)}
+        result, table = _train_and_evaluate(cfg, inputs, progress, None, label)
         return RankerRun(result, table, inputs, None, None, time.perf_counter() - t0)
     import mlflow
 
@@ -63,10 +69,8 @@ def run_ranker(cfg: RankerConfig, world: str | Path, tracking: bool = True, trac
                          "feature_service": FEATURE_SERVICE, "stage": "1", "model": cfg.model})
         mlflow.log_params({"train_sessions": len(inputs.train), "val_sessions": len(inputs.val),
                            "eval_sessions": len(inputs.eval), "query_dim": inputs.query["train"].shape[1]})
-        trainer = RankerTrainer(cfg, inputs, progress, log_fn=lambda m, step: mlflow.log_metrics(m, step=step))
-        result = trainer.train()
-        table = {label: evaluate_model(result.model, trainer.data["eval"], seed=cfg.seed),
-                 **cold_start_rows(result.model, trainer.data["eval"], inputs.kb, label, cfg.seed)}
+        result, table = _train_and_evaluate(cfg, inputs, progress,
+                                            lambda m, step: mlflow.log_metrics(m, step=step), label)
         mlflow.log_metrics({f"eval_{k.replace('@', '_at_')}": v.value for k, v in table[label].items()})
         mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds,
                             "train_samples_per_s": result.samples_per_s})

@@ -122,3 +122,14 @@ class LTPEncoder:
     def embed(self, contexts: list[str]) -> np.ndarray:
         """LTP of verbalized contexts C, (N, d) float32."""
         return self.embed_prompts([self.render(c) for c in contexts])
+
+
+def linear_probe(encoder: LTPEncoder, contexts: list[str], labels, folds: int = 5, seed: int = 0) -> float:
+    """Cross-validated accuracy of a logistic regression from standardised LTP to ``labels``: how much of a
+    label the latent query embedding carries (issue acceptance: pre-trained beats random init)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    x = encoder.embed(contexts)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    cv = StratifiedKFold(folds, shuffle=False)
+    return float(cross_val_score(LogisticRegression(max_iter=3000, random_state=seed), x, labels, cv=cv).mean())
