@@ -18,12 +18,12 @@ import torch
 from tqdm.auto import tqdm
 
 from rgalign.config import RankerConfig
-from rgalign.metrics import MetricValue, evaluate_ranks
+from rgalign.metrics import MetricValue, evaluate_ranks, ranks_from_scores
 from rgalign.ranker.baseline import TwoTowerAutoIntMMoE
 from rgalign.ranker.data import FeatureSpec, RankerData, candidate_lists
 from rgalign.ranker.inputs import RankerInputs
 from rgalign.ranker.loss import ConfidencePredictor, weighted_intent_loss
-from rgalign.ranker.qe_rec import QERec
+from rgalign.ranker.qe_rec import QERec, qe_score
 
 
 def build_model(cfg: RankerConfig, n_intents: int, semantic: torch.Tensor, families: torch.Tensor,
@@ -49,7 +49,6 @@ def score_all(model: torch.nn.Module, data: RankerData, batch_size: int = 2048) 
 
 def target_ranks(scores: np.ndarray, target_ids: np.ndarray) -> np.ndarray:
     """0-based rank of each session's target intent id among all intents (ties count against it)."""
-    from rgalign.metrics import ranks_from_scores
     return ranks_from_scores(scores, np.asarray(target_ids) - 1)
 
 
@@ -103,7 +102,6 @@ class RankerTrainer:
         x = batch.inputs
         if self.cfg.model == "qe-rec":
             z_u = self.model.user(x)
-            from rgalign.ranker.qe_rec import qe_score
             s = qe_score(z_u, self.model.intent_tower(cand), self.model.query_tower(batch.query), self.model.w)
             wts = self.confidence(z_u, batch.click_pos) if self.confidence is not None else None
         else:
