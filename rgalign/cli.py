@@ -108,17 +108,15 @@ def sample_prompt(world: Path, fs=None, session_id: int | None = None) -> str:
     import pandas as pd
 
     from rgalign.features.prompt import ReasonerPrompt
-    from rgalign.features.verbalize import Verbalizer
+    from rgalign.ranker.inputs import verbalize_frame
     fs = fs or _session(argparse.Namespace(world=world, feast_dir=None))
     s = fs.sessions("eval")
     if session_id is not None:
         s = s[s.session_id == session_id]
         if s.empty:
             raise KeyError(f"session_id {session_id} is not in the evaluation week of {world}")
-    row = fs.training_set(sessions=s.head(1)).iloc[0].to_dict()
-    kb = pd.read_parquet(Path(world) / "kb.parquet")
-    v = Verbalizer(dict(zip(kb.intent_id, kb.title)))
-    return ReasonerPrompt().plain(v.context(row))
+    frame = fs.training_set(sessions=s.head(1))
+    return ReasonerPrompt().plain(verbalize_frame(frame, pd.read_parquet(Path(world) / "kb.parquet"))[0])
 
 
 def cmd_features_prompt(args) -> int:

@@ -53,6 +53,15 @@ def cache_dir(world: Path) -> Path:
     return d
 
 
+def _encoder_key(name: str, dim: int) -> str:
+    """Cache name of a text encoder's output (the hashing encoder's size is part of it)."""
+    return f"hashing-{dim}" if name == "hashing" else name
+
+
+def _encoder(name: str, dim: int):
+    return get_encoder(name, **({"dim": dim} if name == "hashing" else {}))
+
+
 def _cached_npy(path: Path, make) -> np.ndarray:
     if path.is_file():
         return np.load(path)
@@ -94,15 +103,12 @@ def load_ranker_inputs(world: str | Path, query_encoder: str = "hashing", query_
     frames = {"train": train.reset_index(drop=True), "val": val.reset_index(drop=True),
               "eval": ev.reset_index(drop=True)}
 
-    sem_enc = intent_encoder if intent_encoder == "minilm" else f"hashing-{query_dim}"
-    semantic = _cached_npy(cache / f"intent_text-{sem_enc}.npy",
-                           lambda: get_encoder(intent_encoder, **({"dim": query_dim} if intent_encoder == "hashing" else {}))
-                           .encode(intent_texts(kb)))
+    semantic = _cached_npy(cache / f"intent_text-{_encoder_key(intent_encoder, query_dim)}.npy",
+                           lambda: _encoder(intent_encoder, query_dim).encode(intent_texts(kb)))
     enc = None
     query = {}
+    key = query_encoder if query_fn is not None else _encoder_key(query_encoder, query_dim)
     for split, df in frames.items():
-        key = query_encoder if query_fn is not None else (
-            f"hashing-{query_dim}" if query_encoder == "hashing" else query_encoder)
         path = cache / f"query-{key}-{split}-{len(df)}-{int(df.session_id.sum()) % 10**12}.npy"
 
         def make(df=df):
@@ -110,7 +116,7 @@ def load_ranker_inputs(world: str | Path, query_encoder: str = "hashing", query_
             texts = verbalize_frame(df, kb, progress)
             if query_fn is not None:
                 return query_fn(texts)
-            enc = enc or get_encoder(query_encoder, **({"dim": query_dim} if query_encoder == "hashing" else {}))
+            enc = enc or _encoder(query_encoder, query_dim)
             return enc.encode(texts)
         query[split] = _cached_npy(path, make)
     return RankerInputs(frames["train"], frames["val"], frames["eval"], kb, semantic, query, world)
