@@ -14,7 +14,8 @@ import time
 import typing
 from pathlib import Path
 
-from rgalign.config import SCALES, RankerConfig, ReasonerConfig, WorldConfig
+from rgalign.config import (REPRODUCE_PRESETS, AlignmentConfig, SCALES, RankerConfig, ReasonerConfig, ReproduceConfig,
+                            WorldConfig)
 
 DEFAULT_ROOT = Path("artifacts")
 
@@ -27,7 +28,7 @@ def add_config_args(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ())
             continue
         typ = hints[f.name]
         base = next((t for t in typing.get_args(typ) if t is not type(None)), typ)
-        kw = {"choices": sorted(SCALES)} if f.name == "scale" else {}
+        kw = {"choices": sorted(REPRODUCE_PRESETS if cls is ReproduceConfig else SCALES)} if f.name == "scale" else {}
         if f.name == "model":
             kw = {"choices": ["qe-rec", "baseline"]}
         if base is bool:
@@ -246,6 +247,37 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
+def cmd_align(args) -> int:
+    from rgalign.alignment.calibrate import closed_loop
+    from rgalign.alignment.rg_cl_config import RGCLConfig
+    from rgalign.alignment.rg_dpo_config import RGDPOConfig
+    from rgalign.alignment.rg_sft_config import RGSFTConfig
+    from rgalign.metrics import format_table
+    acfg = config_from_args(AlignmentConfig, args)
+    rcfg = RankerConfig(epochs=args.ranker_epochs, max_train_sessions=args.max_train_sessions)
+    ds = {"deepspeed": args.deepspeed}
+    out = Path(args.out or DEFAULT_ROOT / "reasoners" / f"aligned-{Path(args.reasoner).name}")
+    history = closed_loop(args.world, args.reasoner, rcfg, acfg, out, RGSFTConfig(**ds), RGCLConfig(**ds),
+                          RGDPOConfig(**ds), tracking=not args.no_tracking, tracking_uri=args.tracking_uri,
+                          root=args.artifacts)
+    for h in history:
+        print(format_table(h["table"], f"round {h['round']}: reasoner {h['reasoner']} (ranker {h['model_uri']})"))
+        print()
+    print(f"aligned reasoner: {history[-1]['reasoner']}")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from rgalign.reproduce import run_reproduce
+    cfg = config_from_args(ReproduceConfig, args)
+    print(json.dumps(cfg.to_dict(), indent=1))
+    run_reproduce(cfg)
+    out = Path(cfg.out)
+    print((out / "reproduce.md").read_text())
+    print(f"written: {out / 'reproduce.md'}, {out / 'reproduce.json'}, {out / 'reproduce.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rgalign", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -301,6 +333,21 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--sample", action="store_true", help="nucleus sampling instead of greedy")
             c.add_argument("--seed", type=int, default=0)
         c.set_defaults(fn=fn)
+
+    al = sub.add_parser("align", help="Stage 1 -> Stage 2 (teachers, reward, best-of-N, RG-SFT/CL/DPO) -> Stage 3")
+    add_config_args(al, AlignmentConfig)
+    al.add_argument("--world", required=True, help="a generated world folder")
+    al.add_argument("--reasoner", required=True, help="the raw reasoner directory (rgalign reasoner build)")
+    al.add_argument("--out", default=None, help="aligned reasoners folder (default: artifacts/reasoners/aligned-<name>)")
+    al.add_argument("--deepspeed", action="store_true", help="train RG-SFT/CL/DPO with DeepSpeed ZeRO-3")
+    al.add_argument("--ranker-epochs", type=int, default=10, help="maximum epochs of the Stage-1/3 rankers")
+    al.add_argument("--max-train-sessions", type=int, default=None, help="cap on the rankers' training sessions")
+    add_tracking_args(al)
+    al.set_defaults(fn=cmd_align)
+
+    rp = sub.add_parser("reproduce", help="the paper's Tables 2-4 (Stages 1-3, 3 seeds) as markdown + a plot")
+    add_config_args(rp, ReproduceConfig)
+    rp.set_defaults(fn=cmd_reproduce)
 
     f = sub.add_parser("features", help="Feast feature store and verbalization").add_subparsers(dest="sub", required=True)
     for name, fn, hlp in [("apply", cmd_features_apply, "feast apply for a world"),

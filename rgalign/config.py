@@ -156,3 +156,83 @@ class ReasonerConfig(_Config):
     def __post_init__(self):
         if self.pretrain_steps < 0 or self.max_prompt_tokens < 16:
             raise ValueError("pretrain_steps must be >= 0 and max_prompt_tokens >= 16")
+
+
+@dataclass
+class AlignmentConfig(_Config):
+    """Stage 2 (section 4.2): teacher pool, reward, best-of-N and the RGA method; Stage 3 rounds."""
+    n_samples: int = _f(2_000, "clicked training sessions whose contexts get candidate queries")
+    teachers: str = _f("kb-retrieval,playbook,follow-up", "comma-separated teachers besides the reasoner: "
+                       "kb-retrieval, playbook, follow-up (offline), hf:DIR (a local causal LM), openai (the "
+                       "endpoint below)")
+    teacher_url: str | None = _f(None, "base URL of an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    teacher_model: str = _f("gpt-5", "model name sent to the OpenAI-compatible endpoint")
+    teacher_key_env: str = _f("OPENAI_API_KEY", "environment variable holding the endpoint's API key")
+    teacher_timeout_s: float = _f(30.0, "per-request timeout of the endpoint")
+    priority: str = _f("openai,kb-retrieval,playbook,follow-up,reasoner",
+                       "tie order of best-of-N, best first (paper: CompassMax > Gemini > GPT-5 > Qwen3)")
+    strategy: str = _f("V2", "best-of-N strategy: V1 full retention, V2 non-reasoner, V3 intersection, V4 union")
+    method: str = _f("sft-cl", "RGA method: sft, sft-cl (RG-SFT then RG-CL) or sft-dpo (RG-SFT then RG-DPO)")
+    max_words: int = _f(40, "a candidate query with more words is over-long and dropped after retries")
+    retries: int = _f(1, "retries of a teacher's empty or over-long answers")
+    min_candidates: int = _f(2, "valid candidate queries a sample needs")
+    min_samples: int = _f(16, "fail the stage if fewer samples keep enough candidates")
+    rounds: int = _f(1, "closed-loop rounds of Stage 2 + Stage 3 (the retrained ranker is the next reward model)")
+    seed: int = _f(0, "seed of the sample draw")
+
+    def __post_init__(self):
+        if self.strategy not in ("V1", "V2", "V3", "V4"):
+            raise ValueError(f"strategy={self.strategy!r}; use V1, V2, V3 or V4")
+        if self.method not in ("sft", "sft-cl", "sft-dpo"):
+            raise ValueError(f"method={self.method!r}; use sft, sft-cl or sft-dpo")
+        if self.n_samples < 8 or self.rounds < 1:
+            raise ValueError("n_samples must be >= 8 and rounds >= 1")
+        for t in self.teacher_list:
+            if t not in ("kb-retrieval", "playbook", "follow-up", "openai") and not t.startswith("hf:"):
+                raise ValueError(f"teacher {t!r} is unknown; use kb-retrieval, playbook, follow-up, hf:DIR or openai")
+        if "openai" in self.teacher_list and not self.teacher_url:
+            raise ValueError("teacher 'openai' needs teacher_url (e.g. http://127.0.0.1:8000/v1)")
+
+    @property
+    def teacher_list(self) -> list[str]:
+        return [t.strip() for t in self.teachers.split(",") if t.strip()]
+
+
+# reproduction presets: what "--scale" means for every size knob that is left at None
+REPRODUCE_PRESETS: dict[str, dict] = {
+    "ci": dict(pretrain_steps=40, pretrain_batch=8, corpus_sessions=1_500, max_train=1_000, max_val=200,
+               max_eval=1_000, n_samples=160, ranker_epochs=4, sft_epochs=1.0, cl_epochs=1.0, dpo_epochs=1.0),
+    "bench": dict(pretrain_steps=200, pretrain_batch=16, corpus_sessions=5_000, max_train=12_000, max_val=1_500,
+                  max_eval=6_000, n_samples=1_500, ranker_epochs=10, sft_epochs=3.0, cl_epochs=4.0, dpo_epochs=2.0),
+}
+
+
+@dataclass
+class ReproduceConfig(_Config):
+    """``rgalign reproduce``: the paper's Tables 2-4 on the benchmark world (sizes from ``REPRODUCE_PRESETS``)."""
+    scale: str = _f("ci", "ci (CI, under 10 minutes) or bench (the README tables)")
+    seeds: int = _f(3, "ranker seeds per row; values are means, +- combines bootstrap and seed spread")
+    world_seed: int = _f(0, "seed of the benchmark world")
+    out: str = _f("artifacts/reproduce", "output folder (tables, plot, reasoners, caches)")
+    reasoner: str | None = _f(None, "an existing raw reasoner directory to start from (default: build tiny)")
+    pretrain_steps: int | None = _f(None, "pre-training steps of the built tiny reasoner")
+    pretrain_batch: int | None = _f(None, "pre-training sequences per step")
+    corpus_sessions: int | None = _f(None, "sessions in the reasoner's pre-training corpus")
+    max_train: int | None = _f(None, "clicked training sessions of the rankers")
+    max_val: int | None = _f(None, "validation sessions (early stopping)")
+    max_eval: int | None = _f(None, "evaluation-week sessions")
+    n_samples: int | None = _f(None, "Stage-2 contexts with candidate queries")
+    ranker_epochs: int | None = _f(None, "maximum ranker epochs")
+    sft_epochs: float | None = _f(None, "RG-SFT epochs")
+    cl_epochs: float | None = _f(None, "RG-CL epochs")
+    dpo_epochs: float | None = _f(None, "RG-DPO epochs")
+    sentence_encoder: str = _f("minilm", "frozen sentence encoder of the BGE-style rows (Table 3)")
+
+    def __post_init__(self):
+        if self.scale not in REPRODUCE_PRESETS:
+            raise ValueError(f"scale={self.scale!r}; reproduce supports {sorted(REPRODUCE_PRESETS)}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        for k, v in REPRODUCE_PRESETS[self.scale].items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)

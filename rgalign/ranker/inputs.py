@@ -74,7 +74,8 @@ def _cached_npy(path: Path, make) -> np.ndarray:
 
 def load_ranker_inputs(world: str | Path, query_encoder: str = "hashing", query_dim: int = 256,
                        intent_encoder: str = "minilm", val_days: int = 3, max_train_sessions: int | None = None,
-                       seed: int = 0, progress: bool = True, query_fn=None) -> RankerInputs:
+                       seed: int = 0, progress: bool = True, query_fn=None, max_val_sessions: int | None = None,
+                       max_eval_sessions: int | None = None) -> RankerInputs:
     """Build (or load from cache) everything Stage 1 needs for ``world``.
 
     ``query_fn(texts) -> (N, d_e)``, when given, replaces the text encoder for the query embedding (the
@@ -100,6 +101,10 @@ def load_ranker_inputs(world: str | Path, query_encoder: str = "hashing", query_
     if max_train_sessions is not None and len(train) > max_train_sessions:
         train = train.sample(max_train_sessions, random_state=seed).sort_values("session_id")
     ev = full[full.split == "eval"].merge(labels, on="session_id")
+    if max_val_sessions is not None and len(val) > max_val_sessions:
+        val = val.sample(max_val_sessions, random_state=seed).sort_values("session_id")
+    if max_eval_sessions is not None and len(ev) > max_eval_sessions:
+        ev = ev.sample(max_eval_sessions, random_state=seed).sort_values("session_id")
     frames = {"train": train.reset_index(drop=True), "val": val.reset_index(drop=True),
               "eval": ev.reset_index(drop=True)}
 

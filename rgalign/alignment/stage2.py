@@ -1,0 +1,146 @@
+"""Stage 2 as two calls: ``build_candidates`` (teachers -> embeddings -> reward) and ``align`` (best-of-N ->
+RG-SFT -> RG-CL or RG-DPO). The CLI, the KFP components and ``rgalign reproduce`` call these.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rgalign.alignment.best_of_n import Selection, best_of_n, edit_distance, preference_pairs
+from rgalign.alignment.reward import QueryEmbedder, candidate_ndcg, golden_cosine
+from rgalign.alignment.rg_cl_config import RGCLConfig
+from rgalign.alignment.rg_dpo_config import RGDPOConfig
+from rgalign.alignment.rg_sft_config import RGSFTConfig
+from rgalign.alignment.teachers import (FollowUpTeacher, HFTeacher, OpenAITeacher, PlaybookTeacher, RetrievalTeacher,
+                                        Teacher, TeacherPool)
+from rgalign.config import AlignmentConfig
+from rgalign.ranker.inputs import intent_texts, verbalize_frame
+from rgalign.reasoner.ltp import LTPEncoder
+
+REASONER = "reasoner"
+
+
+class ReasonerTeacher(Teacher):
+    """The reasoner being aligned is the 4th candidate (greedy generation of its own query)."""
+    name = REASONER
+
+    def __init__(self, encoder: LTPEncoder, max_new_tokens: int = 40):
+        self.encoder, self.max_new_tokens = encoder, max_new_tokens
+
+    def generate(self, contexts):
+        from rgalign.reasoner.generate import generate_queries
+        return generate_queries(self.encoder, contexts, max_new_tokens=self.max_new_tokens, batch_size=32)
+
+
+def make_teachers(cfg: AlignmentConfig, kb: pd.DataFrame, encoder: LTPEncoder) -> list[Teacher]:
+    out: list[Teacher] = []
+    for t in cfg.teacher_list:
+        if t == "kb-retrieval":
+            out.append(RetrievalTeacher(intent_texts(kb), kb.title.tolist()))
+        elif t == "playbook":
+            out.append(PlaybookTeacher())
+        elif t == "follow-up":
+            out.append(FollowUpTeacher())
+        elif t == "openai":
+            teacher = OpenAITeacher(cfg.teacher_url, cfg.teacher_model, name="openai", api_key_env=cfg.teacher_key_env,
+                                    timeout_s=cfg.teacher_timeout_s, retries=cfg.retries)
+            teacher.check()
+            out.append(teacher)
+        else:
+            out.append(HFTeacher(t[3:], name=t))
+    return out + [ReasonerTeacher(encoder)]
+
+
+@dataclass
+class Candidates:
+    """K candidate queries for S sessions with their rewards (the reward model's view of Stage 2)."""
+    frame: pd.DataFrame            # (S rows) Feast features of the kept sessions
+    prompts: list[str]             # rendered section 3.2 prompts (the reasoner's input)
+    names: list[str]               # (K,) teachers, the reasoner last
+    queries: list[list[str]]       # (S, K), '' where a teacher's answer was dropped
+    e: np.ndarray                  # (S, K, d) e(q) in the frozen reasoner's space
+    ndcg: np.ndarray               # (S, K) reward
+    edit: np.ndarray               # (S, K) word edit distance to the reasoner's query
+    golden_cos: np.ndarray         # (S, K) cos(e(q), e(clicked intent text))
+    dropped: dict
+
+    @property
+    def valid(self) -> np.ndarray:
+        return np.array([[bool(q) for q in row] for row in self.queries])
+
+    def teacher_table(self) -> pd.DataFrame:
+        """Mean reward and win share (V1) of each teacher: how good the pool's members are."""
+        v = self.valid
+        win = best_of_n(self.ndcg, self.names, self.names, "V1", valid=v)
+        share = win.winner_counts(self.names)
+        return pd.DataFrame({"teacher": self.names,
+                             "mean NDCG": [float(self.ndcg[v[:, k], k].mean()) if v[:, k].any() else float("nan")
+                                           for k in range(len(self.names))],
+                             "V1 wins": [share[n] / max(len(win.kept), 1) for n in self.names],
+                             "dropped": [self.dropped.get(n, 0) for n in self.names]})
+
+
+def build_candidates(train_frame: pd.DataFrame, kb: pd.DataFrame, ranker, spec, encoder: LTPEncoder,
+                     cfg: AlignmentConfig, progress: bool = False) -> Candidates:
+    """Sample ``cfg.n_samples`` clicked training sessions, ask every teacher (and the reasoner) for a query,
+    embed the queries with the frozen reasoner and score them with the Stage-1 QE-Rec (the reward)."""
+    frame = train_frame[train_frame.clicked_intent > 0]
+    frame = frame.sample(min(cfg.n_samples, len(frame)), random_state=cfg.seed).sort_values("session_id")
+    contexts = verbalize_frame(frame, kb, progress)
+    pool = TeacherPool(make_teachers(cfg, kb, encoder), cfg.max_words, cfg.retries, cfg.min_candidates,
+                       cfg.min_samples)
+    res = pool.generate(contexts)
+    frame = frame.iloc[res.kept].reset_index(drop=True)
+    prompts = [encoder.render(contexts[i]) for i in res.kept]
+    S, K = len(res.queries), len(res.names)
+    embedder = QueryEmbedder(encoder)
+    flat = sorted({q for row in res.queries for q in row if q})
+    vec = dict(zip(flat, embedder.embed(flat)))
+    e = np.zeros((S, K, embedder.dim), np.float32)
+    for s, row in enumerate(res.queries):
+        for k, q in enumerate(row):
+            if q:
+                e[s, k] = vec[q]
+    clicked = frame.clicked_intent.to_numpy(np.int64)
+    ndcg = candidate_ndcg(ranker, spec.encode(frame)[0], e, clicked)
+    r = res.names.index(REASONER)
+    edit = np.array([[edit_distance(q, row[r]) for q in row] for row in res.queries], float)
+    texts = intent_texts(kb)
+    golden = embedder.embed([texts[c - 1] for c in clicked])
+    valid = np.array([[bool(q) for q in row] for row in res.queries])
+    ndcg = np.where(valid, ndcg, -1.0)
+    return Candidates(frame, prompts, res.names, res.queries, e, ndcg, edit, golden_cosine(e, golden),
+                      dict(res.dropped))
+
+
+def select(c: Candidates, cfg: AlignmentConfig) -> Selection:
+    priority = [p.strip() for p in cfg.priority.split(",")]
+    return best_of_n(c.ndcg, c.names, priority, cfg.strategy, REASONER, c.valid, c.edit, c.golden_cos)
+
+
+def align(c: Candidates, sel: Selection, method: str, reasoner: str | Path, out: str | Path,
+          sft: RGSFTConfig | None = None, cl: RGCLConfig | None = None, dpo: RGDPOConfig | None = None) -> Path:
+    """RG-SFT on the winners, then RG-CL (to e(q^w)) or RG-DPO (q^w over Q^l); returns the aligned reasoner."""
+    from rgalign.alignment.rg_cl_trainer import rg_cl
+    from rgalign.alignment.rg_dpo_trainer import rg_dpo
+    from rgalign.alignment.rg_sft_trainer import rg_sft
+    if len(sel.kept) == 0:
+        raise ValueError(f"best-of-N strategy {sel.strategy} kept no sample; use V1 or more samples")
+    out = Path(out)
+    winners = [(c.prompts[s], c.queries[s][w]) for s, w in zip(sel.kept, sel.winner)]
+    sft_dir = rg_sft(reasoner, winners, sft or RGSFTConfig(), out / "sft")
+    if method == "sft":
+        return sft_dir
+    if method == "sft-cl":
+        e_pos = np.stack([c.e[s, w] for s, w in zip(sel.kept, sel.winner)])
+        return rg_cl(sft_dir, winners, e_pos, cl or RGCLConfig(), out / "cl")
+    dpo = dpo or RGDPOConfig()
+    pairs, per = [], {}
+    for s, w, l in preference_pairs(sel, c.ndcg):
+        if per.get(s, 0) < dpo.max_pairs_per_sample:
+            per[s] = per.get(s, 0) + 1
+            pairs.append((c.prompts[s], c.queries[s][w], c.queries[s][l]))
+    return rg_dpo(sft_dir, pairs, dpo, out / "dpo")

@@ -1,0 +1,271 @@
+"""The teacher pool of Stage 2 (paper section 4.2, "Multi-LLM Sample Generation"): ``context -> one query``.
+
+Every teacher reads only the verbalized user context C (Table 1) inside the section 3.2 prompt; none sees a
+click, a true intent or a parameter of the world's hidden model. Backends:
+
+- ``OpenAITeacher``: any OpenAI-compatible ``/chat/completions`` endpoint (GPT-class APIs, vLLM, a KServe
+  HF runtime): base URL, model and key from config/env, batched with a thread pool, retries, timeouts.
+- ``HFTeacher``: a local Hugging Face causal LM directory (e.g. the ``smollm2`` reasoner), greedy decoding.
+- Offline teachers for tests and benchmarks, of deliberately different quality:
+  * ``PlaybookTeacher`` ("playbook"): a support team's rule of thumb over order status, entry point and
+    overdue delivery (the same heuristic the reasoner's pre-training corpus uses). Medium quality.
+  * ``RetrievalTeacher`` ("kb-retrieval"): lexical retrieval of the KB intent whose title and description
+    best match the context's slots (channel, payment, category, region, status words), phrased as a
+    question. The strongest offline teacher: it names KB-like intents.
+  * ``FollowUpTeacher`` ("follow-up"): asks again about the most recently clicked intent of the last 24 h,
+    else a generic status question. Weak: right only for follow-up sessions.
+- The reasoner itself is the 4th candidate (``rgalign.reasoner.generate``), added by the caller.
+
+``TeacherPool.generate`` validates every answer (empty, over-long): a bad answer is retried, then dropped
+with a counted warning; a context keeps its sample only with ``min_candidates`` valid queries, and the run
+fails with a clear message if too few samples remain.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rgalign.features.metadata import ENTRY_POINTS, FEATURES, ORDER_STATUSES
+from rgalign.features.prompt import ReasonerPrompt
+from rgalign.reasoner.corpus import rule_question
+
+_LABELS = {f.label: name for name, f in FEATURES.items()}
+_LABEL_RE = re.compile(r"(?:^|, |: )(" + "|".join(re.escape(lbl) for lbl in sorted(_LABELS, key=len, reverse=True))
+                       + r"): ")
+
+
+def parse_context(context: str) -> dict:
+    """Inverse of ``Verbalizer.context`` for the fields a teacher may read: ``{feature name: id or number}``
+    (categoricals back to ids, numbers without units, the 24 h intents as a list of titles)."""
+    row: dict = {}
+    for line in context.splitlines():
+        hits = list(_LABEL_RE.finditer(line))
+        for a, b in zip(hits, hits[1:] + [None]):
+            name = _LABELS[a.group(1)]
+            value = line[a.end():b.start() if b else len(line)].strip()
+            feat = FEATURES[name]
+            if feat.kind == "categorical":
+                row[name] = feat.vocab.index(value) + 1 if value in feat.vocab else 0
+            elif feat.kind == "numerical":
+                m = re.match(r"-?\d+(\.\d+)?", value)
+                row[name] = float(m.group()) if m else float("nan")
+            elif feat.kind == "sequence":
+                row[name] = re.findall(r"'([^']*)'", value)
+    return row
+
+
+class Teacher:
+    """``generate(contexts) -> queries`` (one per context; '' or None when it has nothing to say)."""
+    name: str = "teacher"
+
+    def generate(self, contexts: list[str]) -> list[str | None]:
+        raise NotImplementedError
+
+
+class PlaybookTeacher(Teacher):
+    name = "playbook"
+
+    def generate(self, contexts):
+        return [rule_question(parse_context(c)) for c in contexts]
+
+
+class FollowUpTeacher(Teacher):
+    name = "follow-up"
+
+    def generate(self, contexts):
+        out = []
+        for c in contexts:
+            row = parse_context(c)
+            recent = row.get("recent_intents") or []
+            if recent:
+                out.append(f"I asked about '{recent[-1]}' earlier today and still need help with it, what now?")
+            else:
+                s = int(row.get("order_status", 0) or 0)
+                status = ORDER_STATUSES[s - 1].replace("_", " ").lower() if 1 <= s <= len(ORDER_STATUSES) else "my"
+                out.append(f"I have a question about my {status} order, can someone from support help me please?")
+        return out
+
+
+class RetrievalTeacher(Teacher):
+    """Lexical KB retrieval: TF-IDF over word unigrams and bigrams of the intent texts; the context's
+    entry point and order status add their words. Deterministic, no training, no labels."""
+    name = "kb-retrieval"
+
+    def __init__(self, intent_texts: list[str], titles: list[str]):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        if len(intent_texts) != len(titles) or not titles:
+            raise ValueError("RetrievalTeacher needs one title per intent text (and at least one intent)")
+        self.titles = titles
+        self.vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, stop_words="english")
+        self.index = self.vec.fit_transform(intent_texts)
+
+    def generate(self, contexts):
+        queries = []
+        for c in contexts:
+            row = parse_context(c)
+            words = [c.split("\nUser Historical")[0]]
+            e, s = int(row.get("entry_point", 0) or 0), int(row.get("order_status", 0) or 0)
+            if 1 <= e <= len(ENTRY_POINTS):
+                words.append(ENTRY_POINTS[e - 1])
+            if 1 <= s <= len(ORDER_STATUSES):
+                words += [ORDER_STATUSES[s - 1].replace("_", " ").lower()] * 3
+            queries.append(" ".join(words))
+        sims = (self.vec.transform(queries) @ self.index.T).toarray()
+        best = sims.argmax(1)
+        return [f"Can you help me with this: {self.titles[i].lower()}, what should I do next?" for i in best]
+
+
+class HFTeacher(Teacher):
+    """A local causal LM directory (loaded with ``load_reasoner``), greedy decoding of the section 3.2 prompt."""
+
+    def __init__(self, path: str, name: str | None = None, max_new_tokens: int = 40, batch_size: int = 16):
+        from rgalign.reasoner.ltp import LTPEncoder
+        from rgalign.reasoner.sources import load_reasoner
+        self.encoder = LTPEncoder(load_reasoner(path))
+        self.name = name or f"hf:{os.path.basename(str(path).rstrip('/'))}"
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+
+    def generate(self, contexts):
+        from rgalign.reasoner.generate import generate_queries
+        return generate_queries(self.encoder, contexts, max_new_tokens=self.max_new_tokens,
+                                batch_size=self.batch_size)
+
+
+class TeacherUnreachable(RuntimeError):
+    pass
+
+
+class OpenAITeacher(Teacher):
+    """An OpenAI-compatible chat endpoint. ``base_url`` like ``http://host:8000/v1``; the key is read from
+    the environment variable ``api_key_env`` (never from a file in the repo)."""
+
+    def __init__(self, base_url: str, model: str, name: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 timeout_s: float = 30.0, retries: int = 2, concurrency: int = 8, max_tokens: int = 64,
+                 temperature: float = 0.0):
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url={base_url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1)")
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model, self.name = model, name or f"openai:{model}"
+        self.key = os.environ.get(api_key_env, "")
+        self.timeout_s, self.retries, self.concurrency = timeout_s, retries, concurrency
+        self.max_tokens, self.temperature = max_tokens, temperature
+        self.prompt = ReasonerPrompt()
+        self.failures = Counter()
+
+    def _one(self, context: str) -> str | None:
+        body = json.dumps({"model": self.model, "messages": self.prompt.messages(context),
+                           "max_tokens": self.max_tokens, "temperature": self.temperature}).encode()
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {self.key}"} if self.key else {})}
+        last = None
+        for attempt in range(self.retries + 1):
+            try:
+                req = urllib.request.Request(self.url, body, headers, method="POST")
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
+                    return json.loads(r.read())["choices"][0]["message"]["content"]
+            except urllib.error.HTTPError as e:
+                last = f"HTTP {e.code}"
+                if e.code < 500 and e.code != 429:
+                    break
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+                last = type(getattr(e, "reason", e)).__name__
+            except (KeyError, IndexError, ValueError):
+                last = "malformed response"
+            time.sleep(min(0.2 * 2 ** attempt, 2.0))
+        self.failures[last] += 1
+        return None
+
+    def check(self) -> None:
+        """Fail fast with a clear message when the endpoint cannot be reached at all."""
+        try:
+            urllib.request.urlopen(urllib.request.Request(self.url.replace("/chat/completions", "/models")),
+                                   timeout=self.timeout_s)
+        except urllib.error.HTTPError:
+            return  # reachable (it answered)
+        except (urllib.error.URLError, OSError) as e:
+            raise TeacherUnreachable(f"teacher {self.name}: {self.url} is unreachable ({e}); check "
+                                     "alignment.teacher_url and that the server is running") from None
+
+    def generate(self, contexts):
+        with ThreadPoolExecutor(self.concurrency) as ex:
+            return list(ex.map(self._one, contexts))
+
+
+@dataclass
+class PoolResult:
+    """Candidates of the kept samples: ``queries[i][k]`` from teacher ``names[k]`` ('' = dropped)."""
+    names: list[str]
+    queries: list[list[str]]
+    kept: np.ndarray                          # indices of the input contexts that kept their sample
+    dropped: Counter = field(default_factory=Counter)   # teacher -> answers dropped after retries
+
+
+class TeacherPool:
+    """Runs several teachers, validates and retries their answers.
+
+    Args:
+        teachers: the candidates' sources (the reasoner can be one of them).
+        max_words: an answer with more words is over-long (the prompt asks for 10-20).
+        retries: extra attempts for the contexts whose answer was empty or over-long.
+        min_candidates: valid queries a sample needs to stay (best-of-N needs at least 2).
+        min_samples: the run fails if fewer samples remain.
+    """
+
+    def __init__(self, teachers: list[Teacher], max_words: int = 40, retries: int = 1, min_candidates: int = 2,
+                 min_samples: int = 8):
+        names = [t.name for t in teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teacher names must be unique, got {names}")
+        if min_candidates < 2:
+            raise ValueError(f"min_candidates must be >= 2 (best-of-N compares candidates), got {min_candidates}")
+        self.teachers, self.max_words, self.retries = teachers, max_words, retries
+        self.min_candidates, self.min_samples = min_candidates, min_samples
+
+    def _valid(self, q) -> bool:
+        return isinstance(q, str) and bool(q.strip()) and len(q.split()) <= self.max_words
+
+    def generate(self, contexts: list[str]) -> PoolResult:
+        dropped = Counter()
+        columns = []
+        for t in self.teachers:
+            try:
+                out = list(t.generate(contexts))
+            except TeacherUnreachable:
+                raise
+            except Exception as e:  # a teacher that crashes counts as all-empty, like one that times out
+                warnings.warn(f"teacher {t.name} failed ({type(e).__name__}: {e}); its answers are dropped")
+                out = [None] * len(contexts)
+            if len(out) != len(contexts):
+                raise RuntimeError(f"teacher {t.name} returned {len(out)} answers for {len(contexts)} contexts")
+            for _ in range(self.retries):
+                bad = [i for i, q in enumerate(out) if not self._valid(q)]
+                if not bad:
+                    break
+                try:
+                    again = t.generate([contexts[i] for i in bad])
+                except Exception:
+                    again = [None] * len(bad)
+                for i, q in zip(bad, again):
+                    out[i] = q
+            n_bad = sum(not self._valid(q) for q in out)
+            if n_bad:
+                dropped[t.name] = n_bad
+                warnings.warn(f"teacher {t.name}: {n_bad} of {len(out)} answers empty, over-long "
+                              f"(> {self.max_words} words) or failed after {self.retries} retries; dropped")
+            columns.append([" ".join(q.split()) if self._valid(q) else "" for q in out])
+        rows = list(zip(*columns)) if columns else []
+        kept = np.array([i for i, r in enumerate(rows) if sum(bool(q) for q in r) >= self.min_candidates], int)
+        if len(kept) < self.min_samples:
+            raise RuntimeError(f"only {len(kept)} of {len(contexts)} contexts kept >= {self.min_candidates} valid "
+                               f"candidate queries (need {self.min_samples}); dropped answers per teacher: "
+                               f"{dict(dropped)}. Check the teachers' endpoints or lower alignment.min_candidates.")
+        return PoolResult([t.name for t in self.teachers], [list(rows[i]) for i in kept], kept, dropped)

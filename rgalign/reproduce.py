@@ -1,0 +1,224 @@
+"""``rgalign reproduce``: the paper's Tables 2-4 on the benchmark world, by one command.
+
+Flow (every arrow is a library call that the pipeline components make too):
+world -> tiny reasoner (raw) -> LTP -> Stage 1 (baseline and QE-Rec, ``seeds`` each) -> candidates from the
+teacher pool scored by the seed-0 QE-Rec -> best-of-N V1-V4 -> RG-SFT -> RG-CL (V1-V4) / RG-DPO (V2) ->
+rows without Stage 3 (the Stage-1 rankers read the aligned LTP) and with Stage 3 (QE-Rec retrained), plus
+the BGE-style rows (generated query -> frozen sentence encoder). Every row sees the same sessions.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from rgalign.config import AlignmentConfig, RankerConfig, ReasonerConfig, ReproduceConfig, WorldConfig
+from rgalign.metrics import METRICS, MetricValue, format_table
+
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
+
+
+def combine(per_seed: list[dict[str, MetricValue]]) -> dict[str, MetricValue]:
+    """Mean over seeds; the half-width combines the mean bootstrap half-width and the t-interval of the
+    seed means: hw = sqrt(boot^2 + (t * sd / sqrt(n))^2)."""
+    out = {}
+    for m in METRICS:
+        vals = np.array([r[m].value for r in per_seed if m in r])
+        if not len(vals):
+            continue
+        boot = np.mean([(r[m].hi - r[m].lo) / 2 for r in per_seed if m in r])
+        seed_hw = T975.get(len(vals) - 1, 1.96) * vals.std(ddof=1) / np.sqrt(len(vals)) if len(vals) > 1 else 0.0
+        hw = float(np.hypot(boot, seed_hw))
+        out[m] = MetricValue(float(vals.mean()), float(vals.mean()) - hw, float(vals.mean()) + hw)
+    return out
+
+
+def improvement_rows(base: dict[str, MetricValue], rows: list[dict[str, MetricValue]]) -> dict[str, dict[str, str]]:
+    """The paper's "Rel. Improv. (Best)" and "Error Reduction (Best)" rows against ``base``."""
+    rel, err = {}, {}
+    for m in METRICS:
+        if m not in base:
+            continue
+        best = max(r[m].value for r in rows)
+        rel[m] = f"{(best - base[m].value) / base[m].value * 100:+.2f}%"
+        err[m] = f"{(best - base[m].value) / (1 - base[m].value) * 100:+.2f}%"
+    return {"Rel. Improv. (Best)": rel, "Error Reduction (Best)": err}
+
+
+def _md(rows: dict, prefix_cols: list[str] | None = None, prefixes: dict | None = None) -> str:
+    cols = list(METRICS)
+    head = (prefix_cols or []) + cols
+    lines = ["| Model | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    for name, r in rows.items():
+        pre = list((prefixes or {}).get(name, [""] * len(prefix_cols or [])))
+        cells = [r[c].fmt() if isinstance(r.get(c), MetricValue) else str(r.get(c, "-")) for c in cols]
+        lines.append(f"| {name} | " + " | ".join(pre + cells) + " |")
+    return "\n".join(lines)
+
+
+def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
+    import torch
+
+    from rgalign.alignment.calibrate import generated_query_inputs, ltp_inputs
+    from rgalign.alignment.rg_cl_config import RGCLConfig
+    from rgalign.alignment.rg_dpo_config import RGDPOConfig
+    from rgalign.alignment.rg_sft_config import RGSFTConfig
+    from rgalign.alignment.stage2 import align, build_candidates, select
+    from rgalign.ranker.data import RankerData
+    from rgalign.ranker.ranker_trainer import RankerTrainer, evaluate_model
+    from rgalign.reasoner.ltp import LTPEncoder
+    from rgalign.reasoner.sources import build_reasoner, load_reasoner
+    from rgalign.world.generate import generate_world, headroom_rows, load_manifest
+
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def tick(name, since):
+        timings[name] = round(time.perf_counter() - since, 1)
+        if progress:
+            print(f"[reproduce] {name}: {timings[name]:.0f} s", flush=True)
+        return time.perf_counter()
+
+    t = time.perf_counter()
+    world = generate_world(WorldConfig(scale=cfg.scale, seed=cfg.world_seed), out / "worlds", progress=progress)
+    raw = Path(cfg.reasoner) if cfg.reasoner else out / "reasoners" / "raw"
+    if not cfg.reasoner and not (raw / "config.json").is_file():
+        build_reasoner(ReasonerConfig(source="tiny", pretrain_steps=cfg.pretrain_steps, pretrain_batch=cfg.pretrain_batch,
+                                      corpus_sessions=cfg.corpus_sessions), world, raw, progress)
+    t = tick("world + raw reasoner", t)
+
+    rcfg = RankerConfig(model="qe-rec", epochs=cfg.ranker_epochs, max_train_sessions=cfg.max_train)
+    kw = dict(max_val_sessions=cfg.max_val, max_eval_sessions=cfg.max_eval, data_seed=0, progress=progress)
+    raw_enc = LTPEncoder(load_reasoner(raw))
+    inputs_raw = ltp_inputs(world, raw, rcfg, encoder=raw_enc, **kw)
+    t = tick("LTP of the raw reasoner", t)
+
+    def train_rows(model: str, inputs):
+        results, rows = [], []
+        for s in range(cfg.seeds):
+            torch.manual_seed(s)
+            r = RankerTrainer(replace(rcfg, model=model, seed=s), inputs, progress=False).train()
+            results.append(r)
+            rows.append(evaluate_model(r.model, eval_data(r, inputs), seed=s))
+        return results, combine(rows)
+
+    def eval_data(r, inputs):  # the evaluation week encoded with a trained ranker's feature spec
+        return RankerData.build(inputs.eval, r.spec, inputs.query["eval"], "true_intent")
+
+    def frozen_rows(stage1, inputs):  # Stage 2 without Stage 3: the Stage-1 rankers read the new LTP
+        return combine([evaluate_model(r.model, eval_data(r, inputs), seed=i) for i, r in enumerate(stage1)])
+
+    _, baseline = train_rows("baseline", inputs_raw)
+    stage1, qerec = train_rows("qe-rec", inputs_raw)
+    t = tick("Stage 1 (baseline + QE-Rec)", t)
+
+    acfg = AlignmentConfig(n_samples=cfg.n_samples, min_samples=8)
+    cands = build_candidates(inputs_raw.train, inputs_raw.kb, stage1[0].model, stage1[0].spec, raw_enc, acfg, progress)
+    teacher_table = cands.teacher_table()
+    t = tick("teachers + reward", t)
+
+    sft = RGSFTConfig(epochs=cfg.sft_epochs)
+    cl = RGCLConfig(epochs=cfg.cl_epochs)
+    dpo = RGDPOConfig(epochs=cfg.dpo_epochs)
+    aligned, kept = {}, {}
+    for strategy in ("V1", "V2", "V3", "V4"):
+        sel = select(cands, replace(acfg, strategy=strategy))
+        kept[strategy] = {"samples": int(len(sel.kept)), "winners": sel.winner_counts(cands.names)}
+        if len(sel.kept) < cl.batch_size:
+            kept[strategy]["skipped"] = "too few samples"
+            continue
+        aligned[f"{strategy}-cl"] = align(cands, sel, "sft-cl", raw, out / "reasoners" / strategy, sft, cl, dpo)
+        if strategy == "V2":
+            aligned["V2-dpo"] = align(cands, sel, "sft-dpo", raw, out / "reasoners" / "V2", sft, cl, dpo)
+    t = tick("Stage 2 (RG-SFT, RG-CL x4, RG-DPO)", t)
+
+    rows_no3, rows_full = {}, {}
+    for name, path in aligned.items():
+        inp = ltp_inputs(world, path, rcfg, **kw)
+        rows_no3[name] = frozen_rows(stage1, inp)
+        rows_full[name] = train_rows("qe-rec", inp)[1]
+    t = tick("Stage 3 (LTP + QE-Rec retrained)", t)
+
+    bge = {"QE-Rec": train_rows("qe-rec", generated_query_inputs(world, raw, rcfg, cfg.sentence_encoder, **kw))[1]}
+    if "V2-cl" in aligned:
+        bge["Full"] = train_rows("qe-rec", generated_query_inputs(world, aligned["V2-cl"], rcfg, cfg.sentence_encoder, **kw))[1]
+    t = tick("BGE-style rows", t)
+
+    manifest = load_manifest(world)
+    main = {"Baseline": baseline, "QE-Rec": qerec}
+    stages = {"Baseline": ["-", "-", "-"], "QE-Rec": ["Raw LLM", "-", "No"]}
+    if "V2-cl" in aligned:
+        main["RGAlign-Rec (SFT&CL, no Stage 3)"] = rows_no3["V2-cl"]
+        stages["RGAlign-Rec (SFT&CL, no Stage 3)"] = ["Tuned", "SFT&CL", "No"]
+    if "V2-dpo" in aligned:
+        main["RGAlign-Rec (SFT&DPO)"] = rows_full["V2-dpo"]
+        stages["RGAlign-Rec (SFT&DPO)"] = ["Tuned", "SFT&DPO", "Yes"]
+    if "V2-cl" in aligned:
+        main["RGAlign-Rec (Full)"] = rows_full["V2-cl"]
+        stages["RGAlign-Rec (Full)"] = ["Tuned", "SFT&CL", "Yes"]
+    table2 = {**main, **improvement_rows(baseline, [r for k, r in main.items() if k != "Baseline"])}
+    table3 = {"QE-Rec, BGE-style": bge["QE-Rec"], "QE-Rec, LTP": qerec}
+    if "Full" in bge:
+        table3.update({"RGAlign-Rec (Full), BGE-style": bge["Full"], "RGAlign-Rec (Full), LTP": rows_full["V2-cl"]})
+        table3["LTP vs BGE (Rel., Full)"] = {m: f"{(rows_full['V2-cl'][m].value / bge['Full'][m].value - 1) * 100:+.2f}%"
+                                             for m in METRICS if m in bge["Full"]}
+    table4 = {}
+    for v in ("V1", "V2", "V3", "V4"):
+        if f"{v}-cl" in aligned:
+            table4[f"QE-Rec (Stage 2, no Stage 3), {v}"] = rows_no3[f"{v}-cl"]
+    for v in ("V1", "V2", "V3", "V4"):
+        if f"{v}-cl" in aligned:
+            table4[f"RGAlign-Rec (Full), {v}"] = rows_full[f"{v}-cl"]
+
+    timings["total"] = round(time.perf_counter() - t0, 1)
+    md = [f"# rgalign reproduce --scale {cfg.scale}", "",
+          f"World `{world.name}`; {len(inputs_raw.train):,} training, {len(inputs_raw.val):,} validation and "
+          f"{len(inputs_raw.eval):,} evaluation sessions; {cfg.seeds} ranker seeds per row (mean; +- = 95% "
+          f"interval combining bootstrap and seed spread); raw reasoner `{raw}` (d = {raw_enc.dim}).", "",
+          "## World headroom", "", format_table(headroom_rows(manifest)), "",
+          "## Table 2: main results", "", _md(table2, ["Stage1(QE)", "Stage2(RGA)", "Stage3"], stages), "",
+          "## Table 3: LTP vs BGE-style (generated query -> frozen sentence encoder)", "", _md(table3), "",
+          "## Table 4: best-of-N strategies", "", _md(table4), "",
+          "## Teacher pool (reward of each candidate source, Stage-1 QE-Rec seed 0)", "",
+          frame_md(teacher_table), "",
+          "Samples kept per strategy: " + ", ".join(f"{k}: {v['samples']}" for k, v in kept.items()), "",
+          "## Wall time (s)", "", "| step | s |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in timings.items()]
+    (out / "reproduce.md").write_text("\n".join(md) + "\n")
+    result = {"table2": table2, "table3": table3, "table4": table4, "kept": kept, "timings": timings,
+              "teachers": teacher_table.to_dict("records")}
+    (out / "reproduce.json").write_text(json.dumps(result, default=lambda o: o.__dict__, indent=1))
+    plot(table2, table4, out / "reproduce.png")
+    return result
+
+
+def frame_md(df) -> str:
+    cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(index=False)]
+    return "\n".join(["| " + " | ".join(df.columns) + " |", "|---" * len(df.columns) + "|"] +
+                     ["| " + " | ".join(r) + " |" for r in cells])
+
+
+def plot(table2: dict, table4: dict, path: Path) -> Path:
+    """R@3 and MRR with their intervals for the rows of Tables 2 and 4."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = {k: v for k, v in {**table2, **table4}.items() if isinstance(v.get("MRR"), MetricValue)}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.42 * len(rows) + 1.5), sharey=True)
+    names = list(rows)[::-1]
+    for ax, m in zip(axes, ("R@3", "MRR")):
+        vals = np.array([rows[n][m].value for n in names]) * 100
+        err = np.array([(rows[n][m].hi - rows[n][m].lo) / 2 for n in names]) * 100
+        ax.barh(names, vals, xerr=err, color=["#888" if n == "Baseline" else "#3a7" for n in names], capsize=3)
+        ax.set_xlim(max(0, vals.min() - 3 * err.max() - 1), vals.max() + 3 * err.max() + 1)
+        ax.set_xlabel(f"{m} (%)")
+        ax.axvline(rows["Baseline"][m].value * 100, color="#888", ls="--", lw=1)
+    fig.suptitle("rgalign reproduce: rows of Tables 2 and 4 (mean over seeds, 95% intervals)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,374 @@
+"""Stage 2 / Stage 3: losses against hand-computed values, NEFTune, best-of-N, teachers, trainers."""
+import json
+from pathlib import Path
+import math
+import threading
+import time
+import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import torch
+
+from rgalign.alignment.best_of_n import STRATEGIES, best_of_n, edit_distance, preference_pairs
+from rgalign.alignment.rg_cl_config import RGCLConfig
+from rgalign.alignment.rg_cl_trainer import info_nce, neftune_hook, rg_cl_loss
+from rgalign.alignment.teachers import (FollowUpTeacher, OpenAITeacher, PlaybookTeacher, Teacher, TeacherPool,
+                                        TeacherUnreachable, parse_context)
+
+
+# ---------------------------------------------------------------- losses (Eq. 11, section 5.1)
+def test_info_nce_equals_hand_computed_value():
+    h = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    e = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    tau = 0.5
+    c = 1 / math.sqrt(2)  # cos(h0, e0) = cos(h1, e0) = 1/sqrt(2); cos(h0, e1) = 0; cos(h1, e1) = 1
+    l0 = -math.log(math.exp(c / tau) / (math.exp(c / tau) + math.exp(0 / tau)))
+    l1 = -math.log(math.exp(1 / tau) / (math.exp(c / tau) + math.exp(1 / tau)))
+    assert info_nce(h, e, tau).item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
+
+
+def test_joint_loss_is_cl_plus_001_causal():
+    torch.manual_seed(0)
+    h, e = torch.randn(3, 4), torch.randn(3, 4)
+    logits = torch.randn(3, 5, 7)
+    labels = torch.full((3, 5), -100)
+    labels[:, 3:] = torch.tensor([[1, 2], [3, 4], [5, 6]])
+    cfg = RGCLConfig()
+    total, l_cl, l_lm = rg_cl_loss(h, e, logits, labels, cfg)
+    # causal LM: token t is predicted from position t - 1, only on labelled (q^w) tokens
+    logp = torch.log_softmax(logits, -1)
+    nll = [-logp[b, t - 1, labels[b, t]].item() for b in range(3) for t in (3, 4)]
+    assert l_lm.item() == pytest.approx(np.mean(nll), rel=1e-6)
+    assert l_cl.item() == pytest.approx(info_nce(h, e, 0.05).item())
+    assert total.item() == pytest.approx(l_cl.item() + 0.01 * l_lm.item(), rel=1e-6)
+
+
+def test_info_nce_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="same shape"):
+        info_nce(torch.zeros(2, 3), torch.zeros(2, 4), 0.05)
+
+
+def test_neftune_is_active_only_in_training():
+    emb = torch.nn.Embedding(10, 8)
+    emb.register_forward_hook(neftune_hook(5.0))
+    ids = torch.arange(6)[None]
+    clean = emb.weight[ids].detach()
+    emb.train()
+    noisy = emb(ids).detach()
+    assert not torch.allclose(noisy, clean)
+    bound = 5.0 / math.sqrt(6 * 8)  # alpha / sqrt(L d)
+    assert (noisy - clean).abs().max() <= bound + 1e-6
+    emb.eval()
+    assert torch.equal(emb(ids).detach(), clean)
+
+
+def test_rgcl_config_validates():
+    with pytest.raises(ValueError, match="tau"):
+        RGCLConfig(tau=0)
+    with pytest.raises(ValueError, match="in-batch negatives"):
+        RGCLConfig(batch_size=1)
+    assert RGCLConfig().batch_size * RGCLConfig().grad_accum == 24  # paper: effective batch 24
+
+
+# ---------------------------------------------------------------- best-of-N (section 4.2)
+NAMES = ["gemini", "gpt", "playbook", "reasoner"]
+
+
+def test_v1_picks_best_and_breaks_ties_by_priority():
+    ndcg = np.array([[0.5, 0.5, 0.1, 0.3],      # tie gemini/gpt -> priority decides
+                     [0.2, 0.3, 0.9, 0.9]])     # tie playbook/reasoner
+    sel = best_of_n(ndcg, NAMES, ["gpt", "gemini", "playbook", "reasoner"], "V1")
+    assert sel.winner.tolist() == [1, 2]
+    assert sel.losers == [[2, 3], [0, 1]]       # the tied candidate is neither winner nor loser
+    sel = best_of_n(ndcg, NAMES, ["reasoner", "gemini", "gpt", "playbook"], "V1")
+    assert sel.winner.tolist() == [0, 3]
+
+
+def test_v2_drops_samples_won_by_the_reasoner():
+    ndcg = np.array([[0.1, 0.2, 0.3, 0.9], [0.9, 0.2, 0.3, 0.1]])
+    sel = best_of_n(ndcg, NAMES, NAMES, "V2")
+    assert sel.kept.tolist() == [1] and sel.winner.tolist() == [0]
+
+
+def test_v3_intersection_and_v4_union():
+    ndcg = np.array([[0.4, 0.3, 0.2, 0.1],
+                     [0.4, 0.3, 0.2, 0.1]])
+    edit = np.array([[5, 9, 1, 0],   # gpt is the most different from the reasoner's query
+                     [5, 9, 1, 0]], float)
+    cos = np.array([[0.1, 0.8, 0.2, 0.3],   # sample 0: gpt is also closest to the golden intent
+                    [0.9, 0.1, 0.2, 0.3]])  # sample 1: gemini is closest, gpt most different
+    v3 = best_of_n(ndcg, NAMES, NAMES, "V3", edit=edit, golden_cos=cos)
+    assert v3.kept.tolist() == [0] and v3.winner.tolist() == [1]
+    v4 = best_of_n(ndcg, NAMES, NAMES, "V4", edit=edit, golden_cos=cos)
+    assert v4.kept.tolist() == [0, 1]
+    assert v4.winner.tolist() == [1, 0]   # sample 1: {gpt, gemini} allowed, gemini has the higher NDCG
+    with pytest.raises(ValueError, match="edit"):
+        best_of_n(ndcg, NAMES, NAMES, "V3")
+
+
+def test_invalid_candidates_are_never_selected_and_strategy_is_checked():
+    ndcg = np.array([[0.9, 0.1, 0.2, 0.3]])
+    valid = np.array([[False, True, True, True]])
+    assert best_of_n(ndcg, NAMES, NAMES, "V1", valid=valid).winner.tolist() == [3]
+    with pytest.raises(ValueError, match="strategy"):
+        best_of_n(ndcg, NAMES, NAMES, "V9")
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_dpo_pairs_satisfy_eq9(strategy):
+    rng = np.random.default_rng(0)
+    ndcg = np.round(rng.random((200, 4)), 1)   # many ties
+    edit, cos = rng.integers(0, 10, (200, 4)).astype(float), rng.random((200, 4))
+    sel = best_of_n(ndcg, NAMES, NAMES, strategy, edit=edit, golden_cos=cos)
+    pairs = preference_pairs(sel, ndcg)
+    assert pairs and all(ndcg[s, w] > ndcg[s, l] for s, w, l in pairs)
+
+
+def test_edit_distance_counts_words():
+    assert edit_distance("where is my parcel", "where is my refund") == 1
+    assert edit_distance("", "a b c") == 3
+    assert edit_distance("A b", "a B") == 0
+
+
+# ---------------------------------------------------------------- teachers
+CTX = ("User Profile: User Gender: Female, Region: Thailand\n"
+       "Order Status and Interaction Context: Entry Point: Shipping Page, Current Order Status: TO_RECEIVE, "
+       "Days In Current Status: 6 days, Logistics Channel: Economy Post, Expected Delivery Time: 3 days\n"
+       "User Historical Behaviour: Clicked Intents In 24 Hours: ('Track my parcel', 'Refund status')")
+
+
+def test_parse_context_inverts_the_verbalizer():
+    from rgalign.features.verbalize import Verbalizer
+    row = {"region": 3, "order_status": 3, "entry_point": 2, "days_in_status": 6, "logistics_channel": 2,
+           "recent_intents": [4, 7]}
+    text = Verbalizer({4: "Track my parcel", 7: "Refund status"}).context(row)
+    back = parse_context(text)
+    assert {k: back[k] for k in row if k != "recent_intents"} == {k: v for k, v in row.items() if k != "recent_intents"}
+    assert back["recent_intents"] == ["Track my parcel", "Refund status"]
+
+
+def test_offline_teachers_read_only_the_context():
+    q = PlaybookTeacher().generate([CTX])[0]
+    assert "Economy Post" in q and "3 days late" in q   # 6 days in status, 3 expected
+    assert "Refund status" in FollowUpTeacher().generate([CTX])[0]
+
+
+class Flaky(Teacher):
+    """Returns '' / over-long text for some contexts; ``fix_on_retry`` repairs them on the second call."""
+
+    def __init__(self, name, bad, fix_on_retry):
+        self.name, self.bad, self.fix, self.calls = name, set(bad), fix_on_retry, 0
+
+    def generate(self, contexts):
+        self.calls += 1
+        out = []
+        for c in contexts:
+            if c in self.bad and not (self.fix and self.calls > 1):
+                out.append("" if c.endswith("0") else "word " * 100)
+            else:
+                out.append(f"question about {c}")
+        return out
+
+
+def test_pool_retries_then_drops_with_counted_warning():
+    ctx = [f"ctx {i}" for i in range(10)]
+    a = Flaky("a", ["ctx 0", "ctx 1"], fix_on_retry=True)
+    b = Flaky("b", ["ctx 0", "ctx 1", "ctx 2"], fix_on_retry=False)
+    c = Flaky("c", ["ctx 0"], fix_on_retry=False)
+    with pytest.warns(UserWarning, match="teacher b: 3 of 10"):
+        res = TeacherPool([a, b, c], max_words=30, retries=1, min_candidates=2, min_samples=5).generate(ctx)
+    assert a.calls == 2 and res.dropped == {"b": 3, "c": 1}
+    assert 0 not in res.kept and 1 in res.kept   # ctx 0 keeps only a's answer; ctx 1: a (retried) + c
+    assert all(len([q for q in r if q]) >= 2 for r in res.queries)
+
+
+def test_pool_fails_clearly_when_too_few_candidates_remain():
+    ctx = [f"ctx {i}" for i in range(4)]
+    bad = [Flaky(n, ctx, fix_on_retry=False) for n in "ab"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(RuntimeError, match="only 0 of 4 contexts"):
+            TeacherPool(bad, min_samples=1).generate(ctx)
+
+
+class FakeChat(BaseHTTPRequestHandler):
+    """OpenAI-compatible fake: 'slow' contexts time out, 'empty' ones get '', others a question."""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        user = body["messages"][-1]["content"]
+        if "slow" in user:
+            time.sleep(1.0)
+        text = "" if "empty" in user else "Where is my parcel that was shipped last week, can you check it?"
+        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self.send_response(404)
+        self.end_headers()
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def fake_endpoint():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), FakeChat)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    srv.shutdown()
+
+
+def test_openai_teacher_against_a_local_fake_endpoint(fake_endpoint):
+    t = OpenAITeacher(fake_endpoint, "fake-gpt", timeout_s=0.3, retries=1)
+    t.check()
+    ok, slow, empty = t.generate(["User Profile: ok", "User Profile: slow", "User Profile: empty"])
+    assert ok.startswith("Where is my parcel") and slow is None and empty == ""
+    assert sum(t.failures.values()) == 1
+    pool = TeacherPool([t, PlaybookTeacher()], retries=1, min_candidates=2, min_samples=1)
+    with pytest.warns(UserWarning, match="openai:fake-gpt: 2 of 3"):
+        res = pool.generate(["User Profile: ok", "User Profile: slow", "User Profile: empty"])
+    assert res.kept.tolist() == [0]
+
+
+def test_openai_teacher_unreachable_is_a_clear_error():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with pytest.raises(TeacherUnreachable, match="unreachable"):
+        OpenAITeacher(f"http://127.0.0.1:{port}/v1", "m", timeout_s=0.5).check()
+    with pytest.raises(ValueError, match="http"):
+        OpenAITeacher("127.0.0.1:8000", "m")
+
+
+# ---------------------------------------------------------------- reward (QE-Rec as reward model)
+def test_candidate_ndcg_matches_full_scoring():
+    from rgalign.alignment.reward import candidate_ndcg
+    from rgalign.ranker.qe_rec import QERec
+    torch.manual_seed(0)
+    m = QERec(n_intents=30, semantic=torch.randn(30, 8), d_e=12, d=8).eval()
+    B, K = 5, 3
+    x = {"cat": torch.zeros(B, 13, dtype=torch.long), "user": torch.arange(1, B + 1), "num": torch.randn(B, 10),
+         "seq": torch.zeros(B, 10, dtype=torch.long), "seq_age": torch.zeros(B, 10, dtype=torch.long)}
+    e = np.random.default_rng(0).normal(size=(B, K, 12)).astype(np.float32)
+    clicked = np.array([1, 5, 9, 30, 2])
+    got = candidate_ndcg(m, x, e, clicked)
+    with torch.no_grad():
+        for k in range(K):
+            s = m(x, torch.from_numpy(e[:, k])).numpy()                     # (B, n) by the model's own forward
+            rank = (s > s[np.arange(B), clicked - 1][:, None]).sum(1)
+            np.testing.assert_allclose(got[:, k], 1 / np.log2(rank + 2), rtol=1e-5)
+    with pytest.raises(ValueError, match="d_e"):
+        candidate_ndcg(m, x, e[..., :4], clicked)
+
+
+# ---------------------------------------------------------------- trainers change the weights
+@pytest.fixture(scope="module")
+def micro_reasoner(tmp_path_factory):
+    """A randomly initialised tiny Qwen3 with a tokenizer trained on a few sentences (seconds to build)."""
+    from rgalign.reasoner.sources import CHATML, build_model, save_reasoner, train_tokenizer
+    from rgalign.features.prompt import ReasonerPrompt
+    texts = [ReasonerPrompt().plain(CTX), "Where is my parcel now?", "I want a refund for my order."] * 20
+    tok = train_tokenizer(texts, 600)
+    tok.chat_template = CHATML
+    model = build_model("tiny", len(tok), 0)
+    return save_reasoner(model, tok, tmp_path_factory.mktemp("r") / "raw", {"source": "test"})
+
+
+def _samples(path, n=8):
+    from rgalign.reasoner.ltp import LTPEncoder
+    from rgalign.reasoner.sources import load_reasoner
+    enc = LTPEncoder(load_reasoner(path))
+    ctx = [CTX.replace("6 days", f"{i} days") for i in range(n)]
+    return enc, ctx, [enc.render(c) for c in ctx]
+
+
+def _changed(a, b):
+    from transformers import AutoModelForCausalLM
+    sa = AutoModelForCausalLM.from_pretrained(a).state_dict()
+    sb = AutoModelForCausalLM.from_pretrained(b).state_dict()
+    return {k for k in sa if not torch.equal(sa[k], sb[k])}
+
+
+def test_rg_sft_rg_dpo_rg_cl_change_the_weights_and_the_ltp(micro_reasoner, tmp_path):
+    from rgalign.alignment.rg_dpo_config import RGDPOConfig
+    from rgalign.alignment.rg_dpo_trainer import rg_dpo
+    from rgalign.alignment.rg_sft_config import RGSFTConfig
+    from rgalign.alignment.rg_sft_trainer import rg_sft
+    from rgalign.alignment.rg_cl_trainer import rg_cl
+    from rgalign.reasoner.ltp import LTPEncoder
+    from rgalign.reasoner.sources import load_reasoner
+    enc, ctx, prompts = _samples(micro_reasoner)
+    qs = [f"Where is my parcel after {i} days?" for i in range(8)]
+    sft = rg_sft(micro_reasoner, list(zip(prompts, qs)), RGSFTConfig(max_steps=2, batch_size=4), tmp_path / "sft")
+    lora_targets = {k for k in _changed(micro_reasoner, sft)}
+    # LoRA merged into every targeted projection of every layer
+    assert any("q_proj" in k for k in lora_targets) and any("down_proj" in k for k in lora_targets)
+    assert (tmp_path / "sft.adapter" / "adapter_config.json").is_file()
+    meta = json.loads((sft / "rgalign_reasoner.json").read_text())
+    assert meta["source"] == "rg-sft" and meta["parent_digest"] == enc.reasoner.version
+    e_pos = np.random.default_rng(0).normal(size=(8, enc.dim)).astype(np.float32)
+    cl = rg_cl(sft, list(zip(prompts, qs)), e_pos, RGCLConfig(max_steps=2, batch_size=4, grad_accum=1, learning_rate=1e-3),
+               tmp_path / "cl")
+    trainable = {k for k, _ in load_reasoner(sft).model.named_parameters()}
+    assert _changed(sft, cl) >= trainable - {"lm_head.weight"}  # full fine-tuning: every parameter moved
+    dpo = rg_dpo(sft, [(p, q, "refund refund refund") for p, q in zip(prompts, qs)],
+                 RGDPOConfig(max_steps=2, batch_size=4), tmp_path / "dpo")
+    assert any("v_proj" in k for k in _changed(sft, dpo))
+    raw_ltp = enc.embed(ctx)
+    for path in (sft, cl, dpo):
+        assert not np.allclose(LTPEncoder(load_reasoner(path)).embed(ctx), raw_ltp, atol=1e-4)
+
+
+def test_rg_cl_needs_in_batch_negatives(micro_reasoner, tmp_path):
+    from rgalign.alignment.rg_cl_trainer import rg_cl
+    _, _, prompts = _samples(micro_reasoner, 3)
+    with pytest.raises(ValueError, match="in-batch negatives"):
+        rg_cl(micro_reasoner, [(p, "q") for p in prompts], np.zeros((3, 128), np.float32), RGCLConfig(), tmp_path)
+
+
+DS_SCRIPT = """
+import json, sys, numpy as np
+from rgalign.alignment.rg_cl_config import RGCLConfig
+from rgalign.alignment.rg_cl_trainer import rg_cl
+from rgalign.alignment.rg_dpo_config import RGDPOConfig
+from rgalign.alignment.rg_dpo_trainer import rg_dpo
+from rgalign.alignment.rg_sft_config import RGSFTConfig
+from rgalign.alignment.rg_sft_trainer import rg_sft
+from rgalign.reasoner.ltp import LTPEncoder
+from rgalign.reasoner.sources import load_reasoner
+raw, out = sys.argv[1], sys.argv[2]
+enc = LTPEncoder(load_reasoner(raw))
+prompts = [enc.render(f"User Profile: Orders In Last 90 Days: {i}") for i in range(8)]
+qs = [f"where is my parcel {i}?" for i in range(8)]
+kw = dict(max_steps=2, batch_size=4, deepspeed=True)
+sft = rg_sft(raw, list(zip(prompts, qs)), RGSFTConfig(**kw), out + "/sft")
+cl = rg_cl(sft, list(zip(prompts, qs)), np.random.randn(8, enc.dim).astype("f4"),
+           RGCLConfig(grad_accum=1, learning_rate=1e-3, **kw), out + "/cl")
+dpo = rg_dpo(sft, [(p, q, "refund") for p, q in zip(prompts, qs)], RGDPOConfig(**kw), out + "/dpo")
+"""
+
+
+@pytest.mark.slow
+def test_every_trainer_runs_two_steps_under_deepspeed_zero3_on_cpu(micro_reasoner, tmp_path):
+    """Single process, CPU accelerator, gloo: the set-up of rgalign/alignment/deepspeed/zero3.json."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "rgalign-torch-ext"))}
+    r = subprocess.run([sys.executable, "-c", DS_SCRIPT, str(micro_reasoner), str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name, parent in (("sft", micro_reasoner), ("cl", tmp_path / "sft"), ("dpo", tmp_path / "sft")):
+        meta = json.loads((tmp_path / name / "rgalign_reasoner.json").read_text())
+        assert meta["deepspeed_zero_stage"] == 3, name
+        assert _changed(parent, tmp_path / name), f"{name} under ZeRO-3 left the weights unchanged"
