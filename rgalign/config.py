@@ -201,9 +201,11 @@ class AlignmentConfig(_Config):
 # reproduction presets: what "--scale" means for every size knob that is left at None
 REPRODUCE_PRESETS: dict[str, dict] = {
     "ci": dict(pretrain_steps=40, pretrain_batch=8, corpus_sessions=1_500, max_train=1_000, max_val=200,
-               max_eval=1_000, n_samples=160, ranker_epochs=4, sft_epochs=1.0, cl_epochs=1.0, dpo_epochs=1.0),
-    "bench": dict(pretrain_steps=200, pretrain_batch=16, corpus_sessions=5_000, max_train=12_000, max_val=1_500,
-                  max_eval=6_000, n_samples=1_500, ranker_epochs=10, sft_epochs=3.0, cl_epochs=4.0, dpo_epochs=2.0),
+               max_eval=1_000, n_samples=160, ranker_epochs=4, sft_epochs=1.0, cl_epochs=1.0, dpo_epochs=1.0,
+               dpo_pairs=1),
+    "bench": dict(pretrain_steps=200, pretrain_batch=16, corpus_sessions=5_000, max_train=8_000, max_val=1_000,
+                  max_eval=5_000, n_samples=800, ranker_epochs=6, sft_epochs=2.0, cl_epochs=2.0, dpo_epochs=1.0,
+                  dpo_pairs=1),
 }
 
 
@@ -226,6 +228,7 @@ class ReproduceConfig(_Config):
     sft_epochs: float | None = _f(None, "RG-SFT epochs")
     cl_epochs: float | None = _f(None, "RG-CL epochs")
     dpo_epochs: float | None = _f(None, "RG-DPO epochs")
+    dpo_pairs: int | None = _f(None, "RG-DPO preference pairs per context")
     sentence_encoder: str = _f("minilm", "frozen sentence encoder of the BGE-style rows (Table 3)")
 
     def __post_init__(self):

@@ -124,7 +124,7 @@ def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
 
     sft = RGSFTConfig(epochs=cfg.sft_epochs)
     cl = RGCLConfig(epochs=cfg.cl_epochs)
-    dpo = RGDPOConfig(epochs=cfg.dpo_epochs)
+    dpo = RGDPOConfig(epochs=cfg.dpo_epochs, max_pairs_per_sample=cfg.dpo_pairs)
     aligned, kept = {}, {}
     for strategy in ("V1", "V2", "V3", "V4"):
         sel = select(cands, replace(acfg, strategy=strategy))

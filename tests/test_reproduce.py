@@ -1,0 +1,45 @@
+"""``rgalign reproduce --scale ci`` end to end (the issue's CI acceptance) and its aggregation helpers."""
+import json
+
+import numpy as np
+import pytest
+
+from rgalign.metrics import MetricValue
+from rgalign.reproduce import combine, improvement_rows
+
+
+def test_combine_means_seeds_and_widens_the_interval_by_their_spread():
+    rows = [{"MRR": MetricValue(v, v - 0.01, v + 0.01)} for v in (0.30, 0.32, 0.34)]
+    m = combine(rows)["MRR"]
+    assert m.value == pytest.approx(0.32)
+    seed_hw = 4.303 * np.std([0.30, 0.32, 0.34], ddof=1) / np.sqrt(3)
+    assert (m.hi - m.lo) / 2 == pytest.approx(np.hypot(0.01, seed_hw))
+
+
+def test_improvement_rows_follow_the_paper_definitions():
+    base = {"R@3": MetricValue(0.6773, 0, 0)}
+    rows = improvement_rows(base, [{"R@3": MetricValue(0.6811, 0, 0)}, {"R@3": MetricValue(0.6799, 0, 0)}])
+    assert rows["Rel. Improv. (Best)"]["R@3"] == "+0.56%"      # Table 2 of the paper: 68.11 vs 67.73
+    assert rows["Error Reduction (Best)"]["R@3"] == "+1.18%"
+
+
+@pytest.mark.slow
+def test_reproduce_ci_end_to_end(tmp_path):
+    from rgalign.cli import main
+    assert main(["reproduce", "--scale", "ci", "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "reproduce.md").read_text()
+    for row in ("| Baseline |", "| QE-Rec |", "RGAlign-Rec (Full)", "RGAlign-Rec (SFT&DPO)", "BGE-style",
+                "Rel. Improv. (Best)", "Error Reduction (Best)", ", V1 |", ", V4 |"):
+        assert row in md, row
+    res = json.loads((tmp_path / "reproduce.json").read_text())
+    assert (tmp_path / "reproduce.png").stat().st_size > 10_000
+    for table in ("table2", "table3", "table4"):
+        for name, row in res[table].items():
+            if "value" in row.get("MRR", {}):
+                assert 0 < row["MRR"]["value"] < 1 and row["MRR"]["lo"] <= row["MRR"]["value"] <= row["MRR"]["hi"]
+    assert res["kept"]["V1"]["samples"] >= res["kept"]["V2"]["samples"]      # V2 only removes samples
+    assert res["kept"]["V4"]["samples"] >= res["kept"]["V3"]["samples"]      # union >= intersection
+    assert res["kept"]["V2"]["winners"]["reasoner"] == 0
+    # lineage: every aligned reasoner names its parent
+    meta = json.loads((tmp_path / "reasoners" / "V2" / "cl" / "rgalign_reasoner.json").read_text())
+    assert meta["source"] == "rg-cl" and meta["parent"].endswith("sft")
