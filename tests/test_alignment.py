@@ -372,3 +372,23 @@ def test_every_trainer_runs_two_steps_under_deepspeed_zero3_on_cpu(micro_reasone
         meta = json.loads((tmp_path / name / "rgalign_reasoner.json").read_text())
         assert meta["deepspeed_zero_stage"] == 3, name
         assert _changed(parent, tmp_path / name), f"{name} under ZeRO-3 left the weights unchanged"
+
+
+@pytest.mark.slow
+def test_closed_loop_two_rounds_on_the_ci_world(ci_world, micro_reasoner, tmp_path):
+    """Stage 1 -> (Stage 2 -> Stage 3) x 2: each round aligns the previous round's reasoner."""
+    from rgalign.alignment.calibrate import closed_loop
+    from rgalign.alignment.rg_sft_config import RGSFTConfig
+    from rgalign.config import AlignmentConfig, RankerConfig
+    history = closed_loop(ci_world, micro_reasoner, RankerConfig(epochs=1, max_train_sessions=200),
+                          AlignmentConfig(n_samples=16, min_samples=8, strategy="V1", rounds=2), tmp_path,
+                          sft=RGSFTConfig(max_steps=1, batch_size=4, max_length=1024),
+                          cl=RGCLConfig(max_steps=1, batch_size=8, grad_accum=1, max_length=1024), tracking=False,
+                          progress=False, max_val_sessions=50, max_eval_sessions=100)
+    assert [h["round"] for h in history] == [0, 1, 2]
+    assert history[2]["reasoner"].startswith(str(tmp_path / "round2"))
+    meta = json.loads((Path(history[2]["reasoner"]) / "rgalign_reasoner.json").read_text())
+    assert meta["source"] == "rg-cl" and "round1" in json.loads(
+        (Path(meta["parent"]) / "rgalign_reasoner.json").read_text())["parent"]
+    assert all(0 < h["table"]["RGAlign-Rec (Stage 3)" if h["round"] else "QE-Rec (Stage 1)"]["MRR"].value < 1
+               for h in history)
