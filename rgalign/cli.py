@@ -267,6 +267,39 @@ def cmd_align(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    from rgalign.registry import Registry, RegistryError
+    reg = Registry(args.tracking_uri, args.artifacts)
+    try:
+        if args.sub == "list":
+            for kind in ([args.kind] if args.kind else ["reasoner", "ranker"]):
+                try:
+                    rows = reg.versions(args.env, kind)
+                except RegistryError as e:
+                    print(f"{args.env}.{kind}: {e}")
+                    continue
+                print(f"{args.env}.{kind}")
+                for r in rows:
+                    metrics = " ".join(f"{k[5:]}={float(v):.4f}" for k, v in r["tags"].items() if k.startswith("eval."))
+                    print(f"  v{r['version']:<4} {','.join(r['aliases']) or '-':<22} run={r['tags'].get('pipeline_run_id', '-')} "
+                          f"world={r['tags'].get('world_digest', '-')} {metrics}")
+        elif args.sub == "show":
+            print(json.dumps(reg.show(args.env, args.kind, args.version), indent=1, default=str))
+        elif args.sub == "promote":
+            print(json.dumps(reg.promote(args.env, args.kind, args.version, args.to, args.gate_metric, args.tolerance,
+                                         args.override, args.reason), indent=1))
+        elif args.sub == "rollback":
+            print(json.dumps(reg.rollback(args.env, args.kind, args.reason), indent=1))
+        elif args.sub == "audit":
+            for a in reg.audit(args.env, args.kind):
+                print(f"{a.get('at')} {a.get('user')} {a.get('action'):<16} {a.get('model')} v{a.get('version')} "
+                      f"{a.get('alias')} (was {a.get('previous') or '-'}) {a.get('gate', '')} {a.get('reason', '')}")
+    except RegistryError as e:
+        print(f"rgalign: error: {e}", file=sys.stderr)
+        return 3
+    return 0
+
+
 def cmd_reproduce(args) -> int:
     from rgalign.reproduce import run_reproduce
     cfg = config_from_args(ReproduceConfig, args)
@@ -344,6 +377,25 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--max-train-sessions", type=int, default=None, help="cap on the rankers' training sessions")
     add_tracking_args(al)
     al.set_defaults(fn=cmd_align)
+
+    mo = sub.add_parser("models", help="the MLflow model registry").add_subparsers(dest="sub", required=True)
+    for name, hlp in (("list", "versions, aliases, lineage and metrics"), ("show", "one version (number or alias)"),
+                      ("promote", "move an alias (candidate -> challenger -> champion) through the gate"),
+                      ("rollback", "champion back to the version it replaced"), ("audit", "every registry move")):
+        c = mo.add_parser(name, help=hlp)
+        c.add_argument("--env", default="dev", help="environment of the registered models (dev, staging, prod)")
+        c.add_argument("--kind", choices=["reasoner", "ranker"], required=name in ("show", "promote", "rollback"))
+        add_tracking_args(c, optional=False)
+        if name in ("show", "promote"):
+            c.add_argument("--version", required=True, help="version number or alias (e.g. candidate)")
+        if name == "promote":
+            c.add_argument("--to", required=True, choices=["candidate", "challenger", "champion"])
+            c.add_argument("--gate-metric", default="MRR", help="offline metric compared with the champion")
+            c.add_argument("--tolerance", type=float, default=0.005, help="allowed regression of the gate metric")
+            c.add_argument("--override", action="store_true", help="promote despite the gate (recorded)")
+        if name in ("promote", "rollback"):
+            c.add_argument("--reason", default=None, help="why (kept in the audit trail)")
+        c.set_defaults(fn=cmd_models)
 
     rp = sub.add_parser("reproduce", help="the paper's Tables 2-4 (Stages 1-3, 3 seeds) as markdown + a plot")
     add_config_args(rp, ReproduceConfig)

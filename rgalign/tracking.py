@@ -10,19 +10,28 @@ import tempfile
 from pathlib import Path
 
 DEFAULT_DIR = Path("artifacts")
+# the user's choice, read once: mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI itself, so reading the
+# variable later would make the first store used in a process stick for every other root
+USER_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def default_uri(root: str | Path = DEFAULT_DIR) -> str:
+    return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
 def tracking_uri(uri: str | None = None, root: str | Path = DEFAULT_DIR) -> str:
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+    return uri or USER_URI or default_uri(root)
 
 
 def experiment(name: str, uri: str | None = None, root: str | Path = DEFAULT_DIR) -> str:
     """Set the tracking URI and get-or-create ``name`` with an artifact location under ``root/mlruns``."""
     import mlflow
-    mlflow.set_tracking_uri(tracking_uri(uri, root))
+    resolved = tracking_uri(uri, root)
+    mlflow.set_tracking_uri(resolved)  # (mlflow also exports it as MLFLOW_TRACKING_URI)
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
-        loc = None if uri or os.environ.get("MLFLOW_TRACKING_URI") else (Path(root).resolve() / "mlruns").as_uri()
+        # the embedded default keeps artifacts beside its database; a server decides for itself
+        loc = (Path(root).resolve() / "mlruns").as_uri() if resolved == default_uri(root) else None
         return mlflow.create_experiment(name, artifact_location=loc)
     return exp.experiment_id
 

@@ -19,3 +19,21 @@ def small_world(tmp_path_factory):
     from rgalign.config import WorldConfig
     from rgalign.world.generate import generate_world
     return generate_world(WorldConfig(scale="ci", n_users=300), tmp_path_factory.mktemp("small"), progress=False)
+
+
+MICRO_CTX = ("User Profile: User Gender: Female, Region: Thailand\n"
+             "Order Status and Interaction Context: Entry Point: Shipping Page, Current Order Status: TO_RECEIVE")
+
+
+@pytest.fixture(scope="session")
+def micro_reasoner(tmp_path_factory):
+    """A randomly initialised tiny Qwen3 with a tokenizer trained on a few sentences (seconds to build)."""
+    from rgalign.reasoner.sources import CHATML, build_model, save_reasoner, train_tokenizer
+    from rgalign.features.prompt import ReasonerPrompt
+    texts = [ReasonerPrompt().plain(MICRO_CTX), "Where is my parcel now?", "I want a refund for my order."] * 20
+    tok = train_tokenizer(texts, 600)
+    tok.chat_template = CHATML
+    model = build_model("tiny", len(tok), 0)
+    return save_reasoner(model, tok, tmp_path_factory.mktemp("r") / "raw", {"source": "test"})
+
+

@@ -271,18 +271,6 @@ def test_candidate_ndcg_matches_full_scoring():
 
 
 # ---------------------------------------------------------------- trainers change the weights
-@pytest.fixture(scope="module")
-def micro_reasoner(tmp_path_factory):
-    """A randomly initialised tiny Qwen3 with a tokenizer trained on a few sentences (seconds to build)."""
-    from rgalign.reasoner.sources import CHATML, build_model, save_reasoner, train_tokenizer
-    from rgalign.features.prompt import ReasonerPrompt
-    texts = [ReasonerPrompt().plain(CTX), "Where is my parcel now?", "I want a refund for my order."] * 20
-    tok = train_tokenizer(texts, 600)
-    tok.chat_template = CHATML
-    model = build_model("tiny", len(tok), 0)
-    return save_reasoner(model, tok, tmp_path_factory.mktemp("r") / "raw", {"source": "test"})
-
-
 def _samples(path, n=8):
     from rgalign.reasoner.ltp import LTPEncoder
     from rgalign.reasoner.sources import load_reasoner

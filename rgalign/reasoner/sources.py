@@ -216,7 +216,11 @@ def load_reasoner(path_or_uri: str | Path) -> Reasoner:
     if s.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
         import mlflow
         path = Path(mlflow.artifacts.download_artifacts(s))
-        path = path / "reasoner" if (path / "reasoner").is_dir() else path
+        # a run's artifact folder ("reasoner/"), or a registered pyfunc (its directory under "artifacts/")
+        for sub in [path / "reasoner", *sorted((path / "artifacts").glob("*"))]:
+            if (sub / "config.json").is_file() and not sub.name.endswith(".adapter"):
+                path = sub
+                break
     else:
         path = Path(s)
     if not path.is_dir():

@@ -1,0 +1,226 @@
+"""MLflow model registry: register reasoner and ranker versions with lineage, promote them through aliases,
+gate promotions on offline metrics, roll back, and keep an audit trail of every move.
+
+- One registered model per environment and kind: ``<env>.reasoner`` and ``<env>.ranker`` (e.g.
+  ``dev.ranker``); serving loads ``models:/<env>.ranker@champion``.
+- Aliases: ``candidate`` (a pipeline registered it) -> ``challenger`` (in an A/B test) -> ``champion``
+  (serves all traffic). Stages are deprecated in MLflow; aliases are not.
+- Lineage tags on every version: ``pipeline_run_id``, ``world_digest``, ``feature_service``,
+  ``parent_reasoner`` (ranker -> the reasoner version whose LTP it reads), ``eval.<metric>``.
+- The gate refuses to make a version ``champion`` when its ``eval.<gate_metric>`` is below the champion's by
+  more than ``tolerance``; ``override=True`` forces it and the override is recorded.
+- Every move is a run in the ``rgalign-registry-audit`` experiment (who, what, from, to, why).
+- Every check happens before the first write: a refused or failed move leaves no partial state.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ALIASES = ("candidate", "challenger", "champion")
+KINDS = ("reasoner", "ranker")
+AUDIT_EXPERIMENT = "rgalign-registry-audit"
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be honoured (unknown model/version/alias, a gate refusal)."""
+
+
+def model_name(env: str, kind: str) -> str:
+    if kind not in KINDS:
+        raise RegistryError(f"kind={kind!r}; use one of {KINDS}")
+    if not env or not env.replace("-", "").replace("_", "").isalnum():
+        raise RegistryError(f"env={env!r} must be a simple name such as dev, staging or prod")
+    return f"{env}.{kind}"
+
+
+def _client(uri: str | None, root):
+    import mlflow
+
+    from rgalign.tracking import tracking_uri
+    mlflow.set_tracking_uri(tracking_uri(uri, root))
+    return mlflow.MlflowClient()
+
+
+@dataclass
+class Registry:
+    """Registry operations against one tracking URI (SQLite under ``root`` by default)."""
+    uri: str | None = None
+    root: str | Path = "artifacts"
+
+    @property
+    def client(self):
+        return _client(self.uri, self.root)
+
+    # ------------------------------------------------------------------ register
+    def register(self, kind: str, env: str, model_uri: str, lineage: dict, metrics: dict | None = None,
+                 alias: str = "candidate") -> str:
+        """Register ``model_uri`` as a new version of ``<env>.<kind>`` with lineage tags and ``alias``."""
+        import mlflow
+        name = model_name(env, kind)
+        client = self.client
+        try:
+            client.get_registered_model(name)
+        except mlflow.exceptions.MlflowException:
+            client.create_registered_model(name, description=f"rgalign {kind} ({env})")
+        tags = {k: str(v) for k, v in lineage.items() if v is not None}
+        tags.update({f"eval.{k}": f"{float(v):.6f}" for k, v in (metrics or {}).items()})
+        mv = mlflow.register_model(model_uri, name, tags=tags)
+        client.set_registered_model_alias(name, alias, mv.version)
+        self._audit("register", name, mv.version, None, alias, {"model_uri": model_uri})
+        return str(mv.version)
+
+    # ------------------------------------------------------------------ read
+    def versions(self, env: str, kind: str) -> list[dict]:
+        name = model_name(env, kind)
+        client = self.client
+        self._require_model(name)
+        aliases = client.get_registered_model(name).aliases  # alias -> version
+        by_version: dict[str, list[str]] = {}
+        for a, v in aliases.items():
+            by_version.setdefault(str(v), []).append(a)
+        out = []
+        for mv in client.search_model_versions(f"name='{name}'"):
+            out.append({"name": name, "version": str(mv.version), "aliases": sorted(by_version.get(str(mv.version), [])),
+                        "source": mv.source, "created": mv.creation_timestamp, "tags": dict(mv.tags)})
+        return sorted(out, key=lambda r: int(r["version"]))
+
+    def show(self, env: str, kind: str, ref: str) -> dict:
+        """A version by number or alias."""
+        version = self._resolve(model_name(env, kind), ref)
+        return next(v for v in self.versions(env, kind) if v["version"] == version)
+
+    def audit(self, env: str | None = None, kind: str | None = None) -> list[dict]:
+        import mlflow
+        client = self.client
+        exp = client.get_experiment_by_name(AUDIT_EXPERIMENT)
+        if exp is None:
+            return []
+        runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=10_000)
+        rows = [dict(r.data.tags) for r in runs]
+        name = model_name(env, kind) if env and kind else None
+        return [{k: v for k, v in r.items() if not k.startswith("mlflow.")} for r in rows
+                if name is None or r.get("model") == name]
+
+    # ------------------------------------------------------------------ move
+    def promote(self, env: str, kind: str, ref: str, alias: str, gate_metric: str = "MRR", tolerance: float = 0.005,
+                override: bool = False, reason: str | None = None) -> dict:
+        """Point ``alias`` at version ``ref`` (a number or an alias). To ``champion``, the gate compares
+        ``eval.<gate_metric>`` against the current champion's."""
+        if alias not in ALIASES:
+            raise RegistryError(f"alias={alias!r}; use one of {ALIASES}")
+        name = model_name(env, kind)
+        client = self.client
+        version = self._resolve(name, ref)
+        current = client.get_registered_model(name).aliases.get(alias)
+        gate = {}
+        if alias == "champion" and current is not None and str(current) != version:
+            new = self._metric(name, version, gate_metric)
+            old = self._metric(name, str(current), gate_metric)
+            gate = {"gate_metric": gate_metric, "candidate_value": new, "champion_value": old, "tolerance": tolerance}
+            if new is None or old is None:
+                gate["gate"] = "no metric"
+            elif new < old - tolerance:
+                gate["gate"] = "refused"
+                if not override:
+                    self._audit("promote-refused", name, version, current, alias, {**gate, "reason": reason or ""})
+                    raise RegistryError(f"gate: {name} v{version} {gate_metric}={new:.4f} regresses vs champion "
+                                        f"v{current} {gate_metric}={old:.4f} beyond tolerance {tolerance}; pass "
+                                        "--override --reason '...' to promote anyway (it is recorded)")
+                gate["gate"] = "overridden"
+            else:
+                gate["gate"] = "passed"
+        if alias == "champion" and current is not None and str(current) != version:
+            client.set_model_version_tag(name, version, "previous_champion", str(current))
+        client.set_registered_model_alias(name, alias, version)
+        if gate.get("gate") == "overridden":
+            client.set_model_version_tag(name, version, "gate_override", json.dumps({**gate, "reason": reason or ""}))
+        self._audit("promote", name, version, current, alias, {**gate, "override": override, "reason": reason or ""})
+        return {"model": name, "version": version, "alias": alias, "previous": None if current is None else str(current),
+                **gate}
+
+    def rollback(self, env: str, kind: str, reason: str | None = None) -> dict:
+        """Point ``champion`` back at the version it replaced (``previous_champion`` of the current one)."""
+        name = model_name(env, kind)
+        client = self.client
+        self._require_model(name)
+        current = client.get_registered_model(name).aliases.get("champion")
+        if current is None:
+            raise RegistryError(f"{name} has no champion to roll back")
+        prev = client.get_model_version(name, str(current)).tags.get("previous_champion")
+        if not prev:
+            raise RegistryError(f"{name} champion v{current} replaced no earlier champion; nothing to roll back to")
+        self._require_version(name, prev)
+        client.set_registered_model_alias(name, "champion", prev)
+        self._audit("rollback", name, prev, current, "champion", {"reason": reason or ""})
+        return {"model": name, "champion": prev, "rolled_back": str(current)}
+
+    # ------------------------------------------------------------------ helpers
+    def _require_model(self, name: str) -> None:
+        import mlflow
+        try:
+            self.client.get_registered_model(name)
+        except mlflow.exceptions.MlflowException:
+            raise RegistryError(f"registered model {name!r} does not exist; run the pipeline (rgalign pipeline "
+                                "run) or check --env/--kind") from None
+
+    def _require_version(self, name: str, version: str) -> None:
+        import mlflow
+        try:
+            self.client.get_model_version(name, version)
+        except mlflow.exceptions.MlflowException:
+            raise RegistryError(f"{name} has no version {version}; see `rgalign models list`") from None
+
+    def _resolve(self, name: str, ref: str) -> str:
+        self._require_model(name)
+        ref = str(ref)
+        if ref.isdigit():
+            self._require_version(name, ref)
+            return ref
+        aliases = self.client.get_registered_model(name).aliases
+        if ref not in aliases:
+            raise RegistryError(f"{name} has no version with alias {ref!r} (aliases: {dict(aliases) or 'none'})")
+        return str(aliases[ref])
+
+    def _metric(self, name: str, version: str, metric: str) -> float | None:
+        v = self.client.get_model_version(name, version).tags.get(f"eval.{metric}")
+        return float(v) if v is not None else None
+
+    def _audit(self, action: str, name: str, version, previous, alias: str, extra: dict) -> None:
+        import mlflow
+
+        from rgalign.tracking import experiment
+        exp = experiment(AUDIT_EXPERIMENT, self.uri, self.root)
+        tags = {"action": action, "model": name, "version": str(version), "previous": str(previous or ""),
+                "alias": alias, "user": getpass.getuser(), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **{k: str(v) for k, v in extra.items()}}
+        with mlflow.start_run(experiment_id=exp, run_name=f"{action} {name} v{version}", nested=mlflow.active_run() is not None):
+            mlflow.set_tags(tags)
+
+
+def log_reasoner_model(path: str | Path, uri: str | None = None, root: str | Path = "artifacts",
+                       lineage: dict | None = None) -> str:
+    """Log a reasoner directory (and its LoRA adapter ``<dir>.adapter`` when there is one) as an MLflow
+    models-from-code pyfunc that returns LTP for a ``context`` column; returns the model URI.
+    ``load_reasoner(models:/<env>.reasoner@champion)`` reloads the same weights (identical LTP)."""
+    import mlflow
+
+    from rgalign.tracking import experiment
+    path = Path(path)
+    meta = json.loads((path / "rgalign_reasoner.json").read_text()) if (path / "rgalign_reasoner.json").is_file() else {}
+    artifacts = {"reasoner": str(path)}
+    adapter = path.with_name(path.name + ".adapter")
+    if adapter.is_dir():
+        artifacts["adapter"] = str(adapter)
+    exp = experiment("rgalign-reasoner", uri, root)
+    with mlflow.start_run(experiment_id=exp, run_name=f"register {path.name}",
+                          nested=mlflow.active_run() is not None):
+        mlflow.set_tags({"source": meta.get("source", "hf-dir"), "digest": meta.get("digest", ""),
+                         **{k: str(v) for k, v in (lineage or {}).items()}})
+        info = mlflow.pyfunc.log_model(name="reasoner", python_model=str(Path(__file__).parent / "reasoner" / "pyfunc_model.py"),
+                                       artifacts=artifacts, pip_requirements=["rgalign-rec"])
+    return info.model_uri

@@ -1,0 +1,71 @@
+"""MLflow registry: lineage, aliases, the promotion gate, overrides, rollback, audit, bad input."""
+import numpy as np
+import pytest
+
+from rgalign.registry import Registry, RegistryError, log_reasoner_model
+
+
+@pytest.fixture
+def reg(tmp_path):
+    return Registry(root=tmp_path)
+
+
+def _register(reg, path, mrr, run_id="run-1"):
+    uri = log_reasoner_model(path, reg.uri, reg.root)
+    return reg.register("reasoner", "dev", uri, {"pipeline_run_id": run_id, "world_digest": "abc",
+                                                  "feature_service": "intent_ranking_v1"}, {"MRR": mrr})
+
+
+def test_registered_reasoner_reloads_to_identical_ltp_by_alias(reg, micro_reasoner):
+    from rgalign.reasoner.ltp import LTPEncoder
+    from rgalign.reasoner.sources import load_reasoner
+    v = _register(reg, micro_reasoner, 0.30)
+    info = reg.show("dev", "reasoner", "candidate")
+    assert info["version"] == v and info["tags"]["world_digest"] == "abc" and info["tags"]["eval.MRR"] == "0.300000"
+    ctx = ["User Profile: User Gender: Female", "User Profile: Region: Brazil"]
+    a = LTPEncoder(load_reasoner(micro_reasoner)).embed(ctx)
+    b = LTPEncoder(load_reasoner("models:/dev.reasoner@candidate")).embed(ctx)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_gate_refuses_a_regression_then_override_is_recorded_and_rollback_restores(reg, micro_reasoner):
+    v1 = _register(reg, micro_reasoner, 0.30)
+    assert reg.promote("dev", "reasoner", v1, "champion")["version"] == v1
+    v2 = _register(reg, micro_reasoner, 0.20, run_id="run-2")
+    with pytest.raises(RegistryError, match="regresses"):
+        reg.promote("dev", "reasoner", v2, "champion")
+    assert reg.show("dev", "reasoner", "champion")["version"] == v1       # nothing moved
+    out = reg.promote("dev", "reasoner", v2, "champion", override=True, reason="hotfix for a KB change")
+    assert out["gate"] == "overridden" and out["previous"] == v1
+    champ = reg.show("dev", "reasoner", "champion")
+    assert champ["version"] == v2 and "hotfix" in champ["tags"]["gate_override"]
+    assert reg.rollback("dev", "reasoner")["champion"] == v1
+    assert reg.show("dev", "reasoner", "champion")["version"] == v1
+    actions = [(a["action"], a["version"]) for a in reg.audit("dev", "reasoner")]
+    assert actions == [("register", v1), ("promote", v1), ("register", v2), ("promote-refused", v2),
+                       ("promote", v2), ("rollback", v1)]
+    assert [a for a in reg.audit() if a["action"] == "promote" and a["version"] == v2][0]["override"] == "True"
+
+
+def test_a_better_candidate_passes_the_gate(reg, micro_reasoner):
+    v1 = _register(reg, micro_reasoner, 0.30)
+    reg.promote("dev", "reasoner", v1, "champion")
+    v2 = _register(reg, micro_reasoner, 0.298)  # within the 0.005 tolerance
+    assert reg.promote("dev", "reasoner", "candidate", "champion")["gate"] == "passed"
+    assert reg.show("dev", "reasoner", "champion")["version"] == v2
+
+
+def test_bad_requests_are_clear_and_leave_no_partial_state(reg, micro_reasoner):
+    with pytest.raises(RegistryError, match="does not exist"):
+        reg.versions("dev", "ranker")
+    v1 = _register(reg, micro_reasoner, 0.30)
+    before = reg.versions("dev", "reasoner")
+    with pytest.raises(RegistryError, match="no version 7"):
+        reg.promote("dev", "reasoner", "7", "champion")
+    with pytest.raises(RegistryError, match="alias"):
+        reg.promote("dev", "reasoner", v1, "gold")
+    with pytest.raises(RegistryError, match="no champion"):
+        reg.rollback("dev", "reasoner")
+    with pytest.raises(RegistryError, match="kind"):
+        reg.versions("dev", "ltp")
+    assert reg.versions("dev", "reasoner") == before
