@@ -300,6 +300,44 @@ def cmd_models(args) -> int:
     return 0
 
 
+def _pipeline_config(args):
+    from rgalign.steps import PipelineConfig
+    return config_from_args(PipelineConfig, args)
+
+
+def cmd_pipeline(args) -> int:
+    from pipelines.run import compile_pipeline, run_local, submit
+    if args.sub == "compile":
+        print(f"compiled: {compile_pipeline(args.output, args.profile, args.profiles)} (profile {args.profile})")
+    elif args.sub == "submit":
+        try:
+            run_id = submit(args.package, args.host, _pipeline_config(args), args.experiment, args.namespace, args.rga_method)
+        except ConnectionError as e:
+            print(f"rgalign: error: {e}", file=sys.stderr)
+            return 4
+        print(f"submitted run {run_id} to {args.host}")
+    else:
+        cfg = _pipeline_config(args)
+        print(json.dumps(dataclasses.asdict(cfg), indent=1))
+        try:
+            out = run_local(cfg, args.artifacts, args.rga_method, args.tracking_uri, caching=not args.no_cache)
+        except RuntimeError as e:
+            print(f"rgalign: error: pipeline failed: {e} (the failing component's traceback is printed above)",
+                  file=sys.stderr)
+            return 5
+        print(f"pipeline finished in {out['seconds']:.0f} s; artifacts in {out['pipeline_root']}\n")
+        return cmd_models(argparse.Namespace(sub="list", env=cfg.env, kind=None, tracking_uri=args.tracking_uri,
+                                             artifacts=args.artifacts)) or _ui_hint(args)
+    return 0
+
+
+def _ui_hint(args) -> int:
+    from rgalign.tracking import tracking_uri
+    print(f"\nMLflow UI: mlflow ui --backend-store-uri {tracking_uri(args.tracking_uri, args.artifacts)} "
+          "--host 127.0.0.1 --port 5000   (then open http://127.0.0.1:5000)")
+    return 0
+
+
 def cmd_reproduce(args) -> int:
     from rgalign.reproduce import run_reproduce
     cfg = config_from_args(ReproduceConfig, args)
@@ -396,6 +434,31 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("promote", "rollback"):
             c.add_argument("--reason", default=None, help="why (kept in the audit trail)")
         c.set_defaults(fn=cmd_models)
+
+    pl = sub.add_parser("pipeline", help="the Kubeflow training pipeline").add_subparsers(dest="sub", required=True)
+    from rgalign.steps import PipelineConfig
+    for name, hlp in (("run", "run locally with kfp.local (caching on), then print the registry"),
+                      ("compile", "compile to YAML with a cluster profile's Kubernetes settings"),
+                      ("submit", "submit a compiled package to a Kubeflow Pipelines API server")):
+        c = pl.add_parser(name, help=hlp)
+        if name in ("run", "submit"):
+            for f in dataclasses.fields(PipelineConfig):
+                c.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
+                               help=f"pipeline parameter (default: {f.default})")
+            c.add_argument("--rga-method", choices=["sft-cl", "sft-dpo"], default="sft-cl")
+        if name == "run":
+            add_tracking_args(c, optional=False)
+            c.add_argument("--no-cache", action="store_true", help="disable kfp.local step caching")
+        if name == "compile":
+            c.add_argument("--output", default="pipelines/rgalign_training.yaml")
+            c.add_argument("--profile", default="gpu-a100", help="cluster profile name")
+            c.add_argument("--profiles", default=None, help="profiles file (default: pipelines/cluster_profiles.yaml)")
+        if name == "submit":
+            c.add_argument("--package", default="pipelines/rgalign_training.yaml")
+            c.add_argument("--host", required=True, help="Kubeflow Pipelines API, e.g. http://127.0.0.1:8888")
+            c.add_argument("--experiment", default="rgalign")
+            c.add_argument("--namespace", default=None)
+        c.set_defaults(fn=cmd_pipeline)
 
     rp = sub.add_parser("reproduce", help="the paper's Tables 2-4 (Stages 1-3, 3 seeds) as markdown + a plot")
     add_config_args(rp, ReproduceConfig)

@@ -50,10 +50,28 @@ def log_ranker(result, inputs, table: dict, extra_tags: dict | None = None) -> s
         mlflow.log_text(md, "evaluation/table.md")
         mlflow.log_text(json.dumps({m: vars(v) for r in table.values() for m, v in r.items()}, indent=2),
                         "evaluation/metrics.json")
-        info = mlflow.pyfunc.log_model(
-            name="ranker", python_model=str(Path(__file__).parent / "ranker" / "pyfunc_model.py"),
-            artifacts={"checkpoint": str(ckpt)}, pip_requirements=["rgalign-rec"])
+        return _log_ranker_pyfunc(ckpt)
+
+
+def _log_ranker_pyfunc(ckpt: Path) -> str:
+    import mlflow
+    info = mlflow.pyfunc.log_model(name="ranker", python_model=str(Path(__file__).parent / "ranker" / "pyfunc_model.py"),
+                                   artifacts={"checkpoint": str(ckpt)}, pip_requirements=["rgalign-rec"])
     return info.model_uri
+
+
+def log_ranker_checkpoint(ckpt: str | Path, uri: str | None = None, root: str | Path = DEFAULT_DIR,
+                          tags: dict | None = None) -> str:
+    """Log a saved ranker checkpoint folder (``rgalign.ranker.checkpoint``) as the ranker pyfunc in a new run
+    of ``rgalign-ranker``, with its evaluation metrics; returns the model URI (what the registry registers)."""
+    import mlflow
+    meta = json.loads((Path(ckpt) / "meta.json").read_text())
+    exp = experiment("rgalign-ranker", uri, root)
+    with mlflow.start_run(experiment_id=exp, run_name=f"register {meta.get('label', 'ranker')}",
+                          nested=mlflow.active_run() is not None):
+        mlflow.set_tags({k: str(v) for k, v in (tags or {}).items()})
+        mlflow.log_metrics({f"eval_{k.replace('@', '_at_')}": v for k, v in (meta.get("eval") or {}).items()})
+        return _log_ranker_pyfunc(Path(ckpt))
 
 
 def log_reasoner(path: str | Path, uri: str | None = None, root: str | Path = DEFAULT_DIR,
@@ -75,3 +93,12 @@ def log_reasoner(path: str | Path, uri: str | None = None, root: str | Path = DE
                 mlflow.log_metric(k, meta[k])
         mlflow.log_artifacts(str(path), "reasoner")
     return f"runs:/{run.info.run_id}/reasoner"
+
+
+def record_pipeline_status(run_id: str, state: str, error: str, root: str | Path = DEFAULT_DIR,
+                           uri: str | None = None) -> None:
+    """One run in ``rgalign-pipeline-runs`` per pipeline run: its final state and error (the exit handler)."""
+    import mlflow
+    exp = experiment("rgalign-pipeline-runs", uri, root)
+    with mlflow.start_run(experiment_id=exp, run_name=f"pipeline {run_id}"):
+        mlflow.set_tags({"pipeline_run_id": run_id, "state": state, "error": error[:4000]})

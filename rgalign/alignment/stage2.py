@@ -3,6 +3,7 @@ RG-SFT -> RG-CL or RG-DPO). The CLI, the KFP components and ``rgalign reproduce`
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,23 @@ class Candidates:
     golden_cos: np.ndarray         # (S, K) cos(e(q), e(clicked intent text))
     dropped: dict
 
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.frame.to_parquet(path / "frame.parquet", index=False)
+        (path / "candidates.json").write_text(json.dumps({"prompts": self.prompts, "names": self.names,
+                                                          "queries": self.queries, "dropped": self.dropped}))
+        np.savez(path / "arrays.npz", e=self.e, ndcg=self.ndcg, edit=self.edit, golden_cos=self.golden_cos)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Candidates":
+        path = Path(path)
+        j = json.loads((path / "candidates.json").read_text())
+        a = np.load(path / "arrays.npz")
+        return cls(pd.read_parquet(path / "frame.parquet"), j["prompts"], j["names"], j["queries"], a["e"],
+                   a["ndcg"], a["edit"], a["golden_cos"], j["dropped"])
+
     @property
     def valid(self) -> np.ndarray:
         return np.array([[bool(q) for q in row] for row in self.queries])
@@ -83,37 +101,69 @@ class Candidates:
                              "dropped": [self.dropped.get(n, 0) for n in self.names]})
 
 
-def build_candidates(train_frame: pd.DataFrame, kb: pd.DataFrame, ranker, spec, encoder: LTPEncoder,
-                     cfg: AlignmentConfig, progress: bool = False) -> Candidates:
-    """Sample ``cfg.n_samples`` clicked training sessions, ask every teacher (and the reasoner) for a query,
-    embed the queries with the frozen reasoner and score them with the Stage-1 QE-Rec (the reward)."""
+@dataclass
+class Proposals:
+    """What the teacher pool wrote: K queries for each kept session (before any reward)."""
+    frame: pd.DataFrame
+    prompts: list[str]
+    names: list[str]
+    queries: list[list[str]]
+    dropped: dict
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.frame.to_parquet(path / "frame.parquet", index=False)
+        (path / "proposals.json").write_text(json.dumps({"prompts": self.prompts, "names": self.names,
+                                                         "queries": self.queries, "dropped": self.dropped}))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Proposals":
+        j = json.loads((Path(path) / "proposals.json").read_text())
+        return cls(pd.read_parquet(Path(path) / "frame.parquet"), j["prompts"], j["names"], j["queries"], j["dropped"])
+
+
+def generate_candidates(train_frame: pd.DataFrame, kb: pd.DataFrame, encoder: LTPEncoder, cfg: AlignmentConfig,
+                        progress: bool = False) -> Proposals:
+    """Sample ``cfg.n_samples`` clicked training sessions and ask every teacher and the reasoner for a query."""
     frame = train_frame[train_frame.clicked_intent > 0]
     frame = frame.sample(min(cfg.n_samples, len(frame)), random_state=cfg.seed).sort_values("session_id")
     contexts = verbalize_frame(frame, kb, progress)
     pool = TeacherPool(make_teachers(cfg, kb, encoder), cfg.max_words, cfg.retries, cfg.min_candidates,
                        cfg.min_samples)
     res = pool.generate(contexts)
-    frame = frame.iloc[res.kept].reset_index(drop=True)
-    prompts = [encoder.render(contexts[i]) for i in res.kept]
-    S, K = len(res.queries), len(res.names)
+    return Proposals(frame.iloc[res.kept].reset_index(drop=True), [encoder.render(contexts[i]) for i in res.kept],
+                     res.names, res.queries, dict(res.dropped))
+
+
+def score_candidates(p: Proposals, kb: pd.DataFrame, ranker, spec, encoder: LTPEncoder) -> Candidates:
+    """The reward: embed every query with the frozen reasoner, NDCG of the clicked intent under the Stage-1
+    QE-Rec; plus the V3/V4 criteria (edit distance to the reasoner's query, cosine to the golden intent)."""
+    S, K = len(p.queries), len(p.names)
     embedder = QueryEmbedder(encoder)
-    flat = sorted({q for row in res.queries for q in row if q})
+    flat = sorted({q for row in p.queries for q in row if q})
     vec = dict(zip(flat, embedder.embed(flat)))
     e = np.zeros((S, K, embedder.dim), np.float32)
-    for s, row in enumerate(res.queries):
+    for s, row in enumerate(p.queries):
         for k, q in enumerate(row):
             if q:
                 e[s, k] = vec[q]
-    clicked = frame.clicked_intent.to_numpy(np.int64)
-    ndcg = candidate_ndcg(ranker, spec.encode(frame)[0], e, clicked)
-    r = res.names.index(REASONER)
-    edit = np.array([[edit_distance(q, row[r]) for q in row] for row in res.queries], float)
+    clicked = p.frame.clicked_intent.to_numpy(np.int64)
+    ndcg = candidate_ndcg(ranker, spec.encode(p.frame)[0], e, clicked)
+    r = p.names.index(REASONER)
+    edit = np.array([[edit_distance(q, row[r]) for q in row] for row in p.queries], float)
     texts = intent_texts(kb)
     golden = embedder.embed([texts[c - 1] for c in clicked])
-    valid = np.array([[bool(q) for q in row] for row in res.queries])
-    ndcg = np.where(valid, ndcg, -1.0)
-    return Candidates(frame, prompts, res.names, res.queries, e, ndcg, edit, golden_cosine(e, golden),
-                      dict(res.dropped))
+    valid = np.array([[bool(q) for q in row] for row in p.queries])
+    return Candidates(p.frame, p.prompts, p.names, p.queries, e, np.where(valid, ndcg, -1.0), edit,
+                      golden_cosine(e, golden), p.dropped)
+
+
+def build_candidates(train_frame: pd.DataFrame, kb: pd.DataFrame, ranker, spec, encoder: LTPEncoder,
+                     cfg: AlignmentConfig, progress: bool = False) -> Candidates:
+    """Teachers, then reward (``generate_candidates`` then ``score_candidates``)."""
+    return score_candidates(generate_candidates(train_frame, kb, encoder, cfg, progress), kb, ranker, spec, encoder)
 
 
 def select(c: Candidates, cfg: AlignmentConfig) -> Selection:

@@ -1,0 +1,49 @@
+"""Run the training pipeline locally (kfp.local), compile it for a cluster, or submit it to Kubeflow."""
+import dataclasses
+import time
+from pathlib import Path
+
+from pipelines.training import build_pipeline, load_profile
+from rgalign.steps import PipelineConfig
+
+
+def run_local(cfg: PipelineConfig, root: str | Path = "artifacts", rga_method: str = "sft-cl",
+              tracking_uri: str | None = None, caching: bool = True) -> dict:
+    """Run every step as a subprocess of this environment (kfp.local SubprocessRunner), with caching;
+    artifacts under ``<root>/kfp``, MLflow under ``<root>`` (SQLite) unless ``tracking_uri``."""
+    import kfp.local
+    root = Path(root).resolve()
+    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "kfp"),
+                   enable_caching=caching, raise_on_error=True)
+    t0 = time.perf_counter()
+    build_pipeline(None)(config=dataclasses.asdict(cfg), rga_method=rga_method, artifacts_root=str(root),
+                         tracking_uri=tracking_uri or "")
+    return {"seconds": round(time.perf_counter() - t0, 1), "pipeline_root": str(root / "kfp")}
+
+
+def compile_pipeline(out: str | Path, profile: str | None = "gpu-a100", profiles: str | Path | None = None) -> Path:
+    """Compile to YAML (PipelineSpec + PlatformSpec) with the Kubernetes settings of ``profile``."""
+    from kfp import compiler
+    prof = load_profile(profile, profiles) if profiles else load_profile(profile)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(prof), str(out))
+    return out
+
+
+def submit(package: str | Path, host: str, cfg: PipelineConfig, experiment: str = "rgalign", namespace: str | None = None,
+           rga_method: str = "sft-cl", run_name: str | None = None) -> str:
+    """Submit a compiled package to a Kubeflow Pipelines API server; returns the run id."""
+    import kfp
+    package = Path(package)
+    if not package.is_file():
+        raise FileNotFoundError(f"pipeline package {package} does not exist; run `rgalign pipeline compile` first")
+    client = kfp.Client(host=host, namespace=namespace)
+    try:
+        run = client.create_run_from_pipeline_package(
+            str(package), arguments={"config": dataclasses.asdict(cfg), "rga_method": rga_method},
+            experiment_name=experiment, run_name=run_name or f"rgalign-{time.strftime('%Y%m%d-%H%M%S')}")
+    except Exception as e:  # urllib3/kfp_server_api raise many types for an unreachable or refusing host
+        raise ConnectionError(f"could not submit to the Kubeflow Pipelines API at {host}: {type(e).__name__}: "
+                              f"{str(e)[:300]}. Check --host (e.g. http://ml-pipeline-ui.kubeflow:80) and credentials") from None
+    return run.run_id

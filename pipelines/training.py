@@ -1,0 +1,94 @@
+"""The training pipeline (Stages 1-3 -> gate -> registry) and how it runs: kfp.local, compile, submit.
+
+One definition serves both worlds: ``build_pipeline(profile)`` applies a cluster profile's GPU, node
+selector, toleration, PVC and secret settings to the heavy steps; kfp.local ignores them.
+"""
+
+import dataclasses
+from pathlib import Path
+
+import yaml
+from kfp import dsl
+
+import components as c
+from rgalign.steps import PipelineConfig
+
+PROFILES = Path(__file__).parent / "cluster_profiles.yaml"
+LLM_STEPS = {"build-reasoner", "teacher-queries", "reward-best-of-n", "rg-sft", "rg-cl", "rg-dpo"}
+TRAINING_STEPS = {"train-ranker", "train-ranker-2", "train-ranker-3"}
+
+
+def load_profile(name: str | None, path: str | Path = PROFILES) -> dict | None:
+    if name is None:
+        return None
+    profiles = yaml.safe_load(Path(path).read_text())
+    if name not in profiles:
+        raise ValueError(f"cluster profile {name!r} is not in {path}; known: {sorted(profiles)}")
+    return profiles[name]
+
+
+def _apply(task, settings: dict | None, profile: dict) -> None:
+    from kfp import kubernetes
+    if settings:
+        if settings.get("accelerator_type"):
+            task.set_accelerator_type(settings["accelerator_type"]).set_accelerator_limit(settings.get("accelerator_count", 1))
+        if settings.get("cpu"):
+            task.set_cpu_limit(str(settings["cpu"]))
+        if settings.get("memory"):
+            task.set_memory_limit(str(settings["memory"]))
+        for k, v in (settings.get("node_selector") or {}).items():
+            kubernetes.add_node_selector(task, k, v)
+        for t in settings.get("tolerations") or []:
+            kubernetes.add_toleration(task, **t)
+    pvc = profile.get("model_cache_pvc")
+    if pvc:
+        kubernetes.mount_pvc(task, pvc["name"], pvc["mount_path"])
+    for secret, keys in (profile.get("secrets") or {}).items():
+        kubernetes.use_secret_as_env(task, secret, keys)
+
+
+def configure(task, kind: str, profile: dict | None, retries: int = 0):
+    task.set_display_name(task.name)
+    if retries:
+        task.set_retry(retries, backoff_duration="30s")
+    if profile is not None:
+        _apply(task, profile.get(kind), profile)
+    return task
+
+
+def build_pipeline(profile: dict | None = None):
+    """The pipeline function; ``profile`` = a cluster profile (None for kfp.local)."""
+
+    @dsl.pipeline(name="rgalign-training", description="RGAlign-Rec: Stage 1 -> Stage 2 (RGA) -> Stage 3 -> "
+                                                         "evaluation gate -> MLflow registry")
+    def pipeline(config: dict = dataclasses.asdict(PipelineConfig()), rga_method: str = "sft-cl",
+                 artifacts_root: str = "", tracking_uri: str = ""):
+        run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
+        exit_task = configure(c.record_run_status(artifacts_root=artifacts_root, tracking_uri=tracking_uri,
+                                                  run_id=run_id), "light", profile)
+        with dsl.ExitHandler(exit_task, name="rgalign"):
+            data = configure(c.prepare_features(config=config), "light", profile)
+            raw = configure(c.build_reasoner(config=config, world=data.outputs["world"]), "llm", profile)
+            s1 = configure(c.train_ranker(config=config, label="Stage 1", world=data.outputs["world"],
+                                          reasoner=raw.outputs["reasoner"]), "training", profile)
+            props = configure(c.teacher_queries(config=config, world=data.outputs["world"],
+                                                reasoner=raw.outputs["reasoner"]), "llm", profile, retries=2)
+            cands = configure(c.reward_best_of_n(config=config, world=data.outputs["world"],
+                                                 reasoner=raw.outputs["reasoner"], ranker=s1.outputs["ranker"],
+                                                 proposals=props.outputs["proposals"]), "llm", profile)
+            sft = configure(c.rg_sft(config=config, candidates=cands.outputs["candidates"],
+                                     reasoner=raw.outputs["reasoner"]), "llm", profile)
+            for branch, refine in (("sft-dpo", c.rg_dpo), ("sft-cl", c.rg_cl)):
+                with dsl.If(rga_method == branch, name=f"method-{branch}"):
+                    aligned = configure(refine(config=config, candidates=cands.outputs["candidates"],
+                                               reasoner=sft.outputs["aligned"]), "llm", profile)
+                    s3 = configure(c.train_ranker(config=config, label="Stage 3", world=data.outputs["world"],
+                                                  reasoner=aligned.outputs["aligned"]), "training", profile)
+                    gate = configure(c.evaluation_gate(config=config, stage1=s1.outputs["ranker"],
+                                                       stage3=s3.outputs["ranker"]), "light", profile)
+                    with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (KFP condition)
+                        configure(c.register_models(config=config, artifacts_root=artifacts_root,
+                                                    tracking_uri=tracking_uri, run_id=run_id,
+                                                    world=data.outputs["world"], reasoner=aligned.outputs["aligned"],
+                                                    ranker=s3.outputs["ranker"]), "light", profile, retries=2)
+    return pipeline
