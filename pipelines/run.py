@@ -38,8 +38,8 @@ def submit(package: str | Path, host: str, cfg: PipelineConfig, experiment: str 
     package = Path(package)
     if not package.is_file():
         raise FileNotFoundError(f"pipeline package {package} does not exist; run `rgalign pipeline compile` first")
-    client = kfp.Client(host=host, namespace=namespace)
     try:
+        client = kfp.Client(host=host, namespace=namespace)
         run = client.create_run_from_pipeline_package(
             str(package), arguments={"config": dataclasses.asdict(cfg), "rga_method": rga_method},
             experiment_name=experiment, run_name=run_name or f"rgalign-{time.strftime('%Y%m%d-%H%M%S')}")

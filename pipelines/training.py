@@ -47,8 +47,10 @@ def _apply(task, settings: dict | None, profile: dict) -> None:
         kubernetes.use_secret_as_env(task, secret, keys)
 
 
-def configure(task, kind: str, profile: dict | None, retries: int = 0):
+def configure(task, kind: str, profile: dict | None, retries: int = 0, cache: bool = True):
     task.set_display_name(task.name)
+    if not cache:
+        task.set_caching_options(False)
     if retries:
         task.set_retry(retries, backoff_duration="30s")
     if profile is not None:
@@ -65,7 +67,7 @@ def build_pipeline(profile: dict | None = None):
                  artifacts_root: str = "", tracking_uri: str = ""):
         run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
         exit_task = configure(c.record_run_status(artifacts_root=artifacts_root, tracking_uri=tracking_uri,
-                                                  run_id=run_id), "light", profile)
+                                                  run_id=run_id), "light", profile, cache=False)
         with dsl.ExitHandler(exit_task, name="rgalign"):
             data = configure(c.prepare_features(config=config), "light", profile)
             raw = configure(c.build_reasoner(config=config, world=data.outputs["world"]), "llm", profile)
@@ -90,5 +92,6 @@ def build_pipeline(profile: dict | None = None):
                         configure(c.register_models(config=config, artifacts_root=artifacts_root,
                                                     tracking_uri=tracking_uri, run_id=run_id,
                                                     world=data.outputs["world"], reasoner=aligned.outputs["aligned"],
-                                                    ranker=s3.outputs["ranker"]), "light", profile, retries=2)
+                                                    ranker=s3.outputs["ranker"]), "light", profile, retries=2,
+                                                    cache=False)  # a registry write is never skipped
     return pipeline

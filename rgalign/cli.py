@@ -276,6 +276,8 @@ def cmd_models(args) -> int:
                 try:
                     rows = reg.versions(args.env, kind)
                 except RegistryError as e:
+                    if args.kind:
+                        raise
                     print(f"{args.env}.{kind}: {e}")
                     continue
                 print(f"{args.env}.{kind}")

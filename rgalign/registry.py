@@ -74,6 +74,12 @@ class Registry:
         self._audit("register", name, mv.version, None, alias, {"model_uri": model_uri})
         return str(mv.version)
 
+    def unregister(self, kind: str, env: str, version: str, reason: str) -> None:
+        """Delete a version that must not stay (compensation of a half-finished registration)."""
+        name = model_name(env, kind)
+        self.client.delete_model_version(name, str(version))
+        self._audit("unregister", name, version, None, "", {"reason": reason})
+
     # ------------------------------------------------------------------ read
     def versions(self, env: str, kind: str) -> list[dict]:
         name = model_name(env, kind)

@@ -53,6 +53,13 @@ class PipelineConfig:
             raise ValueError(f"strategy={self.strategy!r}; use V1, V2, V3 or V4")
 
 
+def inject_failure(step: str) -> None:
+    """Fault injection for tests and game days: ``RGALIGN_INJECT_FAILURE=<step>`` makes that step fail."""
+    import os
+    if os.environ.get("RGALIGN_INJECT_FAILURE") == step:
+        raise RuntimeError(f"injected failure in step {step!r} (RGALIGN_INJECT_FAILURE)")
+
+
 def world_of(folder: str | Path) -> Path:
     """The world directory inside a ``prepare_features`` output folder."""
     found = [p.parent for p in Path(folder).glob("*/manifest.json")]
@@ -90,6 +97,7 @@ def train_ranker(world_folder: str | Path, reasoner: str | Path, cfg: PipelineCo
     from rgalign.alignment.calibrate import ltp_inputs
     from rgalign.ranker.checkpoint import save_ranker
     from rgalign.ranker.ranker_trainer import RankerTrainer, evaluate_model
+    inject_failure(f"train_ranker:{label}")
     world = world_of(world_folder)
     rcfg = RankerConfig(epochs=cfg.ranker_epochs, max_train_sessions=cfg.max_train)
     inputs = ltp_inputs(world, reasoner, rcfg, cfg.max_val, cfg.max_eval, progress=False)
@@ -203,10 +211,16 @@ def register(reasoner: str | Path, ranker: str | Path, world_folder: str | Path,
     kmeta = json.loads((Path(ranker) / "meta.json").read_text())
     reg = Registry(tracking_uri, root)
     lineage = {"pipeline_run_id": run_id, "world_digest": digest, "feature_service": FEATURE_SERVICE}
-    rv = reg.register("reasoner", env, log_reasoner_model(reasoner, tracking_uri, root, lineage),
+    reasoner_uri = log_reasoner_model(reasoner, tracking_uri, root, lineage)   # logging first: no registry writes
+    ranker_uri = log_ranker_checkpoint(ranker, tracking_uri, root, lineage)
+    rv = reg.register("reasoner", env, reasoner_uri,
                       {**lineage, "reasoner_digest": rmeta.get("digest"), "method": rmeta.get("source"),
                        "parent_digest": rmeta.get("parent_digest")}, kmeta["eval"])
-    kv = reg.register("ranker", env, log_ranker_checkpoint(ranker, tracking_uri, root, lineage),
-                      {**lineage, "parent_reasoner": f"{env}.reasoner/{rv}", "reasoner_digest": kmeta.get("reasoner_digest")},
-                      kmeta["eval"])
+    try:
+        inject_failure("register:ranker")
+        kv = reg.register("ranker", env, ranker_uri, {**lineage, "parent_reasoner": f"{env}.reasoner/{rv}",
+                                                       "reasoner_digest": kmeta.get("reasoner_digest")}, kmeta["eval"])
+    except Exception:
+        reg.unregister("reasoner", env, rv, "the ranker of the same run failed to register")  # no half pairs
+        raise
     return {"reasoner_version": rv, "ranker_version": kv}

@@ -5,6 +5,18 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture
+def two_threads(monkeypatch):
+    """Long single-job tests (pre-training, reproduce, the pipeline) use both cores of the CI machine; the
+    default of 1 thread is for tests and servers that run next to other work."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")   # kfp.local subprocesses inherit it
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def ci_world(tmp_path_factory):
     """The ci-scale world, generated once per test session."""

@@ -123,7 +123,7 @@ def test_generation_greedy_is_deterministic_and_clean(raw_reasoner):
 
 
 @pytest.mark.slow
-def test_pretrained_ltp_beats_random_init_on_a_linear_probe(ci_world, tmp_path):
+def test_pretrained_ltp_beats_random_init_on_a_linear_probe(ci_world, tmp_path, two_threads):
     """Acceptance: the pre-trained tiny reasoner's LTP carries information a random-init one of equal size
     does not. Probe: logistic regression from LTP to the family of the evaluation week's true intent."""
     from rgalign.ranker.inputs import load_ranker_inputs, verbalize_frame

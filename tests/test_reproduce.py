@@ -24,7 +24,7 @@ def test_improvement_rows_follow_the_paper_definitions():
 
 
 @pytest.mark.slow
-def test_reproduce_ci_end_to_end(tmp_path):
+def test_reproduce_ci_end_to_end(tmp_path, two_threads):
     from rgalign.cli import main
     assert main(["reproduce", "--scale", "ci", "--out", str(tmp_path)]) == 0
     md = (tmp_path / "reproduce.md").read_text()

@@ -1,0 +1,165 @@
+"""The Kubeflow pipeline: compiled YAML (strict protobuf parse + golden Kubernetes settings), submit against a
+fake Pipelines API, bad input, and (slow) the full local run with a failure injected into a late step."""
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.run import compile_pipeline, submit
+from rgalign.cli import main
+from rgalign.steps import PipelineConfig
+
+GOLDEN = Path(__file__).parent / "golden" / "pipeline_k8s.json"
+
+
+def k8s_settings(path: Path) -> dict:
+    """What the golden test pins: per executor, GPU / CPU / memory, node selector, tolerations, PVC, secrets."""
+    docs = list(yaml.safe_load_all(path.read_text()))
+    spec, platform = docs[0], docs[1]
+    out = {}
+    for name, ex in sorted(spec["deploymentSpec"]["executors"].items()):
+        res = ex["container"].get("resources", {})
+        k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].get(name, {})
+        out[name] = {"image": ex["container"]["image"], "accelerator": res.get("accelerator"),
+                     "cpuLimit": res.get("resourceCpuLimit"), "memoryLimit": res.get("resourceMemoryLimit"),
+                     "nodeSelector": k8s.get("nodeSelector"), "tolerations": k8s.get("tolerations"),
+                     "pvcMount": k8s.get("pvcMount"), "secretAsEnv": k8s.get("secretAsEnv")}
+    return out
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    return compile_pipeline(tmp_path_factory.mktemp("c") / "p.yaml", "gpu-a100")
+
+
+def test_compiled_yaml_parses_strictly_as_pipeline_and_platform_spec(compiled):
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+    docs = list(yaml.safe_load_all(compiled.read_text()))
+    spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())        # raises on unknown fields
+    json_format.ParseDict(docs[1], pipeline_spec_pb2.PlatformSpec())
+    tasks = set(spec.root.dag.tasks["exit-handler-1"].component_ref.name and spec.components)
+    assert {"comp-rg-sft", "comp-rg-cl", "comp-rg-dpo", "comp-evaluation-gate", "comp-register-models",
+            "comp-record-run-status"} <= tasks
+    execs = docs[0]["deploymentSpec"]["executors"]
+    assert all("pip install" not in " ".join(e["container"].get("command", [])) for e in execs.values())
+
+
+def test_golden_gpu_and_kubernetes_settings(compiled):
+    got = k8s_settings(compiled)
+    if not GOLDEN.is_file():  # first run writes the golden file; review it and commit it
+        GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=True))
+    assert got == json.loads(GOLDEN.read_text())
+    gpu = [n for n, s in got.items() if s["accelerator"]]
+    assert "exec-rg-cl" in gpu and "exec-train-ranker" in gpu and "exec-evaluation-gate" not in gpu
+    assert got["exec-rg-cl"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert got["exec-rg-cl"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert got["exec-register-models"]["secretAsEnv"][0]["secretName"] == "mlflow-credentials"
+
+
+def test_compile_is_deterministic(compiled, tmp_path):
+    again = compile_pipeline(tmp_path / "again.yaml", "gpu-a100")
+    assert again.read_text() == compiled.read_text()
+
+
+def test_unknown_profile_is_a_clear_error(tmp_path, capsys):
+    assert main(["pipeline", "compile", "--profile", "tpu-pod", "--output", str(tmp_path / "x.yaml")]) == 2
+    assert "cluster profile 'tpu-pod'" in capsys.readouterr().err and not (tmp_path / "x.yaml").exists()
+
+
+class FakeKFP(BaseHTTPRequestHandler):
+    calls: list = []
+
+    def _send(self, obj):
+        data = json.dumps(obj).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        FakeKFP.calls.append(("GET", self.path.split("?")[0], None))
+        self._send({"experiments": [{"experiment_id": "exp-1", "display_name": "rgalign"}], "total_size": 1})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        FakeKFP.calls.append(("POST", self.path.split("?")[0], body))
+        self._send({"run_id": "run-42", "display_name": body.get("display_name"), "experiment_id": "exp-1"})
+
+    def log_message(self, *a):
+        pass
+
+
+def test_submit_against_a_fake_pipelines_api(compiled):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), FakeKFP)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        run_id = submit(compiled, f"http://127.0.0.1:{srv.server_address[1]}", PipelineConfig(n_samples=99))
+    finally:
+        srv.shutdown()
+    assert run_id == "run-42"
+    post = [c for c in FakeKFP.calls if c[0] == "POST" and c[1].endswith("/runs")][0][2]
+    assert post["experiment_id"] == "exp-1"
+    assert post["runtime_config"]["parameters"]["config"]["n_samples"] == 99
+    spec = post["pipeline_spec"]["pipeline_spec"]
+    assert spec["pipelineInfo"]["name"] == "rgalign-training" and "exec-rg-cl" in spec["deploymentSpec"]["executors"]
+
+
+def test_submit_to_an_unreachable_host_fails_clearly(compiled, capsys):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    assert main(["pipeline", "submit", "--package", str(compiled), "--host", f"http://127.0.0.1:{port}"]) == 4
+    assert "could not submit" in capsys.readouterr().err
+
+
+def test_pipeline_config_survives_protobuf_struct_and_checks_types():
+    assert PipelineConfig(**{"max_train": 1000.0, "gate_tolerance": 0}).max_train == 1000
+    with pytest.raises(ValueError, match="max_train must be an integer"):
+        PipelineConfig(max_train=10.5)
+    with pytest.raises(ValueError, match="strategy"):
+        PipelineConfig(strategy="V7")
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_full_pipeline_locally_then_a_failed_late_step_leaves_registry_and_features_intact(tmp_path, monkeypatch,
+                                                                                         two_threads):
+    """The product's main job through kfp.local at ci scale; then a re-run whose ranker registration fails."""
+    from pipelines.run import run_local
+    from rgalign.registry import Registry
+    from rgalign.tracking import experiment
+    run_local(PipelineConfig(), tmp_path)
+    reg = Registry(root=tmp_path)
+    before = {k: reg.versions("dev", k) for k in ("reasoner", "ranker")}
+    for kind in before:
+        (v,) = before[kind]
+        assert v["aliases"] == ["candidate"] and v["tags"]["feature_service"] == "intent_ranking_v1"
+        assert v["tags"]["pipeline_run_id"].startswith("rgalign-training") and "eval.MRR" in v["tags"]
+    assert before["ranker"][0]["tags"]["parent_reasoner"] == "dev.reasoner/1"
+    reg.promote("dev", "ranker", "1", "champion")
+    online = sorted(tmp_path.glob("kfp/**/feast/*/online_store.db"))
+    assert online, "the local run materialized no online store"
+    digests = {p: _digest(p) for p in online}
+
+    monkeypatch.setenv("RGALIGN_INJECT_FAILURE", "register:ranker")
+    with pytest.raises(RuntimeError, match="register-models"):
+        run_local(PipelineConfig(), tmp_path)              # cached up to the registration, which fails
+    after = {k: reg.versions("dev", k) for k in ("reasoner", "ranker")}
+    assert [(v["version"], v["aliases"]) for v in after["ranker"]] == [("1", ["candidate", "champion"])]
+    assert [(v["version"], v["aliases"]) for v in after["reasoner"]] == [("1", ["candidate"])]
+    assert {p: _digest(p) for p in online} == digests
+    assert [a["action"] for a in reg.audit("dev", "reasoner")][-2:] == ["register", "unregister"]
+    import mlflow
+    runs = mlflow.search_runs([experiment("rgalign-pipeline-runs", None, tmp_path)], order_by=["attributes.start_time ASC"])
+    assert runs["tags.state"].tolist() == ["SUCCEEDED", "FAILED"]
