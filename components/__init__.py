@@ -21,12 +21,11 @@ def component(fn):
 @component
 def prepare_features(config: dict, world: Output[Dataset], metrics: Output[Metrics]):
     """Feast: sources -> apply -> materialize -> point-in-time training set (the world, in the embedded default)."""
-    from rgalign.steps import PipelineConfig, prepare_features as step
+    from rgalign.steps import PipelineConfig, report, prepare_features as step
     cfg = PipelineConfig(**config)
     out = step(cfg.scale, cfg.world_seed, world.path)
     world.metadata.update({"world_digest": out.pop("world_digest"), "feature_service": "intent_ranking_v1"})
-    for k, v in out.items():
-        metrics.log_metric(k, v)
+    report(metrics, out)
 
 
 @component
@@ -40,9 +39,8 @@ def build_reasoner(config: dict, world: Input[Dataset], reasoner: Output[Model])
 def train_ranker(config: dict, label: str, world: Input[Dataset], reasoner: Input[Model], ranker: Output[Model],
                  metrics: Output[Metrics]):
     """Stage 1 (raw reasoner) or Stage 3 (aligned reasoner): QE-Rec on LTP, evaluated on the evaluation week."""
-    from rgalign.steps import PipelineConfig, train_ranker as step
-    for k, v in step(world.path, reasoner.path, PipelineConfig(**config), ranker.path, label).items():
-        metrics.log_metric(k, v)
+    from rgalign.steps import PipelineConfig, report, train_ranker as step
+    report(metrics, step(world.path, reasoner.path, PipelineConfig(**config), ranker.path, label))
     ranker.metadata["label"] = label
 
 
@@ -50,46 +48,41 @@ def train_ranker(config: dict, label: str, world: Input[Dataset], reasoner: Inpu
 def teacher_queries(config: dict, world: Input[Dataset], reasoner: Input[Model], proposals: Output[Dataset],
                     metrics: Output[Metrics]):
     """Multi-LLM sample generation: every teacher and the reasoner write one query per context."""
-    from rgalign.steps import PipelineConfig, teacher_queries as step
-    for k, v in step(world.path, reasoner.path, PipelineConfig(**config), proposals.path).items():
-        metrics.log_metric(k, v)
+    from rgalign.steps import PipelineConfig, report, teacher_queries as step
+    report(metrics, step(world.path, reasoner.path, PipelineConfig(**config), proposals.path))
 
 
 @component
 def reward_best_of_n(config: dict, world: Input[Dataset], reasoner: Input[Model], ranker: Input[Model],
                      proposals: Input[Dataset], candidates: Output[Dataset], metrics: Output[Metrics]):
     """The Stage-1 QE-Rec scores every query (NDCG of the clicked intent); best-of-N picks Q^w and Q^l."""
-    from rgalign.steps import PipelineConfig, reward_best_of_n as step
-    for k, v in step(world.path, reasoner.path, ranker.path, proposals.path, PipelineConfig(**config),
-                     candidates.path).items():
-        metrics.log_metric(k, v)
+    from rgalign.steps import PipelineConfig, report, reward_best_of_n as step
+    report(metrics, step(world.path, reasoner.path, ranker.path, proposals.path, PipelineConfig(**config),
+                     candidates.path))
 
 
 @component
 def rg_sft(config: dict, candidates: Input[Dataset], reasoner: Input[Model], aligned: Output[Model],
            metrics: Output[Metrics]):
     """RG-SFT (Eq. 8) on the winners, LoRA merged."""
-    from rgalign.steps import PipelineConfig, rga
-    for k, v in rga("rg-sft", candidates.path, reasoner.path, PipelineConfig(**config), aligned.path).items():
-        metrics.log_metric(k, v)
+    from rgalign.steps import PipelineConfig, report, rga
+    report(metrics, rga("rg-sft", candidates.path, reasoner.path, PipelineConfig(**config), aligned.path))
 
 
 @component
 def rg_cl(config: dict, candidates: Input[Dataset], reasoner: Input[Model], aligned: Output[Model],
           metrics: Output[Metrics]):
     """RG-CL (Eq. 11): InfoNCE on last-token states + 0.01 causal LM, NEFTune."""
-    from rgalign.steps import PipelineConfig, rga
-    for k, v in rga("rg-cl", candidates.path, reasoner.path, PipelineConfig(**config), aligned.path).items():
-        metrics.log_metric(k, v)
+    from rgalign.steps import PipelineConfig, report, rga
+    report(metrics, rga("rg-cl", candidates.path, reasoner.path, PipelineConfig(**config), aligned.path))
 
 
 @component
 def rg_dpo(config: dict, candidates: Input[Dataset], reasoner: Input[Model], aligned: Output[Model],
            metrics: Output[Metrics]):
     """RG-DPO (Eq. 9-10) with the RG-SFT checkpoint as the reference."""
-    from rgalign.steps import PipelineConfig, rga
-    for k, v in rga("rg-dpo", candidates.path, reasoner.path, PipelineConfig(**config), aligned.path).items():
-        metrics.log_metric(k, v)
+    from rgalign.steps import PipelineConfig, report, rga
+    report(metrics, rga("rg-dpo", candidates.path, reasoner.path, PipelineConfig(**config), aligned.path))
 
 
 @component
@@ -107,11 +100,10 @@ def evaluation_gate(config: dict, stage1: Input[Model], stage3: Input[Model], re
 def register_models(config: dict, artifacts_root: str, tracking_uri: str, run_id: str, world: Input[Dataset],
                     reasoner: Input[Model], ranker: Input[Model], metrics: Output[Metrics]):
     """Register the aligned reasoner and the Stage-3 ranker in MLflow as ``candidate`` with lineage tags."""
-    from rgalign.steps import PipelineConfig, register
+    from rgalign.steps import PipelineConfig, report, register
     out = register(reasoner.path, ranker.path, world.path, PipelineConfig(**config).env, run_id,
                    tracking_uri or None, artifacts_root or "artifacts")
-    for k, v in out.items():
-        metrics.log_metric(k, float(v))
+    report(metrics, {k: int(v) for k, v in out.items()})
 
 
 @component

@@ -151,9 +151,9 @@ def cmd_eval(args) -> int:
     from rgalign.ranker.data import RankerData
     from rgalign.ranker.inputs import load_ranker_inputs
     from rgalign.ranker.ranker_trainer import evaluate_model
-    from rgalign.tracking import tracking_uri
+    from rgalign.tracking import tracking_uri, use
     from rgalign.world.generate import headroom_rows, load_manifest
-    mlflow.set_tracking_uri(tracking_uri(args.tracking_uri, args.artifacts))
+    use(tracking_uri(args.tracking_uri, args.artifacts))
     rows = dict(headroom_rows(load_manifest(args.world)))
     for uri in args.model_uri:
         path = Path(mlflow.artifacts.download_artifacts(uri)) / "artifacts" / "checkpoint"

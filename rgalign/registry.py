@@ -26,6 +26,11 @@ KINDS = ("reasoner", "ranker")
 AUDIT_EXPERIMENT = "rgalign-registry-audit"
 
 
+def metric_tag(metric: str) -> str:
+    """Tag key of an offline metric (MLflow keys allow no '@'): ``R@3`` -> ``eval.R_at_3``."""
+    return "eval." + metric.replace("@", "_at_")
+
+
 class RegistryError(ValueError):
     """A registry request that cannot be honoured (unknown model/version/alias, a gate refusal)."""
 
@@ -41,8 +46,8 @@ def model_name(env: str, kind: str) -> str:
 def _client(uri: str | None, root):
     import mlflow
 
-    from rgalign.tracking import tracking_uri
-    mlflow.set_tracking_uri(tracking_uri(uri, root))
+    from rgalign.tracking import tracking_uri, use
+    use(tracking_uri(uri, root))
     return mlflow.MlflowClient()
 
 
@@ -68,7 +73,7 @@ class Registry:
         except mlflow.exceptions.MlflowException:
             client.create_registered_model(name, description=f"rgalign {kind} ({env})")
         tags = {k: str(v) for k, v in lineage.items() if v is not None}
-        tags.update({f"eval.{k}": f"{float(v):.6f}" for k, v in (metrics or {}).items()})
+        tags.update({metric_tag(k): f"{float(v):.6f}" for k, v in (metrics or {}).items()})
         mv = mlflow.register_model(model_uri, name, tags=tags)
         client.set_registered_model_alias(name, alias, mv.version)
         self._audit("register", name, mv.version, None, alias, {"model_uri": model_uri})
@@ -193,7 +198,7 @@ class Registry:
         return str(aliases[ref])
 
     def _metric(self, name: str, version: str, metric: str) -> float | None:
-        v = self.client.get_model_version(name, version).tags.get(f"eval.{metric}")
+        v = self.client.get_model_version(name, version).tags.get(metric_tag(metric))
         return float(v) if v is not None else None
 
     def _audit(self, action: str, name: str, version, previous, alias: str, extra: dict) -> None:

@@ -53,6 +53,16 @@ class PipelineConfig:
             raise ValueError(f"strategy={self.strategy!r}; use V1, V2, V3 or V4")
 
 
+def report(metrics, values: dict) -> None:
+    """Log ``values`` on a KFP ``Metrics`` artifact and also write them to its path: kfp.local's cache treats
+    an output whose file is missing as stale, and lightweight Metrics write no file of their own."""
+    values = {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
+    for k, v in values.items():
+        metrics.log_metric(k, v)
+    Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(metrics.path).write_text(json.dumps(values, indent=1))
+
+
 def inject_failure(step: str) -> None:
     """Fault injection for tests and game days: ``RGALIGN_INJECT_FAILURE=<step>`` makes that step fail."""
     import os

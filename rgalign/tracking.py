@@ -10,9 +10,6 @@ import tempfile
 from pathlib import Path
 
 DEFAULT_DIR = Path("artifacts")
-# the user's choice, read once: mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI itself, so reading the
-# variable later would make the first store used in a process stick for every other root
-USER_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def default_uri(root: str | Path = DEFAULT_DIR) -> str:
@@ -20,14 +17,26 @@ def default_uri(root: str | Path = DEFAULT_DIR) -> str:
 
 
 def tracking_uri(uri: str | None = None, root: str | Path = DEFAULT_DIR) -> str:
-    return uri or USER_URI or default_uri(root)
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(root)
+
+
+def use(uri: str) -> None:
+    """``mlflow.set_tracking_uri`` without its side effect of exporting MLFLOW_TRACKING_URI (which would
+    make the first store used in a process the default of every later call with another root)."""
+    import mlflow
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def experiment(name: str, uri: str | None = None, root: str | Path = DEFAULT_DIR) -> str:
     """Set the tracking URI and get-or-create ``name`` with an artifact location under ``root/mlruns``."""
     import mlflow
     resolved = tracking_uri(uri, root)
-    mlflow.set_tracking_uri(resolved)  # (mlflow also exports it as MLFLOW_TRACKING_URI)
+    use(resolved)
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
         # the embedded default keeps artifacts beside its database; a server decides for itself

@@ -5,6 +5,13 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture(autouse=True)
+def _isolated_mlflow_env(monkeypatch):
+    """mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI; restore it after each test."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")   # registers the undo: the original state comes back
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+
+
 @pytest.fixture
 def two_threads(monkeypatch):
     """Long single-job tests (pre-training, reproduce, the pipeline) use both cores of the CI machine; the
