@@ -1,6 +1,7 @@
 # The one project image used by every KFP component and KServe server (cannot be built on the dev machines,
 # which have no Docker engine; CI validates everything this image runs).
-# Build: docker build -t REGISTRY/rgalign-rec:0.1.0 .   (set the tag in pipelines' cluster profile)
+# Build: docker build -t REGISTRY/rgalign-rec:0.1.0-python3.11 .   then compile the pipeline with
+#        RGALIGN_IMAGE=REGISTRY/rgalign-rec:0.1.0-python3.11 rgalign pipeline compile --profile gpu-a100
 FROM python:3.11-slim
 
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 \
@@ -12,10 +13,10 @@ WORKDIR /opt/rgalign
 RUN pip install torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY rgalign ./rgalign
-RUN pip install -e .
-COPY feature_repo ./feature_repo
 COPY components ./components
 COPY pipelines ./pipelines
+RUN pip install -e .
+COPY feature_repo ./feature_repo
 COPY serving ./serving
 COPY monitoring ./monitoring
 RUN useradd --create-home --uid 1000 rgalign && chown -R rgalign /opt/rgalign

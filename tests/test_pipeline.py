@@ -155,6 +155,9 @@ def test_full_pipeline_locally_then_a_failed_late_step_leaves_registry_and_featu
     monkeypatch.setenv("RGALIGN_INJECT_FAILURE", "register:ranker")
     with pytest.raises(RuntimeError, match="register-models"):
         run_local(PipelineConfig(), tmp_path)              # cached up to the registration, which fails
+    runs = sorted((tmp_path / "kfp").glob("rgalign-training-*"))
+    assert len(runs) == 2 and (runs[0] / "rg-cl").is_dir()
+    assert not (runs[1] / "rg-cl").exists() and not (runs[1] / "train-ranker").exists()   # kfp.local cache hits
     after = {k: reg.versions("dev", k) for k in ("reasoner", "ranker")}
     assert [(v["version"], v["aliases"]) for v in after["ranker"]] == [("1", ["candidate", "champion"])]
     assert [(v["version"], v["aliases"]) for v in after["reasoner"]] == [("1", ["candidate"])]
