@@ -63,8 +63,9 @@ class Registry:
 
     # ------------------------------------------------------------------ register
     def register(self, kind: str, env: str, model_uri: str, lineage: dict, metrics: dict | None = None,
-                 alias: str = "candidate") -> str:
-        """Register ``model_uri`` as a new version of ``<env>.<kind>`` with lineage tags and ``alias``."""
+                 alias: str | None = "candidate") -> str:
+        """Register ``model_uri`` as a new version of ``<env>.<kind>`` with lineage tags and ``alias`` (None:
+        no alias yet, e.g. until the other half of a pair is registered too)."""
         import mlflow
         name = model_name(env, kind)
         client = self.client
@@ -75,8 +76,9 @@ class Registry:
         tags = {k: str(v) for k, v in lineage.items() if v is not None}
         tags.update({metric_tag(k): f"{float(v):.6f}" for k, v in (metrics or {}).items()})
         mv = mlflow.register_model(model_uri, name, tags=tags)
-        client.set_registered_model_alias(name, alias, mv.version)
-        self._audit("register", name, mv.version, None, alias, {"model_uri": model_uri})
+        if alias:
+            client.set_registered_model_alias(name, alias, mv.version)
+        self._audit("register", name, mv.version, None, alias or "", {"model_uri": model_uri})
         return str(mv.version)
 
     def unregister(self, kind: str, env: str, version: str, reason: str) -> None:

@@ -223,14 +223,18 @@ def register(reasoner: str | Path, ranker: str | Path, world_folder: str | Path,
     lineage = {"pipeline_run_id": run_id, "world_digest": digest, "feature_service": FEATURE_SERVICE}
     reasoner_uri = log_reasoner_model(reasoner, tracking_uri, root, lineage)   # logging first: no registry writes
     ranker_uri = log_ranker_checkpoint(ranker, tracking_uri, root, lineage)
+    # both versions first, aliases last: a failure in between leaves no alias moved and no half pair
     rv = reg.register("reasoner", env, reasoner_uri,
                       {**lineage, "reasoner_digest": rmeta.get("digest"), "method": rmeta.get("source"),
-                       "parent_digest": rmeta.get("parent_digest")}, kmeta["eval"])
+                       "parent_digest": rmeta.get("parent_digest")}, kmeta["eval"], alias=None)
     try:
         inject_failure("register:ranker")
         kv = reg.register("ranker", env, ranker_uri, {**lineage, "parent_reasoner": f"{env}.reasoner/{rv}",
-                                                       "reasoner_digest": kmeta.get("reasoner_digest")}, kmeta["eval"])
+                                                       "reasoner_digest": kmeta.get("reasoner_digest")}, kmeta["eval"],
+                          alias=None)
     except Exception:
-        reg.unregister("reasoner", env, rv, "the ranker of the same run failed to register")  # no half pairs
+        reg.unregister("reasoner", env, rv, "the ranker of the same run failed to register")
         raise
+    reg.promote(env, "reasoner", rv, "candidate")
+    reg.promote(env, "ranker", kv, "candidate")
     return {"reasoner_version": rv, "ranker_version": kv}
