@@ -69,3 +69,12 @@ def test_bad_requests_are_clear_and_leave_no_partial_state(reg, micro_reasoner):
     with pytest.raises(RegistryError, match="kind"):
         reg.versions("dev", "ltp")
     assert reg.versions("dev", "reasoner") == before
+
+
+def test_cli_errors_exit_non_zero_and_name_the_problem(tmp_path, capsys):
+    from rgalign.cli import main
+    assert main(["models", "promote", "--kind", "ranker", "--version", "9", "--to", "champion",
+                 "--artifacts", str(tmp_path)]) == 3
+    assert "dev.ranker' does not exist" in capsys.readouterr().err
+    assert main(["models", "list", "--kind", "reasoner", "--artifacts", str(tmp_path)]) == 3
+    assert main(["models", "rollback", "--kind", "reasoner", "--artifacts", str(tmp_path)]) == 3
