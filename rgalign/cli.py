@@ -292,6 +292,9 @@ def cmd_models(args) -> int:
                                          args.override, args.reason), indent=1))
         elif args.sub == "rollback":
             print(json.dumps(reg.rollback(args.env, args.kind, args.reason), indent=1))
+        elif args.sub == "copy":
+            v = reg.copy(args.kind, args.from_env, args.version, args.env)
+            print(f"{args.from_env}.{args.kind}/{args.version} -> {args.env}.{args.kind} v{v} (candidate)")
         elif args.sub == "audit":
             for a in reg.audit(args.env, args.kind):
                 print(f"{a.get('at')} {a.get('user')} {a.get('action'):<16} {a.get('model')} v{a.get('version')} "
@@ -421,13 +424,16 @@ def build_parser() -> argparse.ArgumentParser:
     mo = sub.add_parser("models", help="the MLflow model registry").add_subparsers(dest="sub", required=True)
     for name, hlp in (("list", "versions, aliases, lineage and metrics"), ("show", "one version (number or alias)"),
                       ("promote", "move an alias (candidate -> challenger -> champion) through the gate"),
-                      ("rollback", "champion back to the version it replaced"), ("audit", "every registry move")):
+                      ("rollback", "champion back to the version it replaced"), ("audit", "every registry move"),
+                      ("copy", "promote across environments: copy a version into <env>.<kind> as candidate")):
         c = mo.add_parser(name, help=hlp)
         c.add_argument("--env", default="dev", help="environment of the registered models (dev, staging, prod)")
-        c.add_argument("--kind", choices=["reasoner", "ranker"], required=name in ("show", "promote", "rollback"))
+        c.add_argument("--kind", choices=["reasoner", "ranker"], required=name in ("show", "promote", "rollback", "copy"))
         add_tracking_args(c, optional=False)
-        if name in ("show", "promote"):
+        if name in ("show", "promote", "copy"):
             c.add_argument("--version", required=True, help="version number or alias (e.g. candidate)")
+        if name == "copy":
+            c.add_argument("--from-env", required=True, help="source environment (e.g. dev); --env is the target")
         if name == "promote":
             c.add_argument("--to", required=True, choices=["candidate", "challenger", "champion"])
             c.add_argument("--gate-metric", default="MRR", help="offline metric compared with the champion")

@@ -156,6 +156,29 @@ class Registry:
         return {"model": name, "version": version, "alias": alias, "previous": None if current is None else str(current),
                 **gate}
 
+    def copy(self, kind: str, from_env: str, ref: str, to_env: str, alias: str = "candidate") -> str:
+        """Promote across environments: copy version ``ref`` of ``<from_env>.<kind>`` (tags included) into
+        ``<to_env>.<kind>`` as a new version with ``alias``; returns the new version."""
+        import mlflow
+        src, dst = model_name(from_env, kind), model_name(to_env, kind)
+        if src == dst:
+            raise RegistryError(f"from_env and env are both {from_env!r}; use promote to move an alias")
+        if alias not in ALIASES:
+            raise RegistryError(f"alias={alias!r}; use one of {ALIASES}")
+        version = self._resolve(src, ref)
+        client = self.client
+        try:
+            client.get_registered_model(dst)
+        except mlflow.exceptions.MlflowException:
+            client.create_registered_model(dst, description=f"rgalign {kind} ({to_env})")
+        mv = client.copy_model_version(f"models:/{src}/{version}", dst)
+        for k, v in client.get_model_version(src, version).tags.items():
+            client.set_model_version_tag(dst, mv.version, k, v)
+        client.set_model_version_tag(dst, mv.version, "copied_from", f"{src}/{version}")
+        client.set_registered_model_alias(dst, alias, mv.version)
+        self._audit("copy", dst, mv.version, f"{src}/{version}", alias, {})
+        return str(mv.version)
+
     def rollback(self, env: str, kind: str, reason: str | None = None) -> dict:
         """Point ``champion`` back at the version it replaced (``previous_champion`` of the current one)."""
         name = model_name(env, kind)

@@ -78,3 +78,15 @@ def test_cli_errors_exit_non_zero_and_name_the_problem(tmp_path, capsys):
     assert "dev.ranker' does not exist" in capsys.readouterr().err
     assert main(["models", "list", "--kind", "reasoner", "--artifacts", str(tmp_path)]) == 3
     assert main(["models", "rollback", "--kind", "reasoner", "--artifacts", str(tmp_path)]) == 3
+
+
+def test_copy_promotes_across_environments_with_lineage(reg, micro_reasoner):
+    v = _register(reg, micro_reasoner, 0.30)
+    reg.promote("dev", "reasoner", v, "champion")
+    pv = reg.copy("reasoner", "dev", "champion", "prod")
+    prod = reg.show("prod", "reasoner", "candidate")
+    assert prod["version"] == pv and prod["tags"]["copied_from"] == f"dev.reasoner/{v}"
+    assert prod["tags"]["world_digest"] == "abc" and prod["tags"]["eval.MRR"] == "0.300000"
+    assert reg.show("dev", "reasoner", "champion")["version"] == v          # the source is untouched
+    with pytest.raises(RegistryError, match="both 'dev'"):
+        reg.copy("reasoner", "dev", v, "dev")
