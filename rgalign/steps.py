@@ -167,9 +167,6 @@ def _load_selection(folder: str | Path):
 def rga(method: str, candidates: str | Path, reasoner: str | Path, cfg: PipelineConfig, out: str | Path) -> dict:
     """One RGA trainer on the best-of-N selection: ``rg-sft`` (on the raw reasoner), ``rg-cl`` / ``rg-dpo``
     (on the RG-SFT reasoner)."""
-    import numpy as np
-
-    from rgalign.alignment.best_of_n import preference_pairs
     from rgalign.alignment.rg_cl_config import RGCLConfig
     from rgalign.alignment.rg_cl_trainer import rg_cl
     from rgalign.alignment.rg_dpo_config import RGDPOConfig
@@ -177,19 +174,13 @@ def rga(method: str, candidates: str | Path, reasoner: str | Path, cfg: Pipeline
     from rgalign.alignment.rg_sft_config import RGSFTConfig
     from rgalign.alignment.rg_sft_trainer import rg_sft
     c, sel = _load_selection(candidates)
-    winners = [(c.prompts[s], c.queries[s][w]) for s, w in zip(sel.kept, sel.winner)]
+    winners = c.winners(sel)
     if method == "rg-sft":
         path = rg_sft(reasoner, winners, RGSFTConfig(epochs=cfg.rga_epochs), out)
     elif method == "rg-cl":
-        e_pos = np.stack([c.e[s, w] for s, w in zip(sel.kept, sel.winner)])
-        path = rg_cl(reasoner, winners, e_pos, RGCLConfig(epochs=cfg.rga_epochs), out)
+        path = rg_cl(reasoner, winners, c.winner_embeddings(sel), RGCLConfig(epochs=cfg.rga_epochs), out)
     elif method == "rg-dpo":
-        seen, pairs = set(), []
-        for s, w, l in preference_pairs(sel, c.ndcg):
-            if s not in seen:
-                seen.add(s)
-                pairs.append((c.prompts[s], c.queries[s][w], c.queries[s][l]))
-        path = rg_dpo(reasoner, pairs, RGDPOConfig(epochs=cfg.rga_epochs), out)
+        path = rg_dpo(reasoner, c.preference_triples(sel, 1), RGDPOConfig(epochs=cfg.rga_epochs), out)
     else:
         raise ValueError(f"method={method!r}; use rg-sft, rg-cl or rg-dpo")
     meta = json.loads((Path(path) / "rgalign_reasoner.json").read_text())

@@ -380,3 +380,22 @@ def test_closed_loop_two_rounds_on_the_ci_world(ci_world, micro_reasoner, tmp_pa
         (Path(meta["parent"]) / "rgalign_reasoner.json").read_text())["parent"]
     assert all(0 < h["table"]["RGAlign-Rec (Stage 3)" if h["round"] else "QE-Rec (Stage 1)"]["MRR"].value < 1
                for h in history)
+
+
+def test_candidates_round_trip_and_the_rga_training_sets(tmp_path):
+    """What the pipeline passes between the reward step and the RGA trainers survives save/load."""
+    import pandas as pd
+    from rgalign.alignment.stage2 import Candidates
+    ndcg = np.array([[0.9, 0.5, 0.1], [0.2, 0.2, 0.7]])
+    c = Candidates(pd.DataFrame({"session_id": [1, 2]}), ["p0", "p1"], ["gpt", "playbook", "reasoner"],
+                   [["a0", "b0", "c0"], ["a1", "", "c1"]], {"playbook": 1},
+                   e=np.arange(18, dtype=np.float32).reshape(2, 3, 3), ndcg=ndcg, edit=np.ones((2, 3)),
+                   golden_cos=np.zeros((2, 3)))
+    back = Candidates.load(c.save(tmp_path / "c"))
+    assert back.queries == c.queries and back.dropped == c.dropped and back.valid.tolist() == c.valid.tolist()
+    np.testing.assert_array_equal(back.e, c.e)
+    sel = best_of_n(back.ndcg, back.names, back.names, "V1", valid=back.valid)
+    assert back.winners(sel) == [("p0", "a0"), ("p1", "c1")]
+    np.testing.assert_array_equal(back.winner_embeddings(sel), np.stack([c.e[0, 0], c.e[1, 2]]))
+    assert back.preference_triples(sel, 1) == [("p0", "a0", "b0"), ("p1", "c1", "a1")]
+    assert back.preference_triples(sel, 3) == [("p0", "a0", "b0"), ("p0", "a0", "c0"), ("p1", "c1", "a1")]

@@ -70,13 +70,19 @@ def single_process_deepspeed_env(port: int = 29533) -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-def load_for_training(path: str | Path):
-    """(model in train mode, tokenizer with right padding) from a reasoner directory."""
+def load_for_training(path: str | Path, cfg: RGATrainConfig, prompts: list[str] | None = None):
+    """(model, tokenizer with right padding) from a reasoner directory, after the set-up every RGA trainer
+    needs: the single-process DeepSpeed environment when ``cfg.deepspeed``, and (for TRL trainers, which cut
+    the completion of an over-long pair) the check that ``prompts`` leave room for a query."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    if cfg.deepspeed:
+        single_process_deepspeed_env()
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
+    if prompts is not None:
+        check_prompt_lengths(tok, prompts, cfg.max_length)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     return model, tok
 

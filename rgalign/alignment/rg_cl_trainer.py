@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rgalign.alignment.common import load_for_training, save_aligned, single_process_deepspeed_env
+from rgalign.alignment.common import load_for_training, save_aligned
 from rgalign.alignment.rg_cl_config import RGCLConfig
 
 
@@ -109,10 +109,8 @@ def rg_cl(reasoner: str | Path, samples: list[tuple[str, str]], e_pos: np.ndarra
                          f"got {len(samples)}")
     if len(e_pos) != len(samples):
         raise ValueError(f"e_pos has {len(e_pos)} rows for {len(samples)} samples")
-    if cfg.deepspeed:
-        single_process_deepspeed_env()
     t0 = time.perf_counter()
-    model, tok = load_for_training(reasoner)
+    model, tok = load_for_training(reasoner, cfg)
     d_h, d_e = model.config.hidden_size, int(np.asarray(e_pos).shape[1])
     model.rgcl_proj = nn.Linear(d_h, d_e) if d_h != d_e else None
     if cfg.peft_config() is not None:

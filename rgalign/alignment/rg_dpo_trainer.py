@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rgalign.alignment.common import check_prompt_lengths, load_for_training, save_aligned, single_process_deepspeed_env
+from rgalign.alignment.common import load_for_training, save_aligned
 from rgalign.alignment.rg_dpo_config import RGDPOConfig
 
 
@@ -21,11 +21,8 @@ def rg_dpo(sft_reasoner: str | Path, pairs: list[tuple[str, str, str]], cfg: RGD
     from trl import DPOConfig, DPOTrainer
     if not pairs:
         raise ValueError("RG-DPO got no preference pairs: every kept sample had tied candidates")
-    if cfg.deepspeed:
-        single_process_deepspeed_env()
     t0 = time.perf_counter()
-    model, tok = load_for_training(sft_reasoner)
-    check_prompt_lengths(tok, [p[0] for p in pairs], cfg.max_length)
+    model, tok = load_for_training(sft_reasoner, cfg, [p[0] for p in pairs])
     ds = Dataset.from_dict({"prompt": [p for p, _, _ in pairs], "chosen": [w for _, w, _ in pairs],
                             "rejected": [l for _, _, l in pairs]})
     with tempfile.TemporaryDirectory() as tmp:

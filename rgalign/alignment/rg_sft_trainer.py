@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rgalign.alignment.common import check_prompt_lengths, load_for_training, save_aligned, single_process_deepspeed_env
+from rgalign.alignment.common import load_for_training, save_aligned
 from rgalign.alignment.rg_sft_config import RGSFTConfig
 
 
@@ -23,11 +23,8 @@ def rg_sft(reasoner: str | Path, samples: list[tuple[str, str]], cfg: RGSFTConfi
     from trl import SFTConfig, SFTTrainer
     if not samples:
         raise ValueError("RG-SFT got no samples: best-of-N kept none (try strategy V1 or more teachers)")
-    if cfg.deepspeed:
-        single_process_deepspeed_env()
     t0 = time.perf_counter()
-    model, tok = load_for_training(reasoner)
-    check_prompt_lengths(tok, [s[0] for s in samples], cfg.max_length)
+    model, tok = load_for_training(reasoner, cfg, [s[0] for s in samples])
     ds = Dataset.from_dict({"prompt": [p for p, _ in samples], "completion": [q for _, q in samples]})
     with tempfile.TemporaryDirectory() as tmp:
         args = SFTConfig(**cfg.hf_kwargs(tmp), gradient_checkpointing=False, completion_only_loss=True, max_length=cfg.max_length,

@@ -56,38 +56,52 @@ def make_teachers(cfg: AlignmentConfig, kb: pd.DataFrame, encoder: LTPEncoder) -
 
 
 @dataclass
-class Candidates:
-    """K candidate queries for S sessions with their rewards (the reward model's view of Stage 2)."""
+class Proposals:
+    """What the teacher pool wrote: K queries for each kept session (before any reward)."""
     frame: pd.DataFrame            # (S rows) Feast features of the kept sessions
     prompts: list[str]             # rendered section 3.2 prompts (the reasoner's input)
     names: list[str]               # (K,) teachers, the reasoner last
     queries: list[list[str]]       # (S, K), '' where a teacher's answer was dropped
-    e: np.ndarray                  # (S, K, d) e(q) in the frozen reasoner's space
-    ndcg: np.ndarray               # (S, K) reward
-    edit: np.ndarray               # (S, K) word edit distance to the reasoner's query
-    golden_cos: np.ndarray         # (S, K) cos(e(q), e(clicked intent text))
     dropped: dict
+
+    @property
+    def valid(self) -> np.ndarray:
+        """(S, K) True where the teacher's query was kept."""
+        return np.array([[bool(q) for q in row] for row in self.queries])
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.frame.to_parquet(path / "frame.parquet", index=False)
-        (path / "candidates.json").write_text(json.dumps({"prompts": self.prompts, "names": self.names,
-                                                          "queries": self.queries, "dropped": self.dropped}))
+        (path / "proposals.json").write_text(json.dumps({"prompts": self.prompts, "names": self.names,
+                                                         "queries": self.queries, "dropped": self.dropped}))
+        return path
+
+    @staticmethod
+    def load(path: str | Path) -> "Proposals":
+        j = json.loads((Path(path) / "proposals.json").read_text())
+        return Proposals(pd.read_parquet(Path(path) / "frame.parquet"), j["prompts"], j["names"], j["queries"],
+                         j["dropped"])
+
+
+@dataclass
+class Candidates(Proposals):
+    """The proposals with their rewards (the reward model's view of Stage 2)."""
+    e: np.ndarray = None           # (S, K, d) e(q) in the frozen reasoner's space
+    ndcg: np.ndarray = None        # (S, K) reward, -1 where the query was dropped
+    edit: np.ndarray = None        # (S, K) word edit distance to the reasoner's query
+    golden_cos: np.ndarray = None  # (S, K) cos(e(q), e(clicked intent text))
+
+    def save(self, path: str | Path) -> Path:
+        path = super().save(path)
         np.savez(path / "arrays.npz", e=self.e, ndcg=self.ndcg, edit=self.edit, golden_cos=self.golden_cos)
         return path
 
-    @classmethod
-    def load(cls, path: str | Path) -> "Candidates":
-        path = Path(path)
-        j = json.loads((path / "candidates.json").read_text())
-        a = np.load(path / "arrays.npz")
-        return cls(pd.read_parquet(path / "frame.parquet"), j["prompts"], j["names"], j["queries"], a["e"],
-                   a["ndcg"], a["edit"], a["golden_cos"], j["dropped"])
-
-    @property
-    def valid(self) -> np.ndarray:
-        return np.array([[bool(q) for q in row] for row in self.queries])
+    @staticmethod
+    def load(path: str | Path) -> "Candidates":
+        a = np.load(Path(path) / "arrays.npz")
+        return Candidates(**vars(Proposals.load(path)), e=a["e"], ndcg=a["ndcg"], edit=a["edit"],
+                          golden_cos=a["golden_cos"])
 
     def teacher_table(self) -> pd.DataFrame:
         """Mean reward and win share (V1) of each teacher: how good the pool's members are."""
@@ -100,28 +114,23 @@ class Candidates:
                              "V1 wins": [share[n] / max(len(win.kept), 1) for n in self.names],
                              "dropped": [self.dropped.get(n, 0) for n in self.names]})
 
+    # the training sets of the three RGA trainers, from one best-of-N selection
+    def winners(self, sel: Selection) -> list[tuple[str, str]]:
+        """``(prompt, q^w)`` per kept sample (RG-SFT, RG-CL)."""
+        return [(self.prompts[s], self.queries[s][w]) for s, w in zip(sel.kept, sel.winner)]
 
-@dataclass
-class Proposals:
-    """What the teacher pool wrote: K queries for each kept session (before any reward)."""
-    frame: pd.DataFrame
-    prompts: list[str]
-    names: list[str]
-    queries: list[list[str]]
-    dropped: dict
+    def winner_embeddings(self, sel: Selection) -> np.ndarray:
+        """e_i^+ = e(q^w) per kept sample, (S', d) (RG-CL, Eq. 11)."""
+        return np.stack([self.e[s, w] for s, w in zip(sel.kept, sel.winner)])
 
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.frame.to_parquet(path / "frame.parquet", index=False)
-        (path / "proposals.json").write_text(json.dumps({"prompts": self.prompts, "names": self.names,
-                                                         "queries": self.queries, "dropped": self.dropped}))
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Proposals":
-        j = json.loads((Path(path) / "proposals.json").read_text())
-        return cls(pd.read_parquet(Path(path) / "frame.parquet"), j["prompts"], j["names"], j["queries"], j["dropped"])
+    def preference_triples(self, sel: Selection, max_per_sample: int) -> list[tuple[str, str, str]]:
+        """``(prompt, q^w, q^l)`` with NDCG(q^w) > NDCG(q^l) (Eq. 9), at most ``max_per_sample`` per context."""
+        out, per = [], {}
+        for s, w, l in preference_pairs(sel, self.ndcg):
+            if per.get(s, 0) < max_per_sample:
+                per[s] = per.get(s, 0) + 1
+                out.append((self.prompts[s], self.queries[s][w], self.queries[s][l]))
+        return out
 
 
 def generate_candidates(train_frame: pd.DataFrame, kb: pd.DataFrame, encoder: LTPEncoder, cfg: AlignmentConfig,
@@ -155,9 +164,8 @@ def score_candidates(p: Proposals, kb: pd.DataFrame, ranker, spec, encoder: LTPE
     edit = np.array([[edit_distance(q, row[r]) for q in row] for row in p.queries], float)
     texts = intent_texts(kb)
     golden = embedder.embed([texts[c - 1] for c in clicked])
-    valid = np.array([[bool(q) for q in row] for row in p.queries])
-    return Candidates(p.frame, p.prompts, p.names, p.queries, e, np.where(valid, ndcg, -1.0), edit,
-                      golden_cosine(e, golden), p.dropped)
+    return Candidates(**vars(p), e=e, ndcg=np.where(p.valid, ndcg, -1.0), edit=edit,
+                      golden_cos=golden_cosine(e, golden))
 
 
 def build_candidates(train_frame: pd.DataFrame, kb: pd.DataFrame, ranker, spec, encoder: LTPEncoder,
@@ -180,17 +188,10 @@ def align(c: Candidates, sel: Selection, method: str, reasoner: str | Path, out:
     if len(sel.kept) == 0:
         raise ValueError(f"best-of-N strategy {sel.strategy} kept no sample; use V1 or more samples")
     out = Path(out)
-    winners = [(c.prompts[s], c.queries[s][w]) for s, w in zip(sel.kept, sel.winner)]
-    sft_dir = rg_sft(reasoner, winners, sft or RGSFTConfig(), out / "sft")
+    sft_dir = rg_sft(reasoner, c.winners(sel), sft or RGSFTConfig(), out / "sft")
     if method == "sft":
         return sft_dir
     if method == "sft-cl":
-        e_pos = np.stack([c.e[s, w] for s, w in zip(sel.kept, sel.winner)])
-        return rg_cl(sft_dir, winners, e_pos, cl or RGCLConfig(), out / "cl")
+        return rg_cl(sft_dir, c.winners(sel), c.winner_embeddings(sel), cl or RGCLConfig(), out / "cl")
     dpo = dpo or RGDPOConfig()
-    pairs, per = [], {}
-    for s, w, l in preference_pairs(sel, c.ndcg):
-        if per.get(s, 0) < dpo.max_pairs_per_sample:
-            per[s] = per.get(s, 0) + 1
-            pairs.append((c.prompts[s], c.queries[s][w], c.queries[s][l]))
-    return rg_dpo(sft_dir, pairs, dpo, out / "dpo")
+    return rg_dpo(sft_dir, c.preference_triples(sel, dpo.max_pairs_per_sample), dpo, out / "dpo")
