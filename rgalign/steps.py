@@ -13,7 +13,9 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from rgalign.config import AlignmentConfig, RankerConfig, ReasonerConfig, WorldConfig
+from rgalign.config import REPRODUCE_PRESETS, AlignmentConfig, RankerConfig, ReasonerConfig, WorldConfig
+
+_CI = REPRODUCE_PRESETS["ci"]  # the pipeline's defaults are the ci sizes of `rgalign reproduce`
 
 
 @dataclass
@@ -21,15 +23,15 @@ class PipelineConfig:
     """The knobs a pipeline run takes (all plain values: they become KFP pipeline parameters)."""
     scale: str = "ci"
     world_seed: int = 0
-    reasoner_steps: int = 40
-    max_train: int = 1_000
-    max_val: int = 200
-    max_eval: int = 1_000
-    ranker_epochs: int = 4
-    n_samples: int = 160
+    reasoner_steps: int = _CI["pretrain_steps"]
+    max_train: int = _CI["max_train"]
+    max_val: int = _CI["max_val"]
+    max_eval: int = _CI["max_eval"]
+    ranker_epochs: int = _CI["ranker_epochs"]
+    n_samples: int = _CI["n_samples"]
     strategy: str = "V2"
     method: str = "sft-cl"
-    rga_epochs: float = 1.0
+    rga_epochs: float = _CI["sft_epochs"]
     env: str = "dev"
     gate_metric: str = "MRR"
     gate_tolerance: float = 0.01
@@ -94,7 +96,8 @@ def prepare_features(scale: str, seed: int, out: str | Path) -> dict:
 
 def build_reasoner(world_folder: str | Path, steps: int, out: str | Path) -> dict:
     from rgalign.reasoner.sources import build_reasoner as build
-    path = build(ReasonerConfig(source="tiny", pretrain_steps=steps, pretrain_batch=8, corpus_sessions=1_500),
+    path = build(ReasonerConfig(source="tiny", pretrain_steps=steps, pretrain_batch=_CI["pretrain_batch"],
+                                corpus_sessions=_CI["corpus_sessions"]),
                  world_of(world_folder), out, progress=False)
     meta = json.loads((Path(path) / "rgalign_reasoner.json").read_text())
     return {"loss_last": meta.get("loss_last") or 0.0}
