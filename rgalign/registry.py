@@ -196,6 +196,35 @@ class Registry:
         return {"model": name, "champion": prev, "rolled_back": str(current)}
 
     # ------------------------------------------------------------------ helpers
+    def serving_bundle(self, env: str, ref: str = "champion") -> dict:
+        """What a server needs for ``<env>.ranker@<ref>``: per kind the version, its local directory and its
+        real artifact URI (``s3://``, ``gs://``, ``file://``, for manifests; KServe cannot read ``models:/``).
+        The reasoner is the ranker's ``parent_reasoner`` (the LTP it was trained on), never a guess."""
+        ranker = model_name(env, "ranker")
+        version = self._resolve(ranker, ref)
+        tags = self.client.get_model_version(ranker, version).tags
+        out = {"ranker": self._artifact(ranker, version, "model.pt")}
+        parent = tags.get("parent_reasoner")
+        if parent:
+            name, _, pv = parent.partition("/")
+            self._require_version(name, pv)
+            out["reasoner"] = self._artifact(name, pv, "config.json")
+        out["alias"] = ref
+        out["world_digest"] = tags.get("world_digest", "")
+        return out
+
+    def _artifact(self, name: str, version: str, marker: str) -> dict:
+        """Download (a no-op for local stores) a version and find the folder holding ``marker``."""
+        import mlflow
+        uri = self.client.get_model_version_download_uri(name, version)
+        root = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}"))
+        hits = sorted(p.parent for p in root.rglob(marker))
+        if not hits:
+            raise RegistryError(f"{name} v{version} holds no {marker}; it was not registered by rgalign")
+        rel = hits[0].relative_to(root).as_posix()
+        return {"name": name, "version": version, "dir": str(hits[0]),
+                "artifact_uri": uri.rstrip("/") + ("/" + rel if rel != "." else "")}
+
     def _require_model(self, name: str) -> None:
         import mlflow
         try:

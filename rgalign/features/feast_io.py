@@ -70,9 +70,12 @@ class FeatureStoreSession:
         self.env = {"RGALIGN_WORLD_DIR": str(self.world_dir), "RGALIGN_FEAST_DIR": str(self.feast_dir)}
 
     def store(self):
-        from feast import FeatureStore
-        with _env(**self.env):
-            return FeatureStore(repo_path=str(self.repo))
+        """The Feast store, built once per session (building one reads the registry: tens of ms)."""
+        if getattr(self, "_store", None) is None:
+            from feast import FeatureStore
+            with _env(**self.env):
+                self._store = FeatureStore(repo_path=str(self.repo))
+        return self._store
 
     def definitions(self) -> list:
         """The Feast objects of ``definitions.py``, loaded with this world's paths."""

@@ -1,0 +1,283 @@
+"""Online recommendation (paper section 5.4): Feast online lookup -> verbalization (Table 1) -> reasoner LTP
+(Eq. 2-3) -> QE-Rec scores against the precomputed intent index (Eq. 4) -> top-K intents.
+
+This is the one place that turns a request into a ranked list; the KServe models in ``serving/`` and the bare
+FastAPI endpoint of ``bench/serving.py`` are thin protocol layers over it. Every request field is validated
+here and a bad one raises ``RequestError`` naming the field and the fix, so a server can answer 4xx.
+
+Example::
+
+    rec = Recommender.from_paths("artifacts/ranker", "artifacts/reasoner", "artifacts/worlds/ci-s0")
+    rec.recommend([17, 42], entry_points=[2, None], k=3)
+    # [{"user_id": 17, "intent_ids": [...], "scores": [...], "titles": [...], "fallback": False}, ...]
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from rgalign.features.metadata import FEATURES, MAX_RECENT
+from rgalign.ranker.data import CATEGORICAL, NUMERICAL
+
+MAX_BATCH = 64  # requests per call; larger batches are refused (split them) so one call cannot starve others
+MAX_K = 50
+PROFILE_COLUMNS = ["gender", "age_band", "region", "membership_tier", "device_os", "language"]
+
+
+class RequestError(ValueError):
+    """A request the models cannot answer as sent; ``field`` names the offending input."""
+
+    def __init__(self, field: str, problem: str, fix: str):
+        self.field = field
+        super().__init__(f"{field}: {problem}; {fix}")
+
+
+def _int(value, field: str, lo: int | None = None, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) and not (
+            isinstance(value, float) and value.is_integer()):
+        raise RequestError(field, f"expected an integer, got {type(value).__name__} {value!r}", "send an integer")
+    v = int(value)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise RequestError(field, f"{v} is out of range", f"use a value in [{lo}, {hi}]")
+    return v
+
+
+def _batch(items, field: str) -> list:
+    if not isinstance(items, list):
+        raise RequestError(field, f"expected a list, got {type(items).__name__}", "send a JSON array")
+    if not items:
+        raise RequestError(field, "is empty", "send at least one item")
+    if len(items) > MAX_BATCH:
+        raise RequestError(field, f"{len(items)} items exceed the batch limit {MAX_BATCH}", "split the batch")
+    return items
+
+
+def parse_k(k, field: str = "k") -> int:
+    return 3 if k is None else _int(k, field, 1, MAX_K)
+
+
+def parse_users(instances) -> tuple[list[int], list[int | None]]:
+    """``instances``: ``[{"user_id": int, "entry_point": int (optional)}, ...]`` -> (user ids, entry points)."""
+    users, entries = [], []
+    n_entry = len(FEATURES["entry_point"].vocab)
+    for i, inst in enumerate(_batch(instances, "instances")):
+        if not isinstance(inst, dict):
+            raise RequestError(f"instances[{i}]", f"expected an object, got {type(inst).__name__}",
+                               'send {"user_id": 123, "entry_point": 2}')
+        unknown = set(inst) - {"user_id", "entry_point"}
+        if unknown:
+            raise RequestError(f"instances[{i}].{sorted(unknown)[0]}", "is not a field of a recommend request",
+                               "send only user_id and entry_point")
+        if "user_id" not in inst:
+            raise RequestError(f"instances[{i}].user_id", "is missing", "send the user's id")
+        users.append(_int(inst["user_id"], f"instances[{i}].user_id", 0, 2**62))
+        ep = inst.get("entry_point")
+        entries.append(None if ep is None else _int(ep, f"instances[{i}].entry_point", 1, n_entry))
+    return users, entries
+
+
+def parse_feature_rows(instances, n_intents: int, d_e: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """The ranker's own request: ``[{"features": {column: value}, "query_embedding": [d_e floats]}, ...]``.
+
+    Features are the model-facing columns (``FeatureSpec.encode``): the categorical ids, the numbers, the
+    24-hour ``recent_intents`` / ``recent_click_ts`` (same length, at most ``MAX_RECENT``, intent ids of the KB)
+    and ``event_timestamp`` (ISO time, default now). Missing features take the training fallbacks.
+    """
+    rows, embs = [], []
+    known = set(CATEGORICAL) | set(NUMERICAL) | {"user_id", "event_timestamp", "recent_intents", "recent_click_ts"}
+    for i, inst in enumerate(_batch(instances, "instances")):
+        where = f"instances[{i}]"
+        if not isinstance(inst, dict) or not isinstance(inst.get("features"), dict):
+            raise RequestError(f"{where}.features", "is missing or not an object",
+                               'send {"features": {"user_id": 1, ...}, "query_embedding": [...]}')
+        f = inst["features"]
+        unknown = set(f) - known
+        if unknown:
+            raise RequestError(f"{where}.features.{sorted(unknown)[0]}", "is not a ranker feature",
+                               f"use the columns of the intent_ranking feature service: {sorted(known)}")
+        if "user_id" not in f:
+            raise RequestError(f"{where}.features.user_id", "is missing", "send the user's id")
+        row = {"user_id": _int(f["user_id"], f"{where}.features.user_id", 0, 2**62)}
+        for c in CATEGORICAL:
+            if f.get(c) is not None:
+                row[c] = _int(f[c], f"{where}.features.{c}", 0, len(FEATURES[c].vocab))
+        for c in NUMERICAL:
+            v = f.get(c)
+            if v is not None:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+                    raise RequestError(f"{where}.features.{c}", f"expected a finite number, got {v!r}", "send a number")
+                row[c] = float(v)
+        ids, ts = f.get("recent_intents") or [], f.get("recent_click_ts") or []
+        for name, seq in (("recent_intents", ids), ("recent_click_ts", ts)):
+            if not isinstance(seq, list):
+                raise RequestError(f"{where}.features.{name}", "expected a list of integers", "send a JSON array")
+            if len(seq) > MAX_RECENT:
+                raise RequestError(f"{where}.features.{name}", f"{len(seq)} items exceed the sequence cap {MAX_RECENT}",
+                                   f"send the last {MAX_RECENT} clicks of the past 24 hours")
+        if len(ids) != len(ts):
+            raise RequestError(f"{where}.features.recent_click_ts", f"has {len(ts)} items for {len(ids)} intents",
+                               "send one click time (epoch seconds) per intent")
+        row["recent_intents"] = [_int(x, f"{where}.features.recent_intents[{j}]", 1, n_intents) for j, x in enumerate(ids)]
+        row["recent_click_ts"] = [_int(x, f"{where}.features.recent_click_ts[{j}]", 0) for j, x in enumerate(ts)]
+        try:
+            row["event_timestamp"] = pd.Timestamp(f.get("event_timestamp") or pd.Timestamp.now(tz="UTC"))
+        except (ValueError, TypeError):
+            raise RequestError(f"{where}.features.event_timestamp", f"{f.get('event_timestamp')!r} is not a time",
+                               "send an ISO 8601 time, e.g. 2026-11-22T10:00:00Z") from None
+        rows.append(row)
+        embs.append(parse_embedding(inst.get("query_embedding"), d_e, f"{where}.query_embedding"))
+    return pd.DataFrame(rows), np.stack(embs)
+
+
+def parse_embedding(e, d_e: int, field: str) -> np.ndarray:
+    if not isinstance(e, (list, np.ndarray)):
+        raise RequestError(field, "is missing or not a list", f"send the reasoner's LTP: {d_e} floats")
+    try:
+        arr = np.asarray(e, np.float32)
+    except (ValueError, TypeError):
+        raise RequestError(field, "holds non-numbers", f"send {d_e} floats") from None
+    if arr.shape != (d_e,):
+        raise RequestError(field, f"has shape {list(arr.shape)}", f"send a flat list of {d_e} floats (the LTP size)")
+    if not np.isfinite(arr).all():
+        raise RequestError(field, "holds NaN or infinity", "send finite floats")
+    return arr
+
+
+def parse_contexts(instances) -> list[str]:
+    """The reasoner's request: ``[{"context": "<verbalized user context>"}, ...]`` (or bare strings)."""
+    out = []
+    for i, inst in enumerate(_batch(instances, "instances")):
+        text = inst.get("context") if isinstance(inst, dict) else inst
+        if not isinstance(text, str) or not text.strip():
+            raise RequestError(f"instances[{i}].context", "is missing, empty or not text",
+                               "send the verbalized user context (rgalign.features.verbalize)")
+        out.append(text)
+    return out
+
+
+class RemoteReasoner:
+    """The reasoner behind a KServe V2 endpoint (the cluster path: the ranker pod calls the reasoner
+    InferenceService). Same ``embed(contexts) -> (B, d)`` as ``LTPEncoder``.
+
+    Args:
+        url: the reasoner's V2 infer URL, e.g. ``http://rgalign-reasoner.ns.svc/v2/models/reasoner/infer``.
+    """
+
+    def __init__(self, url: str, timeout_s: float = 10.0):
+        import httpx
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"reasoner_url={url!r} must be an http(s) V2 infer URL")
+        self.url, self.client = url, httpx.Client(timeout=timeout_s)
+
+    def embed(self, contexts: list[str]) -> np.ndarray:
+        body = {"inputs": [{"name": "context", "shape": [len(contexts)], "datatype": "BYTES", "data": contexts}]}
+        r = self.client.post(self.url, json=body)
+        if r.status_code != 200:
+            raise RuntimeError(f"reasoner at {self.url} answered {r.status_code}: {r.text[:200]}")
+        out = next(o for o in r.json()["outputs"] if o["name"] == "ltp")
+        return np.asarray(out["data"], np.float32).reshape(out["shape"])
+
+
+@dataclass
+class Ranked:
+    intent_ids: np.ndarray  # (B, k) int64, KB ids (1-based)
+    scores: np.ndarray      # (B, k) float32
+
+
+class Recommender:
+    """Reasoner + ranker + online features, loaded once; thread-safe for inference.
+
+    Args:
+        ranker_dir: a ranker checkpoint (``rgalign.ranker.checkpoint.save_ranker``).
+        reasoner_dir: the reasoner whose LTP the ranker was trained on (its digest must match the ranker's
+            ``reasoner_digest``); None for a ranker without a query tower.
+        world_dir: the world whose Feast repo serves the online features (None: ranker/reasoner only).
+        feast_dir: the Feast registry/online-store folder (default next to the world).
+        ltp_cache: an SQLite LTP cache file (repeat contexts skip the reasoner), or None.
+        reasoner_url: instead of ``reasoner_dir``, a reasoner served over V2 (``RemoteReasoner``).
+    """
+
+    def __init__(self, ranker_dir: str | Path, reasoner_dir: str | Path | None = None,
+                 world_dir: str | Path | None = None, feast_dir: str | Path | None = None,
+                 ltp_cache: str | Path | None = None, reasoner_url: str | None = None):
+        from rgalign.ranker.checkpoint import load_ranker
+        self.model, self.spec, self.cfg, self.intents = load_ranker(ranker_dir)
+        meta = json.loads((Path(ranker_dir) / "meta.json").read_text())
+        self.d_e = int(meta.get("d_e") or 0)
+        self.titles = dict(zip(self.intents.intent_id.astype(int), self.intents.title))
+        with torch.inference_mode():
+            self.index = self.model.intent_index()
+        self.encoder = None
+        if reasoner_dir is not None:
+            from rgalign.reasoner.ltp import LTPEncoder
+            from rgalign.reasoner.sources import load_reasoner
+            self.encoder = LTPEncoder(load_reasoner(reasoner_dir), cache=ltp_cache)
+            want = (meta.get("extra") or meta).get("reasoner_digest")
+            if want and want != self.encoder.reasoner.version:
+                raise ValueError(f"reasoner {reasoner_dir} has digest {self.encoder.reasoner.version} but the ranker "
+                                 f"was trained on {want}; serve the ranker with its parent_reasoner version")
+            if self.d_e and self.encoder.dim != self.d_e:
+                raise ValueError(f"reasoner LTP size {self.encoder.dim} != ranker query size {self.d_e}")
+        elif reasoner_url is not None:
+            self.encoder = RemoteReasoner(reasoner_url)
+        self.store = None
+        if world_dir is not None:
+            from rgalign.features.feast_io import FeatureStoreSession
+            self.store = FeatureStoreSession(world_dir, feast_dir)
+            s = pd.read_parquet(Path(world_dir) / "sessions.parquet", columns=["split", "clicked_intent"])
+            clicks = s[(s.split == "train") & (s.clicked_intent > 0)].clicked_intent.value_counts()
+            self.popular = clicks.index.to_numpy(np.int64)
+            self.popular_share = (clicks / clicks.sum()).to_numpy(np.float32)
+            self._verbalizer_kb = pd.read_parquet(Path(world_dir) / "kb.parquet")
+
+    @property
+    def n_intents(self) -> int:
+        return self.spec.n_intents
+
+    def embed(self, contexts: list[str]) -> np.ndarray:
+        """LTP of verbalized contexts, (B, d)."""
+        if self.encoder is None:
+            raise RequestError("reasoner", "this server has no reasoner", "start it with a reasoner")
+        return self.encoder.embed(contexts)
+
+    def rank(self, frame: pd.DataFrame, query: np.ndarray | None, k: int = 3) -> Ranked:
+        """Top-k of the KB for feature rows ``frame`` (B rows) and query embeddings ``query`` (B, d_e)."""
+        x, _ = self.spec.encode(frame)
+        e = torch.as_tensor(query) if query is not None else torch.zeros(len(frame), self.d_e or 1)
+        with torch.inference_mode():
+            s = self.model(x, e, intent_index=self.index)
+        top = torch.topk(s, min(k, s.shape[1]), dim=1)
+        return Ranked((top.indices + 1).numpy().astype(np.int64), top.values.numpy().astype(np.float32))
+
+    def recommend(self, user_ids: list[int], entry_points: list[int | None] | None = None, k: int = 3,
+                  request_ts: pd.Timestamp | None = None) -> list[dict]:
+        """The composed path. Users the online store does not know get the popularity list, ``fallback=True``."""
+        if self.store is None:
+            raise RequestError("recommend", "this server has no feature store", "start it with --world")
+        from rgalign.ranker.inputs import verbalize_frame
+        frame = self.store.online_context(user_ids, request_ts, entry_points=[ep or 0 for ep in (entry_points or [None] * len(user_ids))])
+        known = frame[PROFILE_COLUMNS].notna().any(axis=1).to_numpy()
+        out: list[dict | None] = [None] * len(user_ids)
+        if known.any():
+            rows = frame[known].reset_index(drop=True)
+            for c in CATEGORICAL:  # online rows come back as floats where any user lacks the feature
+                if c in rows:
+                    v = pd.to_numeric(rows[c], errors="coerce")
+                    rows[c] = [None if pd.isna(x) else int(x) for x in v]
+            query = self.embed(verbalize_frame(rows, self._verbalizer_kb)) if self.encoder is not None else None
+            ranked = self.rank(rows, query, k)
+            for j, i in enumerate(np.flatnonzero(known)):
+                out[i] = self._item(user_ids[i], ranked.intent_ids[j], ranked.scores[j], False)
+        for i in np.flatnonzero(~known):
+            out[i] = self._item(user_ids[i], self.popular[:k], self.popular_share[:k], True)
+        return out
+
+    def _item(self, user: int, ids, scores, fallback: bool) -> dict:
+        ids = [int(x) for x in ids]
+        return {"user_id": int(user), "intent_ids": ids, "scores": [round(float(s), 6) for s in scores],
+                "titles": [self.titles.get(x, "") for x in ids], "fallback": fallback}

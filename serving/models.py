@@ -1,0 +1,180 @@
+"""KServe ``Model`` classes over ``rgalign.recommend.Recommender``: protocol only, no ML here.
+
+| model     | V1 ``instances`` item                                  | V2 inputs -> outputs                                       |
+|-----------|--------------------------------------------------------|------------------------------------------------------------|
+| reasoner  | ``{"context": str}``                                   | ``context`` BYTES [B] -> ``ltp`` FP32 [B, d]                |
+| ranker    | ``{"features": {...}, "query_embedding": [d floats]}``  | ``features`` BYTES [B] (JSON objects), ``query_embedding`` FP32 [B, d] -> ``intent_ids`` INT64 [B, k], ``scores`` FP32 [B, k] |
+| recommend | ``{"user_id": int, "entry_point": int}``               | ``user_id`` INT64 [B], ``entry_point`` INT64 [B] (0 = none) -> ``intent_ids``, ``scores``, ``fallback`` BOOL [B] |
+
+``k`` (default 3) is a top-level V1 field or a V2 request parameter. Every input problem becomes
+``InvalidInput`` (HTTP 400 naming the field); the model work runs on one worker thread, off the event loop, so
+health probes answer while a batch is scored.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from rgalign.recommend import (RemoteReasoner, RequestError, Recommender, parse_contexts, parse_feature_rows, parse_k,
+                               parse_users)
+from serving import kserve_module
+
+kserve = kserve_module()
+from kserve.errors import InvalidInput  # noqa: E402
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
+
+
+def _v2_tensor(req: InferRequest, name: str, datatype: str, ndim: int, required: bool = True):
+    """A named V2 input as numpy, its declared shape and datatype checked against its data."""
+    inp = next((i for i in req.inputs if i.name == name), None)
+    if inp is None:
+        if required:
+            raise RequestError(f"inputs.{name}", "is missing",
+                               f"send a {datatype} tensor named {name!r} (see GET /v2/models/<name>)")
+        return None
+    if inp.datatype != datatype:
+        raise RequestError(f"inputs.{name}.datatype", f"is {inp.datatype}", f"send {datatype}")
+    if len(inp.shape) != ndim or any(int(s) < 0 for s in inp.shape):
+        raise RequestError(f"inputs.{name}.shape", f"{list(inp.shape)} has {len(inp.shape)} dimension(s)",
+                           f"send {ndim} non-negative dimension(s)")
+    n = int(np.prod(inp.shape))
+    data = inp.data if inp._raw_data is None else None
+    if data is not None and len(np.ravel(np.asarray(data, dtype=object))) != n:
+        raise RequestError(f"inputs.{name}.data", f"holds {len(np.ravel(np.asarray(data, dtype=object)))} values "
+                           f"for shape {list(inp.shape)}", "make the shape match the data")
+    try:
+        arr = inp.as_numpy()
+    except (ValueError, TypeError) as e:
+        raise RequestError(f"inputs.{name}.data", f"cannot be read as {datatype} ({e})", "send matching data") from None
+    return arr
+
+
+class _Base(kserve.Model):
+    """One worker thread per model: torch uses the container's threads inside it."""
+
+    def __init__(self, name: str, rec: Recommender):
+        super().__init__(name)
+        self.rec = rec
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.ready = True
+
+    async def _run(self, fn, *args):
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        except RequestError as e:
+            raise InvalidInput(str(e)) from None
+
+    async def predict(self, payload, headers=None):
+        try:
+            if isinstance(payload, InferRequest):
+                return await self.predict_v2(payload)
+            if not isinstance(payload, dict):
+                raise RequestError("body", "is not a JSON object", 'send {"instances": [...]}')
+            if "instances" not in payload:
+                raise RequestError("instances", "is missing", 'send {"instances": [...]} (V1) or use /v2/models/'
+                                   f"{self.name}/infer")
+            return await self.predict_v1(payload)
+        except RequestError as e:
+            raise InvalidInput(str(e)) from None
+
+    inputs: list[tuple] = []   # (name, datatype, shape) of the V2 metadata; -1 = any size
+    outputs: list[tuple] = []
+
+    def get_input_types(self):
+        return [{"name": n, "datatype": dt, "shape": sh} for n, dt, sh in self.inputs]
+
+    def get_output_types(self):
+        return [{"name": n, "datatype": dt, "shape": sh} for n, dt, sh in self.outputs]
+
+    def _response(self, req: InferRequest, outputs: dict[str, tuple[str, np.ndarray]]) -> InferResponse:
+        return InferResponse(req.id or str(uuid.uuid4()), self.name, [InferOutput(n, list(a.shape), dt, a.tolist())
+                                                  for n, (dt, a) in outputs.items()])
+
+
+class ReasonerModel(_Base):
+    inputs = [("context", "BYTES", [-1])]
+    outputs = [("ltp", "FP32", [-1, -1])]
+
+    async def predict_v1(self, payload):
+        ctx = parse_contexts(payload["instances"])
+        return {"predictions": (await self._run(self.rec.embed, ctx)).tolist()}
+
+    async def predict_v2(self, req):
+        arr = _v2_tensor(req, "context", "BYTES", 1)
+        ctx = parse_contexts([x.decode() if isinstance(x, bytes) else str(x) for x in arr.tolist()])
+        return self._response(req, {"ltp": ("FP32", await self._run(self.rec.embed, ctx))})
+
+
+class RankerModel(_Base):
+    inputs = [("features", "BYTES", [-1]), ("query_embedding", "FP32", [-1, -1])]
+    outputs = [("intent_ids", "INT64", [-1, -1]), ("scores", "FP32", [-1, -1])]
+
+    def _rank(self, instances, k):
+        frame, emb = parse_feature_rows(instances, self.rec.n_intents, self.rec.d_e or 1)
+        return self.rec.rank(frame, emb if self.rec.d_e else None, k)
+
+    async def predict_v1(self, payload):
+        k = parse_k(payload.get("k"))
+        r = await self._run(self._rank, payload["instances"], k)
+        return {"predictions": [{"intent_ids": i.tolist(), "scores": s.tolist(),
+                                 "titles": [self.rec.titles.get(int(x), "") for x in i]}
+                                for i, s in zip(r.intent_ids, r.scores)]}
+
+    async def predict_v2(self, req):
+        k = parse_k((req.parameters or {}).get("k"), "parameters.k")
+        feats = _v2_tensor(req, "features", "BYTES", 1)
+        emb = _v2_tensor(req, "query_embedding", "FP32", 2)
+        if emb.shape[0] != len(feats):
+            raise RequestError("inputs.query_embedding.shape", f"has {emb.shape[0]} rows for {len(feats)} feature rows",
+                               "send one embedding per feature row")
+        instances = []
+        for i, f in enumerate(feats.tolist()):
+            try:
+                instances.append({"features": json.loads(f), "query_embedding": emb[i].tolist()})
+            except (ValueError, TypeError):
+                raise RequestError(f"inputs.features.data[{i}]", "is not a JSON object", "send one JSON object per row") from None
+        r = await self._run(self._rank, instances, k)
+        return self._response(req, {"intent_ids": ("INT64", r.intent_ids), "scores": ("FP32", r.scores)})
+
+
+class RecommendModel(_Base):
+    """Feast online lookup -> verbalization -> reasoner -> ranker, in process (the local and single-pod path)."""
+    inputs = [("user_id", "INT64", [-1]), ("entry_point", "INT64", [-1])]
+    outputs = [("intent_ids", "INT64", [-1, -1]), ("scores", "FP32", [-1, -1]), ("fallback", "BOOL", [-1])]
+
+    async def predict_v1(self, payload):
+        k = parse_k(payload.get("k"))
+        users, entries = parse_users(payload["instances"])
+        return {"predictions": await self._run(self.rec.recommend, users, entries, k)}
+
+    async def predict_v2(self, req):
+        k = parse_k((req.parameters or {}).get("k"), "parameters.k")
+        users = _v2_tensor(req, "user_id", "INT64", 1)
+        entry = _v2_tensor(req, "entry_point", "INT64", 1, required=False)
+        if entry is not None and len(entry) != len(users):
+            raise RequestError("inputs.entry_point.shape", f"has {len(entry)} values for {len(users)} users",
+                               "send one entry point per user (0 = none)")
+        inst = [{"user_id": int(u), **({"entry_point": int(entry[i])} if entry is not None and entry[i] else {})}
+                for i, u in enumerate(users.tolist())]
+        uid, eps = parse_users(inst)
+        res = await self._run(self.rec.recommend, uid, eps, k)
+        pad = lambda xs, fill: [x + [fill] * (k - len(x)) for x in xs]  # noqa: E731 (fewer intents than k)
+        return self._response(req, {
+            "intent_ids": ("INT64", np.asarray(pad([r["intent_ids"] for r in res], 0), np.int64)),
+            "scores": ("FP32", np.asarray(pad([r["scores"] for r in res], 0.0), np.float32)),
+            "fallback": ("BOOL", np.asarray([r["fallback"] for r in res], bool))})
+
+
+def build_models(rec: Recommender, names=("reasoner", "ranker", "recommend")) -> list:
+    """The KServe models a server hosts (the reasoner only when the recommender has one)."""
+    classes = {"reasoner": ReasonerModel, "ranker": RankerModel, "recommend": RecommendModel}
+    unknown = set(names) - set(classes)
+    if unknown:
+        raise ValueError(f"unknown model(s) {sorted(unknown)}; choose from {sorted(classes)}")
+    skip = {"reasoner"} if rec.encoder is None or isinstance(rec.encoder, RemoteReasoner) else set()
+    skip |= {"recommend"} if rec.store is None else set()
+    return [classes[n](n, rec) for n in names if n not in skip]

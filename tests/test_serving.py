@@ -1,0 +1,226 @@
+"""The local KServe server, for real: a subprocess on a free loopback port, V1 + V2, health, metadata, the
+composed recommend path, bad input (4xx naming the field, never 5xx, connection kept), the cluster path
+(ranker -> reasoner over V2) and a schemathesis run against the server's OpenAPI document."""
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+httpx = pytest.importorskip("httpx")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, micro_reasoner):
+    """A 300-user world with materialized online features and a QE-Rec trained on the micro reasoner's LTP."""
+    from rgalign.config import WorldConfig
+    from rgalign.features.feast_io import FeatureStoreSession
+    from rgalign.steps import PipelineConfig, train_ranker
+    from rgalign.world.generate import generate_world
+    root = tmp_path_factory.mktemp("serving")
+    world = generate_world(WorldConfig(scale="ci", n_users=300), root / "worlds", progress=False)
+    ranker = root / "ranker"
+    train_ranker(world.parent, micro_reasoner, PipelineConfig(max_train=200, max_val=50, max_eval=50, ranker_epochs=1), ranker)
+    FeatureStoreSession(world).materialize()
+    return {"world": world, "ranker": ranker, "reasoner": Path(micro_reasoner)}
+
+
+@pytest.fixture(scope="module")
+def server(bundle, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("log") / "server.log"
+    cmd = [sys.executable, "-m", "serving.server", "--ranker", str(bundle["ranker"]), "--reasoner",
+           str(bundle["reasoner"]), "--world", str(bundle["world"]), "--port", str(port), "--threads", "1"]
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail(f"server not ready in 180 s:\n{log.read_text()[-3000:]}")
+    yield {"url": url, "log": log, "proc": proc, **bundle}
+    proc.terminate()
+    proc.wait(30)
+
+
+def client(server):
+    return httpx.Client(base_url=server["url"], timeout=120)
+
+
+def known_user(world) -> int:
+    import pandas as pd
+    return int(pd.read_parquet(world / "profiles.parquet").user_id.iloc[0])
+
+
+def test_binds_loopback_only(server):
+    assert f"Uvicorn running on http://127.0.0.1:{server['url'].rsplit(':', 1)[1]}" in server["log"].read_text()
+
+
+def test_health_and_metadata(server):
+    c = client(server)
+    assert c.get("/v2/health/live").json() == {"live": True}
+    assert c.get("/v2/health/ready").json() == {"ready": True}
+    assert c.get("/v1/models/recommend").json()["ready"] is True
+    meta = c.get("/v2/models/recommend").json()
+    assert [i["name"] for i in meta["inputs"]] == ["user_id", "entry_point"]
+    assert {o["name"] for o in c.get("/v2/models/reasoner").json()["outputs"]} == {"ltp"}
+    assert c.get("/v2/models/recommend/ready").status_code == 200
+    assert "request_predict_seconds" in c.get("/metrics").text or c.get("/metrics").status_code == 200
+
+
+def test_recommend_v1_v2_known_and_unknown_user(server):
+    c = client(server)
+    u = known_user(server["world"])
+    v1 = c.post("/v1/models/recommend:predict", json={"instances": [{"user_id": u, "entry_point": 2},
+                                                                    {"user_id": 10**9}], "k": 3})
+    assert v1.status_code == 200, v1.text
+    known, unknown = v1.json()["predictions"]
+    assert known["fallback"] is False and unknown["fallback"] is True
+    assert len(known["intent_ids"]) == 3 and all(t for t in known["titles"])
+    assert known["scores"] == sorted(known["scores"], reverse=True)
+    v2 = c.post("/v2/models/recommend/infer", json={
+        "inputs": [{"name": "user_id", "shape": [2], "datatype": "INT64", "data": [u, 10**9]},
+                   {"name": "entry_point", "shape": [2], "datatype": "INT64", "data": [2, 0]}],
+        "parameters": {"k": 3}})
+    assert v2.status_code == 200, v2.text
+    out = {o["name"]: o for o in v2.json()["outputs"]}
+    assert out["intent_ids"]["shape"] == [2, 3] and out["fallback"]["data"] == [False, True]
+    assert out["intent_ids"]["data"][:3] == known["intent_ids"]       # same ranking through both protocols
+    assert out["intent_ids"]["data"][3:] == unknown["intent_ids"]
+
+
+def test_reasoner_serves_the_library_ltp(server):
+    from rgalign.reasoner.ltp import LTPEncoder
+    from rgalign.reasoner.sources import load_reasoner
+    from conftest import MICRO_CTX
+    c = client(server)
+    want = LTPEncoder(load_reasoner(server["reasoner"])).embed([MICRO_CTX])[0]
+    v1 = np.asarray(c.post("/v1/models/reasoner:predict", json={"instances": [{"context": MICRO_CTX}]}).json()["predictions"][0])
+    r = c.post("/v2/models/reasoner/infer", json={"inputs": [{"name": "context", "shape": [1], "datatype": "BYTES",
+                                                              "data": [MICRO_CTX]}]}).json()
+    v2 = np.asarray(r["outputs"][0]["data"]).reshape(r["outputs"][0]["shape"])[0]
+    np.testing.assert_allclose(v1, want, atol=1e-4)
+    np.testing.assert_allclose(v2, want, atol=1e-4)
+
+
+def test_ranker_v1_and_v2_agree(server):
+    c = client(server)
+    d = len(c.post("/v1/models/reasoner:predict", json={"instances": ["User Profile: x"]}).json()["predictions"][0])
+    feats = {"user_id": 7, "entry_point": 2, "order_status": 3, "recent_intents": [1, 2], "recent_click_ts": [1, 2],
+             "event_timestamp": "2026-11-22T10:00:00Z"}
+    e = [0.1] * d
+    v1 = c.post("/v1/models/ranker:predict", json={"instances": [{"features": feats, "query_embedding": e}], "k": 5})
+    assert v1.status_code == 200, v1.text
+    v2 = c.post("/v2/models/ranker/infer", json={"inputs": [
+        {"name": "features", "shape": [1], "datatype": "BYTES", "data": [json.dumps(feats)]},
+        {"name": "query_embedding", "shape": [1, d], "datatype": "FP32", "data": e}], "parameters": {"k": 5}})
+    assert v2.status_code == 200, v2.text
+    assert v1.json()["predictions"][0]["intent_ids"] == v2.json()["outputs"][0]["data"]
+
+
+BAD = [  # (path, body, a word the error must name)
+    ("/v1/models/recommend:predict", '{"instances": [{"user_id": 3', "format"),                 # malformed JSON
+    ("/v1/models/recommend:predict", '{"instance": []}', "instances"),                          # missing field
+    ("/v1/models/recommend:predict", '{"instances": [{}]}', "user_id"),
+    ("/v1/models/recommend:predict", '{"instances": [{"user_id": "x"}]}', "user_id"),            # wrong type
+    ("/v1/models/recommend:predict", '{"instances": [{"user_id": 3, "entry_point": 99}]}', "entry_point"),
+    ("/v1/models/recommend:predict", '{"instances": [{"user_id": 3, "age": 4}]}', "age"),
+    ("/v1/models/recommend:predict", '{"instances": [{"user_id": 3}], "k": 0}', "k"),
+    ("/v1/models/recommend:predict", json.dumps({"instances": [{"user_id": 1}] * 65}), "batch"),  # oversized
+    ("/v1/models/recommend:predict", '{"instances": []}', "instances"),
+    ("/v1/models/recommend:predict", '[1, 2]', "body"),
+    ("/v2/models/recommend/infer", '{"inputs": [{"name": "user_id", "shape": [3], "datatype": "INT64", "data": [1, 2]}]}', "shape"),
+    ("/v2/models/recommend/infer", '{"inputs": [{"name": "user_id", "shape": [2], "datatype": "FP32", "data": [1, 2]}]}', "datatype"),
+    ("/v2/models/recommend/infer", '{"inputs": [{"name": "user_id", "shape": [2], "datatype": "INT64", "data": ["a", "b"]}]}', "user_id"),
+    ("/v2/models/recommend/infer", '{"inputs": [{"name": "uid", "shape": [1], "datatype": "INT64", "data": [1]}]}', "user_id"),
+    ("/v2/models/recommend/infer", '{"inputs": {"name": "user_id"}}', "inputs"),
+    ("/v1/models/ranker:predict", '{"instances": [{"features": {"user_id": 1, "recent_intents": [99999], "recent_click_ts": [1]}, "query_embedding": [0.0]}]}', "recent_intents"),
+    ("/v1/models/ranker:predict", json.dumps({"instances": [{"features": {"user_id": 1, "recent_intents": [1] * 11, "recent_click_ts": [1] * 11}}]}), "recent_intents"),
+    ("/v1/models/ranker:predict", '{"instances": [{"features": {"user_id": 1}, "query_embedding": [0.0, 1.0]}]}', "query_embedding"),
+    ("/v1/models/ranker:predict", '{"instances": [{"features": {"user_id": 1, "order_amount": "lots"}}]}', "order_amount"),
+    ("/v1/models/reasoner:predict", '{"instances": [{"context": ""}]}', "context"),
+    ("/v1/models/nope:predict", '{"instances": [1]}', "nope"),
+]
+
+
+@pytest.mark.parametrize("path,body,field", BAD, ids=[f"{i}-{b[2]}" for i, b in enumerate(BAD)])
+def test_bad_input_is_a_4xx_naming_the_field(server, path, body, field):
+    with client(server) as c:
+        r = c.post(path, content=body, headers={"content-type": "application/json"})
+        assert 400 <= r.status_code < 500, (r.status_code, r.text)
+        assert field in r.text
+        # the keep-alive connection survives: the next request on it is served
+        assert c.get("/v2/health/ready").status_code == 200
+
+
+def test_health_answers_while_a_batch_is_scored(server):
+    """Model work runs off the event loop: liveness probes are answered while a long reasoner batch runs
+    (with a blocking predict they would all wait for the batch)."""
+    done = {}
+    long_ctx = "User Profile: " + ", ".join(f"Feature {i}: value {i}" for i in range(120))
+
+    def batch():  # 64 distinct contexts: identical ones are embedded once
+        r = client(server).post("/v1/models/reasoner:predict", json={"instances": [f"{long_ctx} {i}" for i in range(64)]})
+        done["status"], done["end"] = r.status_code, time.perf_counter()
+
+    t = threading.Thread(target=batch)
+    t.start()
+    answered = []
+    while t.is_alive():
+        r = httpx.get(f"{server['url']}/v2/health/live", timeout=60)
+        answered.append((r.status_code, time.perf_counter()))
+        time.sleep(0.02)
+    t.join()
+    assert done["status"] == 200
+    assert sum(code == 200 and at < done["end"] for code, at in answered) >= 3, answered
+
+
+def test_ranker_calls_a_remote_reasoner_over_v2(server):
+    """The cluster path: a recommender whose reasoner is another server's V2 endpoint ranks identically."""
+    from rgalign.recommend import Recommender
+    remote = Recommender(server["ranker"], world_dir=server["world"],
+                         reasoner_url=f"{server['url']}/v2/models/reasoner/infer")
+    u = known_user(server["world"])
+    local = client(server).post("/v1/models/recommend:predict", json={"instances": [{"user_id": u}]}).json()
+    assert remote.recommend([u], k=3)[0]["intent_ids"] == local["predictions"][0]["intent_ids"]
+
+
+def test_schemathesis_finds_no_5xx(server):
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    schema = schemathesis.openapi.from_url(f"{server['url']}/openapi.json")
+    failures = []
+    for op in schema.get_all_operations():
+        op = op.ok()
+
+        @settings(max_examples=15, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=op.as_strategy())
+        def run(case):
+            if "model_name" in (case.path_parameters or {}):
+                case.path_parameters["model_name"] = "recommend"
+            r = case.call(base_url=server["url"], timeout=60)
+            if r.status_code >= 500:
+                failures.append(f"{case.method} {case.formatted_path} -> {r.status_code}: {r.text[:200]}")
+        run()
+    assert not failures, "\n".join(failures[:10])
