@@ -354,6 +354,37 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """The local KServe server of a registry alias (models:/<env>.ranker@<alias> and its parent reasoner)."""
+    from rgalign.recommend import Recommender
+    from rgalign.registry import Registry
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # serving/ beside the package in a checkout
+    from serving.server import serve
+    b = Registry(args.tracking_uri, args.artifacts).serving_bundle(args.env, args.alias)
+    print(f"serving {b['ranker']['name']} v{b['ranker']['version']} (@{args.alias})"
+          + (f" + {b['reasoner']['name']} v{b['reasoner']['version']}" if "reasoner" in b else "")
+          + f" on http://{args.host}:{args.port}  (V1 /v1/models/recommend:predict, V2 /v2/models/recommend/infer)",
+          flush=True)
+    rec = Recommender(b["ranker"]["dir"], b.get("reasoner", {}).get("dir"), args.world, args.feast_dir, args.ltp_cache)
+    serve(rec, args.port, args.host, threads=args.threads)
+    return 0
+
+
+def cmd_deploy(args) -> int:
+    from rgalign.config import DeployConfig
+    from rgalign.registry import Registry
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from serving.manifests import render
+    sel = dict(kv.split("=", 1) for kv in args.node_selector or [])
+    cfg = dataclasses.replace(config_from_args(DeployConfig, args), node_selector=sel or None)
+    reg = Registry(args.tracking_uri, args.artifacts)
+    champion = reg.serving_bundle(cfg.env, cfg.alias)
+    challenger = reg.serving_bundle(cfg.env, cfg.challenger) if cfg.challenger else None
+    for path in render(champion, cfg, args.out, challenger):
+        print(f"written {path} (validated against the KServe InferenceService CRD schema)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rgalign", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -471,6 +502,27 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("reproduce", help="the paper's Tables 2-4 (Stages 1-3, 3 seeds) as markdown + a plot")
     add_config_args(rp, ReproduceConfig)
     rp.set_defaults(fn=cmd_reproduce)
+
+    sv = sub.add_parser("serve", help="serve a registry alias with KServe on 127.0.0.1 (V1 + V2, recommend)")
+    sv.add_argument("--env", default="dev")
+    sv.add_argument("--alias", default="champion", help="registry alias or version of the ranker")
+    sv.add_argument("--world", default=None, help="world whose Feast online store serves features (recommend)")
+    sv.add_argument("--feast-dir", default=None)
+    sv.add_argument("--ltp-cache", default=None, help="SQLite LTP cache file (default: off)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--threads", type=int, default=None)
+    add_tracking_args(sv, optional=False)
+    sv.set_defaults(fn=cmd_serve)
+
+    dp = sub.add_parser("deploy", help="KServe manifests").add_subparsers(dest="sub", required=True)
+    dr = dp.add_parser("render", help="InferenceService YAML (reasoner, ranker with A/B split, vLLM reasoner)")
+    from rgalign.config import DeployConfig
+    add_config_args(dr, DeployConfig, skip=("node_selector",))
+    dr.add_argument("--node-selector", action="append", metavar="KEY=VALUE", help="node selector of GPU pods")
+    dr.add_argument("--out", default="deploy", help="folder for the manifests")
+    add_tracking_args(dr, optional=False)
+    dr.set_defaults(fn=cmd_deploy)
 
     f = sub.add_parser("features", help="Feast feature store and verbalization").add_subparsers(dest="sub", required=True)
     for name, fn, hlp in [("apply", cmd_features_apply, "feast apply for a world"),

@@ -239,3 +239,39 @@ class ReproduceConfig(_Config):
         for k, v in REPRODUCE_PRESETS[self.scale].items():
             if getattr(self, k) is None:
                 setattr(self, k, v)
+
+
+@dataclass
+class DeployConfig(_Config):
+    """``rgalign deploy render``: the KServe InferenceServices of a registry alias (serving/manifests.py)."""
+    env: str = _f("dev", "registry environment; also the InferenceService name prefix (<env>-ranker)")
+    alias: str = _f("champion", "registry alias to deploy")
+    challenger: str | None = _f(None, "registry alias of an A/B challenger ranker (e.g. challenger)")
+    canary_percent: int = _f(0, "traffic share of the challenger, 0-100 (0 = no split)")
+    mode: str = _f("Standard", "KServe deployment mode: Standard (spec.canary) or Serverless (canaryTrafficPercent)")
+    namespace: str = _f("rgalign", "Kubernetes namespace")
+    image: str = _f("ghcr.io/rgalign/rgalign-rec:0.1.0-python3.11", "the project image (Dockerfile)")
+    cpu: str = _f("4", "CPU request = limit per pod")
+    memory: str = _f("16Gi", "memory request = limit per pod")
+    reasoner_gpus: int = _f(1, "nvidia.com/gpu per reasoner pod")
+    ranker_gpus: int = _f(1, "nvidia.com/gpu per ranker pod (0 = CPU nodes)")
+    threads: int = _f(4, "torch threads per pod (RGALIGN_SERVE_THREADS)")
+    min_replicas: int = _f(1, "minimum replicas (0 allows scale-to-zero in Serverless mode)")
+    max_replicas: int = _f(4, "maximum replicas")
+    model_pvc: str = _f("rgalign-models", "PVC holding a file:// MLflow artifact store (mapped to pvc://)")
+    features_pvc: str = _f("rgalign-features", "PVC with the world/KB and the Feast repo (production store: Redis)")
+    node_selector: dict | None = _f(None, "node selector of the GPU pods, e.g. {cloud.google.com/gke-accelerator: nvidia-l4}")
+    max_prompt_tokens: int = _f(512, "longest prompt of the vLLM reasoner (LTPEncoder truncates to the same)")
+
+    def __post_init__(self):
+        if self.mode not in ("Standard", "Serverless"):
+            raise ValueError(f"mode={self.mode!r}; use Standard or Serverless")
+        if not 0 <= self.canary_percent <= 100:
+            raise ValueError(f"canary_percent={self.canary_percent} must be within [0, 100]")
+        if self.canary_percent and not self.challenger:
+            raise ValueError("canary_percent > 0 needs --challenger (the alias of the ranker to split traffic to)")
+        if self.min_replicas < 0 or self.max_replicas < max(1, self.min_replicas):
+            raise ValueError(f"replicas: need 0 <= min_replicas ({self.min_replicas}) <= max_replicas "
+                             f"({self.max_replicas}) and max_replicas >= 1")
+        if self.reasoner_gpus < 0 or self.ranker_gpus < 0:
+            raise ValueError("reasoner_gpus / ranker_gpus must be >= 0")

@@ -193,7 +193,7 @@ class Recommender:
     """Reasoner + ranker + online features, loaded once; thread-safe for inference.
 
     Args:
-        ranker_dir: a ranker checkpoint (``rgalign.ranker.checkpoint.save_ranker``).
+        ranker_dir: a ranker checkpoint (``rgalign.ranker.checkpoint.save_ranker``); None for a reasoner-only server.
         reasoner_dir: the reasoner whose LTP the ranker was trained on (its digest must match the ranker's
             ``reasoner_digest``); None for a ranker without a query tower.
         world_dir: the world whose Feast repo serves the online features (None: ranker/reasoner only).
@@ -202,22 +202,24 @@ class Recommender:
         reasoner_url: instead of ``reasoner_dir``, a reasoner served over V2 (``RemoteReasoner``).
     """
 
-    def __init__(self, ranker_dir: str | Path, reasoner_dir: str | Path | None = None,
+    def __init__(self, ranker_dir: str | Path | None, reasoner_dir: str | Path | None = None,
                  world_dir: str | Path | None = None, feast_dir: str | Path | None = None,
                  ltp_cache: str | Path | None = None, reasoner_url: str | None = None):
-        from rgalign.ranker.checkpoint import load_ranker
-        self.model, self.spec, self.cfg, self.intents = load_ranker(ranker_dir)
-        meta = json.loads((Path(ranker_dir) / "meta.json").read_text())
-        self.d_e = int(meta.get("d_e") or 0)
-        self.titles = dict(zip(self.intents.intent_id.astype(int), self.intents.title))
-        with torch.inference_mode():
-            self.index = self.model.intent_index()
+        self.model, meta, self.d_e, self.titles = None, {}, 0, {}
+        if ranker_dir is not None:
+            from rgalign.ranker.checkpoint import load_ranker
+            self.model, self.spec, self.cfg, self.intents = load_ranker(ranker_dir)
+            meta = json.loads((Path(ranker_dir) / "meta.json").read_text())
+            self.d_e = int(meta.get("d_e") or 0)
+            self.titles = dict(zip(self.intents.intent_id.astype(int), self.intents.title))
+            with torch.inference_mode():
+                self.index = self.model.intent_index()
         self.encoder = None
         if reasoner_dir is not None:
             from rgalign.reasoner.ltp import LTPEncoder
             from rgalign.reasoner.sources import load_reasoner
             self.encoder = LTPEncoder(load_reasoner(reasoner_dir), cache=ltp_cache)
-            want = (meta.get("extra") or meta).get("reasoner_digest")
+            want = meta.get("reasoner_digest")
             if want and want != self.encoder.reasoner.version:
                 raise ValueError(f"reasoner {reasoner_dir} has digest {self.encoder.reasoner.version} but the ranker "
                                  f"was trained on {want}; serve the ranker with its parent_reasoner version")
@@ -257,7 +259,7 @@ class Recommender:
     def recommend(self, user_ids: list[int], entry_points: list[int | None] | None = None, k: int = 3,
                   request_ts: pd.Timestamp | None = None) -> list[dict]:
         """The composed path. Users the online store does not know get the popularity list, ``fallback=True``."""
-        if self.store is None:
+        if self.store is None or self.model is None:
             raise RequestError("recommend", "this server has no feature store", "start it with --world")
         from rgalign.ranker.inputs import verbalize_frame
         frame = self.store.online_context(user_ids, request_ts, entry_points=[ep or 0 for ep in (entry_points or [None] * len(user_ids))])

@@ -176,5 +176,6 @@ def build_models(rec: Recommender, names=("reasoner", "ranker", "recommend")) ->
     if unknown:
         raise ValueError(f"unknown model(s) {sorted(unknown)}; choose from {sorted(classes)}")
     skip = {"reasoner"} if rec.encoder is None or isinstance(rec.encoder, RemoteReasoner) else set()
-    skip |= {"recommend"} if rec.store is None else set()
+    skip |= {"recommend"} if rec.store is None or rec.model is None else set()
+    skip |= {"ranker"} if rec.model is None else set()
     return [classes[n](n, rec) for n in names if n not in skip]

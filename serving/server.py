@@ -59,7 +59,7 @@ def serve(rec, port: int = 8080, host: str = "127.0.0.1", names=("reasoner", "ra
 def main(argv=None):
     from rgalign.recommend import Recommender
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ranker", required=True, help="ranker checkpoint directory")
+    ap.add_argument("--ranker", default=None, help="ranker checkpoint directory (omit for a reasoner-only server)")
     ap.add_argument("--reasoner", default=None, help="reasoner directory (the ranker's parent reasoner)")
     ap.add_argument("--reasoner-url", default=None, help="or: the reasoner's V2 infer URL (cluster path)")
     ap.add_argument("--world", default=None, help="world whose Feast online store serves the features")
@@ -68,8 +68,12 @@ def main(argv=None):
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--models", default="reasoner,ranker,recommend", help="comma-separated models to host")
     a = ap.parse_args(argv)
-    serve(Recommender(a.ranker, a.reasoner, a.world, a.feast_dir, a.ltp_cache, a.reasoner_url), a.port, a.host, threads=a.threads)
+    if not a.ranker and not a.reasoner:
+        ap.error("give --ranker and/or --reasoner")
+    serve(Recommender(a.ranker, a.reasoner, a.world, a.feast_dir, a.ltp_cache, a.reasoner_url), a.port, a.host,
+          names=tuple(a.models.split(",")), threads=a.threads)
 
 
 if __name__ == "__main__":

@@ -224,3 +224,58 @@ def test_schemathesis_finds_no_5xx(server):
                 failures.append(f"{case.method} {case.formatted_path} -> {r.status_code}: {r.text[:200]}")
         run()
     assert not failures, "\n".join(failures[:10])
+
+
+# ---------------------------------------------------------------- manifests (offline, CRD-schema validated)
+def _bundle(v: str, scheme: str = "s3://rgalign-models") -> dict:
+    return {"ranker": {"version": v, "artifact_uri": f"{scheme}/ranker/{v}"},
+            "reasoner": {"version": v, "artifact_uri": f"{scheme}/reasoner/{v}"}}
+
+
+def test_manifests_validate_and_request_gpus(tmp_path):
+    from rgalign.config import DeployConfig
+    from serving.manifests import render
+    paths = render(_bundle("3"), DeployConfig(), tmp_path)
+    import yaml
+    docs = {p.name: yaml.safe_load(p.read_text()) for p in paths}
+    assert set(docs) == {"reasoner.yaml", "ranker.yaml", "reasoner-vllm.yaml"}
+    c = docs["reasoner.yaml"]["spec"]["predictor"]["containers"][0]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1" and c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert {"name": "STORAGE_URI", "value": "s3://rgalign-models/reasoner/3"} in c["env"]
+    vllm = docs["reasoner-vllm.yaml"]["spec"]["predictor"]["model"]
+    assert vllm["modelFormat"]["name"] == "huggingface" and "--backend=vllm" in vllm["args"]
+    assert any('"pooling_type": "LAST"' in a and '"normalize": false' in a for a in vllm["args"])
+    assert "canary" not in docs["ranker.yaml"]["spec"]
+
+
+def test_ab_split_uses_the_field_each_mode_honours(tmp_path):
+    from rgalign.config import DeployConfig
+    from serving.manifests import ranker_isvc, validate
+    std = ranker_isvc(_bundle("3"), DeployConfig(challenger="challenger", canary_percent=20), _bundle("4"))
+    validate(std)
+    assert std["spec"]["canary"][0]["trafficPercent"] == 20
+    assert "canaryTrafficPercent" not in std["spec"]["predictor"]          # ignored in Standard mode: not written
+    assert "/ranker/4" in json.dumps(std["spec"]["canary"][0]) and "/ranker/3" in json.dumps(std["spec"]["predictor"])
+    sls = ranker_isvc(_bundle("3"), DeployConfig(challenger="challenger", canary_percent=20, mode="Serverless"), _bundle("4"))
+    validate(sls)
+    assert sls["spec"]["predictor"]["canaryTrafficPercent"] == 20 and "canary" not in sls["spec"]
+    assert "/ranker/4" in json.dumps(sls["spec"]["predictor"])
+
+
+def test_manifest_errors_are_clear_and_write_nothing(tmp_path):
+    from rgalign.config import DeployConfig
+    from serving.manifests import ManifestError, render, storage_uri, validate
+    with pytest.raises(ManifestError, match="models:/"):
+        render({"ranker": {"version": "1", "artifact_uri": "models:/dev.ranker/1"}, "reasoner": _bundle("1")["reasoner"]},
+               DeployConfig(), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert storage_uri("file:///srv/mlruns/x", DeployConfig()) == "pvc://rgalign-models/srv/mlruns/x"
+    from serving.manifests import reasoner_isvc
+    bad = reasoner_isvc(_bundle("1"), DeployConfig())
+    bad["spec"]["predictor"]["minReplicas"] = "one"
+    with pytest.raises(ManifestError, match="spec.predictor.minReplicas"):
+        validate(bad)
+    with pytest.raises(ValueError, match="challenger"):
+        DeployConfig(canary_percent=10)
+    with pytest.raises(ValueError, match="mode"):
+        DeployConfig(mode="Knative")

@@ -73,8 +73,9 @@ class FeatureStoreSession:
         """The Feast store, built once per session (building one reads the registry: tens of ms)."""
         if getattr(self, "_store", None) is None:
             from feast import FeatureStore
+            yaml_name = os.environ.get("RGALIGN_FEAST_CONFIG", "feature_store.yaml")  # production: Redis
             with _env(**self.env):
-                self._store = FeatureStore(repo_path=str(self.repo))
+                self._store = FeatureStore(repo_path=str(self.repo), fs_yaml_file=self.repo / yaml_name)
         return self._store
 
     def definitions(self) -> list:
