@@ -133,7 +133,9 @@ class FeatureStoreSession:
         """Online features of ``user_ids`` at ``request_ts`` (default: now), with the derived request features."""
         with _env(**self.env):
             store = self.store()
-            rows = store.get_online_features(features=store.get_feature_service(FEATURE_SERVICE),
+            if getattr(self, "_service", None) is None:  # parsed once: the registry lookup costs ~10 ms a call
+                self._service = store.get_feature_service(FEATURE_SERVICE)
+            rows = store.get_online_features(features=self._service,
                                              entity_rows=[{"user_id": int(u)} for u in user_ids]).to_df()
         rows["event_timestamp"] = request_ts or pd.Timestamp.now(tz="UTC")
         if entry_points is not None:
