@@ -44,15 +44,18 @@ MICRO_CTX = ("User Profile: User Gender: Female, Region: Thailand\n"
              "Order Status and Interaction Context: Entry Point: Shipping Page, Current Order Status: TO_RECEIVE")
 
 
-@pytest.fixture(scope="session")
-def micro_reasoner(tmp_path_factory):
-    """A randomly initialised tiny Qwen3 with a tokenizer trained on a few sentences (seconds to build)."""
+def build_micro_reasoner(out):
+    """A randomly initialised tiny Qwen3 with a tokenizer trained on a few sentences (seconds to build);
+    deterministic: the same call gives the same weights."""
     from rgalign.reasoner.sources import CHATML, build_model, save_reasoner, train_tokenizer
     from rgalign.features.prompt import ReasonerPrompt
     texts = [ReasonerPrompt().plain(MICRO_CTX), "Where is my parcel now?", "I want a refund for my order."] * 20
     tok = train_tokenizer(texts, 600)
     tok.chat_template = CHATML
     model = build_model("tiny", len(tok), 0)
-    return save_reasoner(model, tok, tmp_path_factory.mktemp("r") / "raw", {"source": "test"})
+    return save_reasoner(model, tok, out, {"source": "test"})
 
 
+@pytest.fixture(scope="session")
+def micro_reasoner(tmp_path_factory):
+    return build_micro_reasoner(tmp_path_factory.mktemp("r") / "raw")

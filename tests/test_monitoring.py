@@ -1,0 +1,70 @@
+"""Monitoring: drift methods pinned per window size, the drift gate on the logistics-disruption scenario,
+query-embedding drift, and clear errors on bad windows."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from monitoring.drift import DriftInputError, drift_gate, embedding_drift, feature_drift, pinned_methods, score_drift
+from rgalign.world.scenarios import logistics_disruption
+
+
+@pytest.fixture(scope="module")
+def features(ci_world):
+    """Point-in-time training-week features of the ci world (Feast, offline store)."""
+    from rgalign.features.feast_io import FeatureStoreSession
+    fs = FeatureStoreSession(ci_world)
+    fs.apply()
+    return fs.training_set("train").sample(frac=1.0, random_state=0).reset_index(drop=True)
+
+
+def test_methods_are_pinned_by_window_size():
+    assert pinned_methods(999)["cat_method"] == "psi" and pinned_methods(1000)["cat_method"] == "jensenshannon"
+    assert pinned_methods(500)["num_method"] == "ks" and pinned_methods(5000)["num_method"] == "wasserstein"
+
+
+@pytest.mark.parametrize("n", [500, 5000])
+def test_gate_fires_on_disruption_and_stays_quiet_on_the_same_distribution(features, n):
+    ref, same = features.iloc[:n], features.iloc[n:2 * n]
+    assert len(same) == n
+    quiet = drift_gate(feature_drift(ref, same))
+    assert not quiet.fired, quiet.reasons
+    fired = drift_gate(feature_drift(ref, logistics_disruption(same, share=0.6)))
+    assert fired.fired and {"order_status", "entry_point"} <= set(feature_drift(ref, logistics_disruption(same, share=0.6)).drifted)
+    m = feature_drift(ref, same).methods
+    assert m["cat_method"] == ("psi" if n < 1000 else "jensenshannon")
+
+
+def test_score_drift_and_bad_windows():
+    rng = np.random.default_rng(0)
+    assert score_drift(rng.normal(0.2, 0.05, 3000), rng.normal(0.2, 0.05, 3000)).drifted == []
+    assert score_drift(rng.normal(0.2, 0.05, 3000), rng.normal(0.3, 0.05, 3000)).drifted == ["top_score"]
+    df = pd.DataFrame({"a": [1.0, 2.0]})
+    with pytest.raises(DriftInputError, match="empty"):
+        feature_drift(df, df.iloc[:0], numerical=["a"], categorical=[])
+    with pytest.raises(DriftInputError, match="reference"):
+        feature_drift(None, df, numerical=["a"], categorical=[])
+    with pytest.raises(DriftInputError, match=r"lacks column\(s\) \['b'\]"):
+        feature_drift(df, df, numerical=["a", "b"], categorical=[])
+    with pytest.raises(DriftInputError, match="same d"):
+        embedding_drift(np.zeros((50, 4)), np.zeros((50, 5)))
+
+
+def test_embedding_drift_on_a_shifted_reasoner_not_on_a_reseeded_identical_one(features, ci_world, micro_reasoner, tmp_path):
+    import torch
+
+    from conftest import build_micro_reasoner
+    from rgalign.ranker.inputs import verbalize_frame
+    from rgalign.reasoner.ltp import LTPEncoder
+    from rgalign.reasoner.sources import load_reasoner
+    kb = pd.read_parquet(ci_world / "kb.parquet")
+    ctx = verbalize_frame(features.iloc[:600], kb)
+    base = LTPEncoder(load_reasoner(micro_reasoner), max_prompt_tokens=256)
+    ref = base.embed(ctx[:300])
+    twin = LTPEncoder(load_reasoner(build_micro_reasoner(tmp_path / "twin")), max_prompt_tokens=256)  # same seed
+    same = twin.embed(ctx[300:])
+    assert not embedding_drift(ref, same)["drift"]
+    shifted = load_reasoner(micro_reasoner)
+    with torch.no_grad():
+        for p in shifted.model.model.layers[-1].parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    assert embedding_drift(ref, LTPEncoder(shifted, max_prompt_tokens=256).embed(ctx[300:]))["drift"]
