@@ -65,8 +65,9 @@ def _check(reference: pd.DataFrame | None, current: pd.DataFrame, columns: list[
 
 
 def feature_drift(reference: pd.DataFrame, current: pd.DataFrame, numerical: list[str] | None = None,
-                  categorical: list[str] | None = None) -> DriftResult:
-    """Column drift of ``current`` vs ``reference`` with the pinned methods of the smaller window's size."""
+                  categorical: list[str] | None = None, timestamp=None, tags: tuple[str, ...] = ("drift",)) -> DriftResult:
+    """Column drift of ``current`` vs ``reference`` with the pinned methods of the smaller window's size;
+    the Evidently snapshot (``result.snapshot``) carries ``timestamp`` and ``tags`` for the dashboard."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
     num = FEATURE_COLUMNS["numerical"] if numerical is None else numerical
@@ -83,9 +84,9 @@ def feature_drift(reference: pd.DataFrame, current: pd.DataFrame, numerical: lis
     n = min(len(reference), len(current))
     m = pinned_methods(n)
     dd = DataDefinition(numerical_columns=num, categorical_columns=cat)
-    report = Report([DataDriftPreset(columns=num + cat, **m)], include_tests=False)
+    report = Report([DataDriftPreset(columns=num + cat, **m)], include_tests=False, tags=list(tags))
     snap = report.run(Dataset.from_pandas(prep(current), data_definition=dd),
-                      Dataset.from_pandas(prep(reference), data_definition=dd))
+                      Dataset.from_pandas(prep(reference), data_definition=dd), timestamp=timestamp)
     per, share = {}, 0.0
     for metric in snap.dict()["metrics"]:
         cfg = metric["config"]

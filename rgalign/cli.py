@@ -385,6 +385,70 @@ def cmd_deploy(args) -> int:
     return 0
 
 
+def _arm(ref: str, args):
+    """An A/B arm: a recommend endpoint URL, or a registry alias served in process."""
+    if ref.startswith(("http://", "https://")):
+        return ref
+    from rgalign.recommend import Recommender
+    from rgalign.registry import Registry
+    b = Registry(args.tracking_uri, args.artifacts).serving_bundle(args.env, ref)
+    return Recommender(b["ranker"]["dir"], b.get("reasoner", {}).get("dir"), args.world, args.feast_dir).recommend
+
+
+def cmd_monitor(args) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from monitoring import jobs
+    if args.sub == "ab":
+        res = jobs.run_ab(args.world, _arm(args.champion, args), _arm(args.challenger, args), args.share, args.days,
+                          args.max_sessions, args.out, args.workspace)
+        print(res["table"])
+        if args.out:
+            print(f"log: {args.out} ({len(res['log']):,} sessions)")
+        return 0
+    if args.sub == "drift":
+        res = jobs.run_drift(args.world, args.window, args.scenario, args.reasoner, args.current_reasoner,
+                             args.workspace, args.max_share)
+        f = res["features"]
+        print(f"feature drift ({f.methods['num_method']} / {f.methods['cat_method']}, {f.n_reference:,} vs "
+              f"{f.n_current:,} sessions): {len(f.drifted)}/{len(f.per_column)} columns")
+        print("| column | method | score | drift |\n|---|---|---:|---|")
+        for c, v in sorted(f.per_column.items()):
+            print(f"| {c} | {v['method']} | {v['score']:.4f} | {'yes' if v['drift'] else ''} |")
+        if res["embedding"]:
+            e = res["embedding"]
+            print(f"query-embedding drift: {e['method']} = {e['score']:.3f} (threshold {e['threshold']}): "
+                  f"{'DRIFT' if e['drift'] else 'no drift'}")
+        g = res["gate"]
+        print("drift gate: " + ("FIRED: " + "; ".join(g.reasons) if g.fired else "quiet"))
+        if g.fired and args.retrain:
+            from pipelines.run import run_local
+            from rgalign.steps import PipelineConfig
+            print("starting a retraining run (rgalign pipeline run) ...", flush=True)
+            run_local(PipelineConfig(env=args.env), args.artifacts, tracking_uri=args.tracking_uri)
+        return 3 if (g.fired and args.gate) else 0
+    if args.sub == "publish":
+        import pandas as pd
+        from monitoring.workspace import publish
+        log = pd.read_parquet(args.log)
+        n = publish(args.workspace, jobs.publish_inputs(log))
+        print(f"published {args.log} to {args.workspace}: the project holds {n} snapshots")
+        return 0
+    raise ValueError(f"unknown monitor command {args.sub}")
+
+
+def cmd_ui(args) -> int:
+    """The Evidently UI over the workspace, on loopback."""
+    import os
+    exe = Path(sys.executable).with_name("evidently")
+    if not Path(args.workspace).is_dir():
+        raise FileNotFoundError(f"workspace {args.workspace} does not exist; publish to it first "
+                                "(rgalign monitor ab|drift|publish --workspace DIR)")
+    cmd = [str(exe), "ui", "--workspace", str(args.workspace), "--host", args.host, "--port", str(args.port)]
+    print(" ".join(cmd), flush=True)
+    os.execv(cmd[0], cmd)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rgalign", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -502,6 +566,40 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("reproduce", help="the paper's Tables 2-4 (Stages 1-3, 3 seeds) as markdown + a plot")
     add_config_args(rp, ReproduceConfig)
     rp.set_defaults(fn=cmd_reproduce)
+
+    mon = sub.add_parser("monitor", help="A/B replay, drift, drift gate, Evidently workspace").add_subparsers(
+        dest="sub", required=True)
+    ab = mon.add_parser("ab", help="replay evaluation sessions through champion and challenger; log + tests")
+    ab.add_argument("--world", required=True)
+    ab.add_argument("--champion", required=True, help="recommend endpoint URL (V1) or registry alias")
+    ab.add_argument("--challenger", required=True, help="recommend endpoint URL (V1) or registry alias")
+    ab.add_argument("--share", type=float, default=0.5, help="challenger traffic share (sticky per user)")
+    ab.add_argument("--days", type=int, default=2, help="days of the evaluation week to replay")
+    ab.add_argument("--max-sessions", type=int, default=2000)
+    ab.add_argument("--out", default=None, help="session log parquet (never overwritten)")
+    dr_ = mon.add_parser("drift", help="feature / embedding drift of the evaluation week vs the training weeks")
+    dr_.add_argument("--world", required=True)
+    dr_.add_argument("--window", type=int, default=2000, help="sessions per window")
+    dr_.add_argument("--scenario", default=None, choices=["logistics"], help="apply a drifted scenario")
+    dr_.add_argument("--reasoner", default=None, help="reasoner of the reference embeddings (enables embedding drift)")
+    dr_.add_argument("--current-reasoner", default=None, help="reasoner of the current embeddings (default: same)")
+    dr_.add_argument("--max-share", type=float, default=0.2, help="gate: largest tolerated share of drifted columns")
+    dr_.add_argument("--gate", action="store_true", help="exit 3 when the drift gate fires")
+    dr_.add_argument("--retrain", action="store_true", help="start `rgalign pipeline run` when the gate fires")
+    pu = mon.add_parser("publish", help="publish an A/B log to the Evidently workspace")
+    pu.add_argument("--log", required=True)
+    for c in (ab, dr_, pu):
+        c.add_argument("--workspace", default=None if c is not pu else "artifacts/evidently",
+                       required=c is pu, help="Evidently workspace folder to publish snapshots to")
+        c.add_argument("--env", default="dev")
+        c.add_argument("--feast-dir", default=None)
+        add_tracking_args(c, optional=False)
+        c.set_defaults(fn=cmd_monitor)
+    ui = sub.add_parser("ui", help="the Evidently UI (dashboards) on 127.0.0.1")
+    ui.add_argument("--workspace", default="artifacts/evidently")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=8000)
+    ui.set_defaults(fn=cmd_ui)
 
     sv = sub.add_parser("serve", help="serve a registry alias with KServe on 127.0.0.1 (V1 + V2, recommend)")
     sv.add_argument("--env", default="dev")

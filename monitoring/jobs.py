@@ -1,0 +1,86 @@
+"""Monitoring jobs behind ``rgalign monitor ab|drift|publish`` and the pipeline's drift gate: thin glue between
+the world / Feast / serving and ``monitoring.drift`` / ``monitoring.workspace``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from monitoring.drift import drift_gate, embedding_drift, feature_drift
+from monitoring.workspace import ab_snapshots, embedding_snapshot, publish, stats_row
+from rgalign.abtest import ab_summary, eval_window, http_arm, simulate_ab, summary_table
+
+
+def window_features(world: str | Path, split: str, n: int, seed: int = 0) -> pd.DataFrame:
+    """``n`` sessions of ``split`` with their point-in-time Feast features (the monitoring windows)."""
+    from rgalign.features.feast_io import FeatureStoreSession
+    fs = FeatureStoreSession(world)
+    s = fs.sessions(split)
+    if s.empty:
+        raise ValueError(f"world {world} has no {split} sessions")
+    s = s.sample(min(n, len(s)), random_state=seed).sort_values("session_id")
+    fs.apply()
+    return fs.training_set(sessions=s)
+
+
+def run_drift(world: str | Path, window: int = 2000, scenario: str | None = None, reasoner: str | None = None,
+              current_reasoner: str | None = None, workspace: str | Path | None = None, max_share: float = 0.2,
+              seed: int = 0) -> dict:
+    """Training weeks (reference) vs the evaluation week (current), optionally under a drifted scenario; with
+    ``reasoner`` also the drift of the query embeddings (current ones from ``current_reasoner`` if given)."""
+    from rgalign.world.scenarios import logistics_disruption
+    ref = window_features(world, "train", window, seed)
+    cur = window_features(world, "eval", window, seed + 1)
+    if scenario == "logistics":
+        cur = logistics_disruption(cur, seed=seed)
+    elif scenario is not None:
+        raise ValueError(f"scenario={scenario!r}; known: logistics")
+    ts = pd.to_datetime(cur.event_timestamp, utc=True).max().to_pydatetime()
+    feats = feature_drift(ref, cur, timestamp=ts)
+    emb = None
+    if reasoner:
+        from rgalign.ranker.inputs import verbalize_frame
+        from rgalign.reasoner.ltp import LTPEncoder
+        from rgalign.reasoner.sources import load_reasoner
+        kb = pd.read_parquet(Path(world) / "kb.parquet")
+        k = min(500, len(ref), len(cur))
+        e_ref = LTPEncoder(load_reasoner(reasoner)).embed(verbalize_frame(ref.iloc[:k], kb))
+        e_cur = LTPEncoder(load_reasoner(current_reasoner or reasoner)).embed(verbalize_frame(cur.iloc[:k], kb))
+        emb = embedding_drift(e_ref, e_cur)
+    gate = drift_gate(feats, max_share, embedding=emb)
+    if workspace:
+        snaps = [feats.snapshot] + ([embedding_snapshot(emb, ts)] if emb else [])
+        publish(workspace, snaps)
+    return {"features": feats, "embedding": emb, "gate": gate}
+
+
+def run_ab(world: str | Path, champion, challenger, share: float = 0.5, days: int | None = 2,
+           max_sessions: int | None = 2000, out: str | Path | None = None, workspace: str | Path | None = None,
+           progress: bool = True) -> dict:
+    """Replay a window through two arms (URLs of recommend endpoints, or callables), write the session log,
+    summarise, and publish per-day snapshots."""
+    if out is not None and Path(out).exists():
+        raise FileExistsError(f"{out} exists; A/B logs are never overwritten: choose a new --out")
+    arms = {name: http_arm(a) if isinstance(a, str) else a for name, a in (("champion", champion), ("challenger", challenger))}
+    log = simulate_ab(eval_window(world, days, max_sessions), arms, share, progress=progress)
+    summary = ab_summary(log)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        log.to_parquet(Path(out).with_suffix(".tmp"), index=False)
+        Path(out).with_suffix(".tmp").replace(out)
+    if workspace:
+        publish(workspace, publish_inputs(log))
+    return {"log": log, "summary": summary, "table": summary_table(summary)}
+
+
+def publish_inputs(log: pd.DataFrame) -> list:
+    """Per-day A/B snapshots, with the tests computed on the data up to the end of each day (what a team
+    watching the experiment would have seen that day)."""
+    day = pd.to_datetime(log.event_timestamp, utc=True).dt.floor("D")
+    stats = {}
+    for d in sorted(day.unique()):
+        upto = log[day <= d]
+        if upto.arm.nunique() == 2:
+            stats[pd.Timestamp(d).to_pydatetime()] = stats_row(ab_summary(upto))
+    return ab_snapshots(log, stats)

@@ -1,0 +1,111 @@
+"""The Evidently workspace on disk: one project per environment, its dashboard, and the snapshots a
+monitoring run publishes (A/B per arm and day, A/B statistics, feature / score / embedding drift).
+
+    rgalign monitor publish --log ab.parquet --workspace monitoring/workspace
+    rgalign ui --workspace monitoring/workspace          # Evidently UI on http://127.0.0.1:8000
+
+Per-arm rates are Evidently ``MeanValue`` metrics of 0/1 columns (CTR@3 = click3, intent hit rate = hit3,
+CSAT = csat_good over rated sessions): single values the dashboard can plot per arm (tags ``arm:<name>``),
+unlike the recsys presets, which drop sessions without a click and cannot pick k. The A/B tests are computed
+by ``rgalign.abtest`` and published as a one-row dataset of p-values (tag ``ab-stats``).
+Publishing only appends snapshots: a failed run leaves every earlier snapshot as it was.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_WORKSPACE = Path("artifacts") / "evidently"
+AB_COLUMNS = {"click3": "CTR@3", "hit3": "intent hit rate", "csat_good": "CSAT"}
+STAT_COLUMNS = {"p_ctr3": "CTR@3 p (fixed)", "p_seq_ctr3": "CTR@3 p (sequential)", "p_csat": "CSAT p (fixed)",
+                "p_hit3": "hit rate p (fixed)", "guardrail": "CSAT guardrail breached (1 = yes)"}
+
+
+def _ws(path: str | Path):
+    from evidently.ui.workspace import Workspace
+    return Workspace.create(str(path))
+
+
+def project(path: str | Path, name: str = "rgalign-rec dev"):
+    """The project called ``name`` (created with its dashboard on first use)."""
+    ws = _ws(path)
+    found = [p for p in ws.search_project(name)] if hasattr(ws, "search_project") else []
+    if found:
+        return ws, found[0]
+    p = ws.create_project(name, description="Proactive intent recommendation: A/B arms, drift, guardrails")
+    _dashboard(p)
+    return ws, p
+
+
+def _dashboard(p) -> None:
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import line_plot_panel, text_panel
+    arms = ("champion", "challenger")
+    p.dashboard.add_panel(text_panel("rgalign-rec: champion vs challenger", "daily per-arm rates, tests and drift"),
+                          tab="A/B")
+    for col, title in AB_COLUMNS.items():
+        p.dashboard.add_panel(line_plot_panel(f"{title} per arm", [
+            PanelMetric(legend=a, tags=[f"arm:{a}"], metric="MeanValue", metric_labels={"column": col}) for a in arms],
+            size="half"), tab="A/B")
+    p.dashboard.add_panel(line_plot_panel("A/B p-values (fixed horizon and sequential)", [
+        PanelMetric(legend=t, tags=["ab-stats"], metric="MeanValue", metric_labels={"column": c})
+        for c, t in STAT_COLUMNS.items() if c != "guardrail"], size="half"), tab="A/B")
+    p.dashboard.add_panel(line_plot_panel("CSAT guardrail", [
+        PanelMetric(legend="breached", tags=["ab-stats"], metric="MeanValue", metric_labels={"column": "guardrail"})],
+        size="half"), tab="A/B")
+    p.dashboard.add_panel(line_plot_panel("Share of drifted feature columns", [
+        PanelMetric(legend="features", tags=["drift"], metric="DriftedColumnsCount", metric_labels={"value_type": "share"})],
+        size="half"), tab="Drift")
+    p.dashboard.add_panel(line_plot_panel("Query-embedding drift (domain classifier ROC AUC)", [
+        PanelMetric(legend="LTP", tags=["embedding-drift"], metric="MeanValue", metric_labels={"column": "embedding_auc"})],
+        size="half"), tab="Drift")
+    p.save()
+
+
+def _mean_report(frame: pd.DataFrame, columns: list[str], ts: datetime, tags: list[str], name: str):
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import MeanValue, RowCount
+    dd = DataDefinition(numerical_columns=columns)
+    rep = Report([RowCount()] + [MeanValue(column=c) for c in columns], tags=tags)
+    return rep.run(Dataset.from_pandas(frame[columns].astype(float), data_definition=dd), None, timestamp=ts, name=name)
+
+
+def ab_snapshots(log: pd.DataFrame, summary_by_day: dict | None = None) -> list:
+    """Per day and arm: rates of the log (sessions without a click count as 0; CSAT over rated sessions)."""
+    if log.empty:
+        raise ValueError("the A/B log is empty: nothing to publish")
+    log = log.assign(day=pd.to_datetime(log.event_timestamp, utc=True).dt.floor("D"),
+                     csat_good=np.where(log.csat == "none", np.nan, (log.csat == "good").astype(float)))
+    snaps = []
+    for (day, arm), g in log.groupby(["day", "arm"]):
+        snaps.append(_mean_report(g, list(AB_COLUMNS), day.to_pydatetime(), [f"arm:{arm}"], f"A/B {arm} {day:%Y-%m-%d}"))
+    for day, stats in (summary_by_day or {}).items():
+        snaps.append(_mean_report(pd.DataFrame([stats]), list(STAT_COLUMNS), day, ["ab-stats"], f"A/B tests {day:%Y-%m-%d}"))
+    return snaps
+
+
+def stats_row(summary: dict) -> dict:
+    """The p-values of one ``rgalign.abtest.ab_summary`` as the one-row frame the dashboard plots."""
+    rows = {r.metric: r for r in summary["rows"]}
+    nan = float("nan")
+    return {"p_ctr3": rows["CTR@3"].p_value, "p_seq_ctr3": rows["CTR@3"].p_sequential,
+            "p_hit3": rows["intent hit rate"].p_value, "p_csat": rows["CSAT"].p_value if "CSAT" in rows else nan,
+            "guardrail": float(summary["guardrail_breached"])}
+
+
+def embedding_snapshot(result: dict, ts: datetime):
+    return _mean_report(pd.DataFrame([{"embedding_auc": result["score"]}]), ["embedding_auc"], ts, ["embedding-drift"],
+                        f"embedding drift {ts:%Y-%m-%d}")
+
+
+def publish(path: str | Path, snapshots: list, name: str = "rgalign-rec dev") -> int:
+    """Append ``snapshots`` to the project; returns how many the project holds now."""
+    if not snapshots:
+        raise ValueError("no snapshots to publish")
+    ws, p = project(path, name)
+    for s in snapshots:
+        ws.add_run(p.id, s)
+    return len(ws.list_runs(p.id)) if hasattr(ws, "list_runs") else len(snapshots)
