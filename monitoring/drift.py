@@ -87,15 +87,13 @@ def feature_drift(reference: pd.DataFrame, current: pd.DataFrame, numerical: lis
     report = Report([DataDriftPreset(columns=num + cat, **m)], include_tests=False, tags=list(tags))
     snap = report.run(Dataset.from_pandas(prep(current), data_definition=dd),
                       Dataset.from_pandas(prep(reference), data_definition=dd), timestamp=timestamp)
-    per, share = {}, 0.0
+    per = {}
     for metric in snap.dict()["metrics"]:
         cfg = metric["config"]
         if cfg["type"].endswith("ValueDrift"):
             score, thr = float(metric["value"]), cfg.get("threshold")
             drift = score < thr if cfg["method"] in P_VALUE_METHODS else score >= thr
             per[cfg["column"]] = {"method": cfg["method"], "score": score, "threshold": thr, "drift": bool(drift)}
-        elif cfg["type"].endswith("DriftedColumnsCount"):
-            share = float(metric["value"]["share"])
     drifted = sorted(c for c, v in per.items() if v["drift"])
     return DriftResult(len(drifted) / max(1, len(per)), drifted, per, m, len(reference), len(current), snap)
 

@@ -22,20 +22,16 @@ fails with a clear message if too few samples remain.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
-import time
-import urllib.error
-import urllib.request
 import warnings
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from rgalign.features.metadata import ENTRY_POINTS, FEATURES, ORDER_STATUSES
+from rgalign.chat import ChatClient, EndpointUnreachable
 from rgalign.features.prompt import ReasonerPrompt
 from rgalign.reasoner.corpus import rule_question
 
@@ -141,63 +137,28 @@ class HFTeacher(Teacher):
                                 batch_size=self.batch_size)
 
 
-class TeacherUnreachable(RuntimeError):
-    pass
+TeacherUnreachable = EndpointUnreachable
 
 
 class OpenAITeacher(Teacher):
-    """An OpenAI-compatible chat endpoint. ``base_url`` like ``http://host:8000/v1``; the key is read from
-    the environment variable ``api_key_env`` (never from a file in the repo)."""
+    """An OpenAI-compatible chat endpoint (``rgalign.chat.ChatClient``) asked with the section 3.2 prompt."""
 
     def __init__(self, base_url: str, model: str, name: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  timeout_s: float = 30.0, retries: int = 2, concurrency: int = 8, max_tokens: int = 64,
                  temperature: float = 0.0):
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url={base_url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1)")
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.name = model, name or f"openai:{model}"
-        self.key = os.environ.get(api_key_env, "")
-        self.timeout_s, self.retries, self.concurrency = timeout_s, retries, concurrency
-        self.max_tokens, self.temperature = max_tokens, temperature
+        self.client = ChatClient(base_url, model, api_key_env, timeout_s, retries, concurrency, max_tokens, temperature)
+        self.name = name or f"openai:{model}"
         self.prompt = ReasonerPrompt()
-        self.failures = Counter()
 
-    def _one(self, context: str) -> str | None:
-        body = json.dumps({"model": self.model, "messages": self.prompt.messages(context),
-                           "max_tokens": self.max_tokens, "temperature": self.temperature}).encode()
-        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {self.key}"} if self.key else {})}
-        last = None
-        for attempt in range(self.retries + 1):
-            try:
-                req = urllib.request.Request(self.url, body, headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
-                    return json.loads(r.read())["choices"][0]["message"]["content"]
-            except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code}"
-                if e.code < 500 and e.code != 429:
-                    break
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-                last = type(getattr(e, "reason", e)).__name__
-            except (KeyError, IndexError, ValueError):
-                last = "malformed response"
-            time.sleep(min(0.2 * 2 ** attempt, 2.0))
-        self.failures[last] += 1
-        return None
+    @property
+    def failures(self):
+        return self.client.failures
 
     def check(self) -> None:
-        """Fail fast with a clear message when the endpoint cannot be reached at all."""
-        try:
-            urllib.request.urlopen(urllib.request.Request(self.url.replace("/chat/completions", "/models")),
-                                   timeout=self.timeout_s)
-        except urllib.error.HTTPError:
-            return  # reachable (it answered)
-        except (urllib.error.URLError, OSError) as e:
-            raise TeacherUnreachable(f"teacher {self.name}: {self.url} is unreachable ({e}); check "
-                                     "alignment.teacher_url and that the server is running") from None
+        self.client.check(f"teacher {self.name}", "alignment.teacher_url")
 
     def generate(self, contexts):
-        with ThreadPoolExecutor(self.concurrency) as ex:
-            return list(ex.map(self._one, contexts))
+        return self.client.complete_many([self.prompt.messages(c) for c in contexts])
 
 
 @dataclass
