@@ -57,21 +57,38 @@ def run_drift(world: str | Path, window: int = 2000, scenario: str | None = None
 
 def run_ab(world: str | Path, champion, challenger, share: float = 0.5, days: int | None = 2,
            max_sessions: int | None = 2000, out: str | Path | None = None, workspace: str | Path | None = None,
-           progress: bool = True) -> dict:
+           progress: bool = True, judge=None) -> dict:
     """Replay a window through two arms (URLs of recommend endpoints, or callables), write the session log,
-    summarise, and publish per-day snapshots."""
+    summarise, and publish per-day snapshots. With ``judge`` (an ``rgalign.judge.IntentJudge``), each session
+    also gets ``judged_intent`` from its transcript and the judge's agreement with the world's truth is reported."""
     if out is not None and Path(out).exists():
         raise FileExistsError(f"{out} exists; A/B logs are never overwritten: choose a new --out")
     arms = {name: http_arm(a) if isinstance(a, str) else a for name, a in (("champion", champion), ("challenger", challenger))}
     log = simulate_ab(eval_window(world, days, max_sessions), arms, share, progress=progress)
     summary = ab_summary(log)
+    table = summary_table(summary)
+    if judge is not None:
+        from rgalign.judge import agreement, judged_hit_rate
+        log["judged_intent"] = judge.judge(transcripts(world, log))
+        agree = agreement(log.judged_intent.tolist(), log.true_intent)
+        rate, miss = judged_hit_rate(log.shown.tolist(), log.judged_intent.tolist())
+        table += (f"\nLLM judge: agreement with the true intent {agree:.3f}; judged hit rate {rate:.4f} "
+                  f"({miss} sessions unlabelled) vs true hit rate {log.hit3.mean():.4f}")
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         log.to_parquet(Path(out).with_suffix(".tmp"), index=False)
         Path(out).with_suffix(".tmp").replace(out)
     if workspace:
         publish(workspace, publish_inputs(log))
-    return {"log": log, "summary": summary, "table": summary_table(summary)}
+    return {"log": log, "summary": summary, "table": table}
+
+
+def transcripts(world: str | Path, log: pd.DataFrame) -> list[str]:
+    """Simulated session transcripts: the user states the need behind the true intent in the KB's words
+    (production transcripts come from the chat logs)."""
+    kb = pd.read_parquet(Path(world) / "kb.parquet").set_index("intent_id")
+    return [f"user: {kb.description.get(int(t), 'I need help with my order')}\nassistant: Let me check that for you."
+            for t in log.true_intent]
 
 
 def publish_inputs(log: pd.DataFrame) -> list:

@@ -399,8 +399,16 @@ def cmd_monitor(args) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from monitoring import jobs
     if args.sub == "ab":
+        judge = None
+        if args.judge_url:
+            import pandas as pd
+            from rgalign.chat import ChatClient
+            from rgalign.judge import IntentJudge
+            client = ChatClient(args.judge_url, args.judge_model, max_tokens=8)
+            client.check("judge", "--judge-url")
+            judge = IntentJudge(client, pd.read_parquet(Path(args.world) / "kb.parquet"))
         res = jobs.run_ab(args.world, _arm(args.champion, args), _arm(args.challenger, args), args.share, args.days,
-                          args.max_sessions, args.out, args.workspace)
+                          args.max_sessions, args.out, args.workspace, judge=judge)
         print(res["table"])
         if args.out:
             print(f"log: {args.out} ({len(res['log']):,} sessions)")
@@ -577,6 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--days", type=int, default=2, help="days of the evaluation week to replay")
     ab.add_argument("--max-sessions", type=int, default=2000)
     ab.add_argument("--out", default=None, help="session log parquet (never overwritten)")
+    ab.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint of the intent-hit LLM judge")
+    ab.add_argument("--judge-model", default="gpt-5-mini", help="the judge's model name")
     dr_ = mon.add_parser("drift", help="feature / embedding drift of the evaluation week vs the training weeks")
     dr_.add_argument("--world", required=True)
     dr_.add_argument("--window", type=int, default=2000, help="sessions per window")

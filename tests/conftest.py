@@ -59,3 +59,45 @@ def build_micro_reasoner(out):
 @pytest.fixture(scope="session")
 def micro_reasoner(tmp_path_factory):
     return build_micro_reasoner(tmp_path_factory.mktemp("r") / "raw")
+
+
+class json_server:
+    """A loopback HTTP server whose POST answers are ``reply(path, body) -> (status, dict)``; GET -> 404.
+    Use as a context manager; ``.url`` is its base URL."""
+
+    def __init__(self, reply):
+        import json
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                status, out = reply(self.path, body)
+                data = json.dumps(out).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self.send_response(404)
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}"
+
+    def __enter__(self):
+        import threading
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *a):
+        self.srv.shutdown()
+
+
+def chat_reply(text: str) -> dict:
+    """An OpenAI chat-completions response body."""
+    return {"choices": [{"message": {"role": "assistant", "content": text}}]}

@@ -98,3 +98,32 @@ def test_bad_logs_get_clear_errors():
                       share=0.0, progress=False)
     with pytest.raises(ValueError, match="challenger"):
         ab_summary(log)
+
+
+def test_llm_judge_against_a_local_fake_endpoint_and_agreement():
+    from conftest import chat_reply, json_server
+    from rgalign.chat import ChatClient
+    from rgalign.judge import IntentJudge, agreement, judged_hit_rate
+    kb = pd.DataFrame({"intent_id": [1, 2, 3], "title": ["Track my parcel", "Refund status", "Change address"]})
+    calls = {"n": 0}
+
+    def reply(path, body):
+        text = body["messages"][-1]["content"]
+        assert "1. Track my parcel" in text and "3. Change address" in text     # the KB is the answer space
+        calls["n"] += 1
+        if "flaky" in text and calls["n"] % 2:
+            return 503, {"error": "busy"}                                     # retried
+        if "parcel" in text.split("Transcript:")[1]:
+            return 200, chat_reply("1")
+        if "refund" in text.split("Transcript:")[1]:
+            return 200, chat_reply("Intent 2.")
+        return 200, chat_reply("I think it is 42")                             # not in the KB -> no answer
+    with json_server(reply) as srv:
+        judge = IntentJudge(ChatClient(f"{srv.url}/v1", "fake-judge", retries=2, timeout_s=5), kb)
+        got = judge.judge(["user: where is my parcel", "user: flaky refund please", "user: hello"])
+    assert got == [1, 2, None]
+    assert agreement(got, [1, 3, 3]) == pytest.approx(1 / 3)
+    rate, unlabelled = judged_hit_rate([[1, 2, 3], [3, 1, 5], [1, 2, 3]], got)
+    assert rate == 0.5 and unlabelled == 1
+    with pytest.raises(ValueError, match="non-empty"):
+        judge.judge([""])

@@ -2,13 +2,12 @@
 import json
 from pathlib import Path
 import math
-import threading
 import time
 import warnings
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from conftest import chat_reply, json_server
 import torch
 
 from rgalign.alignment.best_of_n import STRATEGIES, best_of_n, edit_distance, preference_pairs
@@ -193,36 +192,18 @@ def test_pool_fails_clearly_when_too_few_candidates_remain():
             TeacherPool(bad, min_samples=1).generate(ctx)
 
 
-class FakeChat(BaseHTTPRequestHandler):
+def fake_chat(path, body):
     """OpenAI-compatible fake: 'slow' contexts time out, 'empty' ones get '', others a question."""
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        user = body["messages"][-1]["content"]
-        if "slow" in user:
-            time.sleep(1.0)
-        text = "" if "empty" in user else "Where is my parcel that was shipped last week, can you check it?"
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        self.send_response(404)
-        self.end_headers()
-
-    def log_message(self, *a):
-        pass
+    user = body["messages"][-1]["content"]
+    if "slow" in user:
+        time.sleep(1.0)
+    return 200, chat_reply("" if "empty" in user else "Where is my parcel that was shipped last week, can you check it?")
 
 
 @pytest.fixture
 def fake_endpoint():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), FakeChat)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
-    srv.shutdown()
+    with json_server(fake_chat) as srv:
+        yield f"{srv.url}/v1"
 
 
 def test_openai_teacher_against_a_local_fake_endpoint(fake_endpoint):

@@ -68,3 +68,35 @@ def test_embedding_drift_on_a_shifted_reasoner_not_on_a_reseeded_identical_one(f
         for p in shifted.model.model.layers[-1].parameters():
             p.add_(0.5 * torch.randn_like(p))
     assert embedding_drift(ref, LTPEncoder(shifted, max_prompt_tokens=256).embed(ctx[300:]))["drift"]
+
+
+def test_ab_job_log_judge_workspace_and_bad_input(small_world, tmp_path):
+    from conftest import chat_reply, json_server
+    from monitoring import jobs
+    from monitoring.workspace import project, publish
+    from rgalign.chat import ChatClient
+    from rgalign.judge import IntentJudge
+    kb = pd.read_parquet(small_world / "kb.parquet")
+    by_desc = dict(zip(kb.description, kb.intent_id))
+
+    def arm(users, eps, k):  # a popularity arm: the same three intents for everyone
+        return [{"intent_ids": [1, 2, 3], "scores": [0.3, 0.2, 0.1], "fallback": False} for _ in users]
+
+    def reply(path, body):   # a judge that reads the transcript right
+        said = body["messages"][-1]["content"].split("user: ")[1].split("\nassistant")[0]
+        return 200, chat_reply(str(by_desc[said]))
+    ws, out = tmp_path / "ws", tmp_path / "ab.parquet"
+    with json_server(reply) as srv:
+        judge = IntentJudge(ChatClient(f"{srv.url}/v1", "fake"), kb)
+        res = jobs.run_ab(small_world, arm, arm, days=7, max_sessions=300, out=out, workspace=ws, progress=False, judge=judge)
+    log = pd.read_parquet(out)
+    assert len(log) == len(res["log"]) and (log.judged_intent == log.true_intent).all()
+    assert "agreement with the true intent 1.000" in res["table"]
+    wsp, p = project(ws)
+    before = len(wsp.list_runs(p.id))
+    assert before > 0
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        jobs.run_ab(small_world, arm, arm, out=out, progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        publish(ws, jobs.publish_inputs(log.iloc[:0]))
+    assert len(wsp.list_runs(p.id)) == before                       # a failed publish loses no snapshot
