@@ -4,8 +4,8 @@ monitoring run publishes (A/B per arm and day, A/B statistics, feature / score /
     rgalign monitor publish --log ab.parquet --workspace monitoring/workspace
     rgalign ui --workspace monitoring/workspace          # Evidently UI on http://127.0.0.1:8000
 
-Per-arm rates are Evidently ``MeanValue`` metrics of 0/1 columns (CTR@3 = click3, intent hit rate = hit3,
-CSAT = csat_good over rated sessions): single values the dashboard can plot per arm (tags ``arm:<name>``),
+Per-arm rates are Evidently ``MeanValue`` metrics of 0/1 columns (CTR@3 = click3_<arm>, intent hit rate =
+hit3_<arm>, CSAT = csat_good_<arm> over rated sessions): single values the dashboard can plot per arm,
 unlike the recsys presets, which drop sessions without a click and cannot pick k. The A/B tests are computed
 by ``rgalign.abtest`` and published as a one-row dataset of p-values (tag ``ab-stats``).
 Publishing only appends snapshots: a failed run leaves every earlier snapshot as it was.
@@ -46,10 +46,10 @@ def _dashboard(p) -> None:
     arms = ("champion", "challenger")
     p.dashboard.add_panel(text_panel("rgalign-rec: champion vs challenger", "daily per-arm rates, tests and drift"),
                           tab="A/B")
-    for col, title in AB_COLUMNS.items():
+    for col, title in AB_COLUMNS.items():  # one column per arm: the UI merges series that differ only by tags
         p.dashboard.add_panel(line_plot_panel(f"{title} per arm", [
-            PanelMetric(legend=a, tags=[f"arm:{a}"], metric="MeanValue", metric_labels={"column": col}) for a in arms],
-            size="half"), tab="A/B")
+            PanelMetric(legend=a, tags=[f"arm:{a}"], metric="MeanValue", metric_labels={"column": f"{col}_{a}"})
+            for a in arms], size="half"), tab="A/B")
     p.dashboard.add_panel(line_plot_panel("A/B p-values (fixed horizon and sequential)", [
         PanelMetric(legend=t, tags=["ab-stats"], metric="MeanValue", metric_labels={"column": c})
         for c, t in STAT_COLUMNS.items() if c != "guardrail"], size="half"), tab="A/B")
@@ -81,7 +81,9 @@ def ab_snapshots(log: pd.DataFrame, summary_by_day: dict | None = None) -> list:
                      csat_good=np.where(log.csat == "none", np.nan, (log.csat == "good").astype(float)))
     snaps = []
     for (day, arm), g in log.groupby(["day", "arm"]):
-        snaps.append(_mean_report(g, list(AB_COLUMNS), day.to_pydatetime(), [f"arm:{arm}"], f"A/B {arm} {day:%Y-%m-%d}"))
+        cols = {c: f"{c}_{arm}" for c in AB_COLUMNS}
+        snaps.append(_mean_report(g.rename(columns=cols), list(cols.values()), day.to_pydatetime(), [f"arm:{arm}"],
+                                  f"A/B {arm} {day:%Y-%m-%d}"))
     for day, stats in (summary_by_day or {}).items():
         snaps.append(_mean_report(pd.DataFrame([stats]), list(STAT_COLUMNS), day, ["ab-stats"], f"A/B tests {day:%Y-%m-%d}"))
     return snaps

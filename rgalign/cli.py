@@ -386,13 +386,15 @@ def cmd_deploy(args) -> int:
 
 
 def _arm(ref: str, args):
-    """An A/B arm: a recommend endpoint URL, or a registry alias served in process."""
+    """An A/B arm: a recommend endpoint URL, ``popularity`` (the floor), or a registry alias/version served in
+    process."""
     if ref.startswith(("http://", "https://")):
         return ref
     from rgalign.recommend import Recommender
     from rgalign.registry import Registry
-    b = Registry(args.tracking_uri, args.artifacts).serving_bundle(args.env, ref)
-    return Recommender(b["ranker"]["dir"], b.get("reasoner", {}).get("dir"), args.world, args.feast_dir).recommend
+    b = Registry(args.tracking_uri, args.artifacts).serving_bundle(args.env, "champion" if ref == "popularity" else ref)
+    rec = Recommender(b["ranker"]["dir"], b.get("reasoner", {}).get("dir"), args.world, args.feast_dir)
+    return rec.popularity if ref == "popularity" else rec.recommend
 
 
 def cmd_monitor(args) -> int:
@@ -579,8 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="sub", required=True)
     ab = mon.add_parser("ab", help="replay evaluation sessions through champion and challenger; log + tests")
     ab.add_argument("--world", required=True)
-    ab.add_argument("--champion", required=True, help="recommend endpoint URL (V1) or registry alias")
-    ab.add_argument("--challenger", required=True, help="recommend endpoint URL (V1) or registry alias")
+    ab.add_argument("--champion", required=True, help="recommend endpoint URL (V1), registry alias/version, or popularity")
+    ab.add_argument("--challenger", required=True, help="recommend endpoint URL (V1), registry alias/version, or popularity")
     ab.add_argument("--share", type=float, default=0.5, help="challenger traffic share (sticky per user)")
     ab.add_argument("--days", type=int, default=2, help="days of the evaluation week to replay")
     ab.add_argument("--max-sessions", type=int, default=2000)

@@ -279,6 +279,10 @@ class Recommender:
             out[i] = self._item(user_ids[i], self.popular[:k], self.popular_share[:k], True)
         return out
 
+    def popularity(self, user_ids: list[int], entry_points=None, k: int = 3) -> list[dict]:
+        """The popularity floor for everyone (the unknown-user fallback, as an A/B arm)."""
+        return [self._item(u, self.popular[:k], self.popular_share[:k], True) for u in user_ids]
+
     def _item(self, user: int, ids, scores, fallback: bool) -> dict:
         ids = [int(x) for x in ids]
         return {"user_id": int(user), "intent_ids": ids, "scores": [round(float(s), 6) for s in scores],
