@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from rgalign.recommend import (RemoteReasoner, RequestError, Recommender, parse_contexts, parse_feature_rows, parse_k,
+from rgalign.recommend import (MicroBatcher, RemoteReasoner, RequestError, Recommender, parse_contexts, parse_feature_rows, parse_k,
                                parse_users)
 from serving import kserve_module
 
@@ -142,14 +142,19 @@ class RankerModel(_Base):
 
 
 class RecommendModel(_Base):
-    """Feast online lookup -> verbalization -> reasoner -> ranker, in process (the local and single-pod path)."""
+    """Feast online lookup -> verbalization -> reasoner -> ranker, in process (the local and single-pod path),
+    with concurrent requests micro-batched."""
+
+    def __init__(self, name: str, rec: Recommender):
+        super().__init__(name, rec)
+        self.batcher = MicroBatcher(rec.recommend, self.pool)
     inputs = [("user_id", "INT64", [-1]), ("entry_point", "INT64", [-1])]
     outputs = [("intent_ids", "INT64", [-1, -1]), ("scores", "FP32", [-1, -1]), ("fallback", "BOOL", [-1])]
 
     async def predict_v1(self, payload):
         k = parse_k(payload.get("k"))
         users, entries = parse_users(payload["instances"])
-        return {"predictions": await self._run(self.rec.recommend, users, entries, k)}
+        return {"predictions": await self.batcher.submit(users, entries, k)}
 
     async def predict_v2(self, req):
         k = parse_k((req.parameters or {}).get("k"), "parameters.k")
@@ -161,7 +166,7 @@ class RecommendModel(_Base):
         inst = [{"user_id": int(u), **({"entry_point": int(entry[i])} if entry is not None and entry[i] else {})}
                 for i, u in enumerate(users.tolist())]
         uid, eps = parse_users(inst)
-        res = await self._run(self.rec.recommend, uid, eps, k)
+        res = await self.batcher.submit(uid, eps, k)
         pad = lambda xs, fill: [x + [fill] * (k - len(x)) for x in xs]  # noqa: E731 (fewer intents than k)
         return self._response(req, {
             "intent_ids": ("INT64", np.asarray(pad([r["intent_ids"] for r in res], 0), np.int64)),
