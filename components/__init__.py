@@ -112,3 +112,30 @@ def record_run_status(artifacts_root: str, tracking_uri: str, run_id: str, statu
     from rgalign.tracking import record_pipeline_status
     record_pipeline_status(run_id, status.state, status.error_message or "", artifacts_root or "artifacts",
                            tracking_uri or None)
+
+
+@component
+def render_manifests(config: dict, artifacts_root: str, tracking_uri: str, manifests: Output[Dataset],
+                     metrics: Output[Metrics]):
+    """KServe InferenceServices (reasoner, ranker, vLLM reasoner) of the registered candidate, CRD-validated."""
+    from rgalign.steps import PipelineConfig, render_manifests as step, report
+    report(metrics, step(PipelineConfig(**config).env, "candidate", tracking_uri or None, artifacts_root or "artifacts",
+                         manifests.path))
+
+
+@component
+def drift_gate(config: dict, world: Input[Dataset], scenario: str, window: int, fail_on_drift: bool,
+               report_md: Output[Markdown]) -> bool:
+    """The monitoring gate: feature drift of the evaluation week vs the training weeks; True when it fired."""
+    from rgalign.steps import drift_gate as step
+    fired, md = step(world.path, scenario, window, fail_on_drift)
+    with open(report_md.path, "w") as fh:
+        fh.write(md)
+    return fired
+
+
+@component
+def request_retraining(config: dict, artifacts_root: str, tracking_uri: str, reason: str) -> str:
+    """Record the retraining request (and submit the training pipeline when KFP_HOST is set)."""
+    from rgalign.steps import PipelineConfig, request_retraining as step
+    return step(reason, PipelineConfig(**config).env, tracking_uri or None, artifacts_root or "artifacts")

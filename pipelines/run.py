@@ -3,7 +3,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from pipelines.training import build_pipeline, load_profile
+from pipelines.training import build_monitoring_pipeline, build_pipeline, load_profile
 from rgalign.steps import PipelineConfig
 
 
@@ -21,13 +21,31 @@ def run_local(cfg: PipelineConfig, root: str | Path = "artifacts", rga_method: s
     return {"seconds": round(time.perf_counter() - t0, 1), "pipeline_root": str(root / "kfp")}
 
 
-def compile_pipeline(out: str | Path, profile: str | None = "gpu-a100", profiles: str | Path | None = None) -> Path:
-    """Compile to YAML (PipelineSpec + PlatformSpec) with the Kubernetes settings of ``profile``."""
+def run_monitoring_local(cfg: PipelineConfig, root: str | Path = "artifacts", scenario: str = "", window: int = 2000,
+                         tracking_uri: str | None = None) -> dict:
+    """The monitoring pipeline (drift gate -> retraining request) through kfp.local."""
+    import kfp.local
+    root = Path(root).resolve()
+    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "kfp"),
+                   enable_caching=True, raise_on_error=True)
+    t0 = time.perf_counter()
+    build_monitoring_pipeline(None)(config=dataclasses.asdict(cfg), scenario=scenario, window=window,
+                                    artifacts_root=str(root), tracking_uri=tracking_uri or "")
+    return {"seconds": round(time.perf_counter() - t0, 1), "pipeline_root": str(root / "kfp")}
+
+
+def compile_pipeline(out: str | Path, profile: str | None = "gpu-a100", profiles: str | Path | None = None,
+                     pipeline: str = "training") -> Path:
+    """Compile to YAML (PipelineSpec + PlatformSpec) with the Kubernetes settings of ``profile``;
+    ``pipeline`` = training or monitoring."""
+    builders = {"training": build_pipeline, "monitoring": build_monitoring_pipeline}
+    if pipeline not in builders:
+        raise ValueError(f"pipeline={pipeline!r}; use one of {sorted(builders)}")
     from kfp import compiler
     prof = load_profile(profile, profiles) if profiles else load_profile(profile)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(prof), str(out))
+    compiler.Compiler().compile(builders[pipeline](prof), str(out))
     return out
 
 

@@ -89,9 +89,27 @@ def build_pipeline(profile: dict | None = None):
                     gate = configure(c.evaluation_gate(config=config, stage1=s1.outputs["ranker"],
                                                        stage3=s3.outputs["ranker"]), "light", profile)
                     with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (KFP condition)
-                        configure(c.register_models(config=config, artifacts_root=artifacts_root,
-                                                    tracking_uri=tracking_uri, run_id=run_id,
-                                                    world=data.outputs["world"], reasoner=aligned.outputs["aligned"],
-                                                    ranker=s3.outputs["ranker"]), "light", profile, retries=2,
-                                                    cache=False)  # a registry write is never skipped
+                        reg = configure(c.register_models(config=config, artifacts_root=artifacts_root,
+                                                          tracking_uri=tracking_uri, run_id=run_id,
+                                                          world=data.outputs["world"], reasoner=aligned.outputs["aligned"],
+                                                          ranker=s3.outputs["ranker"]), "light", profile, retries=2,
+                                                          cache=False)  # a registry write is never skipped
+                        configure(c.render_manifests(config=config, artifacts_root=artifacts_root,
+                                                     tracking_uri=tracking_uri).after(reg), "light", profile, cache=False)
+    return pipeline
+
+
+def build_monitoring_pipeline(profile: dict | None = None):
+    """The monitoring pipeline: features -> drift gate -> (fired) a recorded retraining request, which also
+    submits the training pipeline when the step sees ``KFP_HOST``."""
+
+    @dsl.pipeline(name="rgalign-monitoring", description="RGAlign-Rec: drift gate -> retraining request")
+    def pipeline(config: dict = dataclasses.asdict(PipelineConfig()), scenario: str = "", window: int = 2000,
+                 artifacts_root: str = "", tracking_uri: str = ""):
+        data = configure(c.prepare_features(config=config), "light", profile)
+        gate = configure(c.drift_gate(config=config, world=data.outputs["world"], scenario=scenario, window=window,
+                                      fail_on_drift=False), "light", profile, cache=False)
+        with dsl.If(gate.outputs["Output"] == True, name="drift-detected"):  # noqa: E712 (KFP condition)
+            configure(c.request_retraining(config=config, artifacts_root=artifacts_root, tracking_uri=tracking_uri,
+                                           reason="drift gate fired"), "light", profile, cache=False)
     return pipeline

@@ -311,9 +311,19 @@ def _pipeline_config(args):
 
 
 def cmd_pipeline(args) -> int:
-    from pipelines.run import compile_pipeline, run_local, submit
+    from pipelines.run import compile_pipeline, run_local, run_monitoring_local, submit
+    if args.sub == "monitor":
+        cfg = _pipeline_config(args)
+        try:
+            out = run_monitoring_local(cfg, args.artifacts, args.scenario or "", args.window, args.tracking_uri)
+        except RuntimeError as e:
+            print(f"rgalign: error: monitoring pipeline failed: {e}", file=sys.stderr)
+            return 5
+        print(f"monitoring pipeline finished in {out['seconds']:.0f} s; reports under {out['pipeline_root']}")
+        return 0
     if args.sub == "compile":
-        print(f"compiled: {compile_pipeline(args.output, args.profile, args.profiles)} (profile {args.profile})")
+        print(f"compiled: {compile_pipeline(args.output, args.profile, args.profiles, args.pipeline)} "
+              f"({args.pipeline} pipeline, profile {args.profile})")
     elif args.sub == "submit":
         try:
             run_id = submit(args.package, args.host, _pipeline_config(args), args.experiment, args.namespace, args.rga_method)
@@ -552,20 +562,26 @@ def build_parser() -> argparse.ArgumentParser:
     from rgalign.steps import PipelineConfig
     for name, hlp in (("run", "run locally with kfp.local (caching on), then print the registry"),
                       ("compile", "compile to YAML with a cluster profile's Kubernetes settings"),
-                      ("submit", "submit a compiled package to a Kubeflow Pipelines API server")):
+                      ("submit", "submit a compiled package to a Kubeflow Pipelines API server"),
+                      ("monitor", "run the monitoring pipeline (drift gate -> retraining request) with kfp.local")):
         c = pl.add_parser(name, help=hlp)
-        if name in ("run", "submit"):
+        if name in ("run", "submit", "monitor"):
             for f in dataclasses.fields(PipelineConfig):
                 c.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
                                help=f"pipeline parameter (default: {f.default})")
             c.add_argument("--rga-method", choices=["sft-cl", "sft-dpo"], default="sft-cl")
-        if name == "run":
+        if name in ("run", "monitor"):
             add_tracking_args(c, optional=False)
+        if name == "run":
             c.add_argument("--no-cache", action="store_true", help="disable kfp.local step caching")
+        if name == "monitor":
+            c.add_argument("--scenario", default=None, choices=["logistics"], help="a drifted scenario")
+            c.add_argument("--window", type=int, default=2000, help="sessions per drift window")
         if name == "compile":
             c.add_argument("--output", default="pipelines/rgalign_training.yaml")
             c.add_argument("--profile", default="gpu-a100", help="cluster profile name")
             c.add_argument("--profiles", default=None, help="profiles file (default: pipelines/cluster_profiles.yaml)")
+            c.add_argument("--pipeline", default="training", choices=["training", "monitoring"])
         if name == "submit":
             c.add_argument("--package", default="pipelines/rgalign_training.yaml")
             c.add_argument("--host", required=True, help="Kubeflow Pipelines API, e.g. http://127.0.0.1:8888")

@@ -232,3 +232,55 @@ def register(reasoner: str | Path, ranker: str | Path, world_folder: str | Path,
     reg.promote(env, "reasoner", rv, "candidate")
     reg.promote(env, "ranker", kv, "candidate")
     return {"reasoner_version": rv, "ranker_version": kv}
+
+
+def render_manifests(env: str, alias: str, tracking_uri: str | None, root: str | Path, out: str | Path) -> dict:
+    """The KServe InferenceServices of the just-registered versions (validated against the CRD schema)."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # serving/ beside the package in a checkout
+    from rgalign.config import DeployConfig
+    from rgalign.registry import Registry
+    from serving.manifests import render
+    bundle = Registry(tracking_uri, root).serving_bundle(env, alias)
+    paths = render(bundle, DeployConfig(env=env, alias=alias), out)
+    return {"manifests": len(paths), "ranker_version": int(bundle["ranker"]["version"])}
+
+
+class DriftDetected(RuntimeError):
+    """The drift gate fired and the caller asked to fail on drift."""
+
+
+def drift_gate(world_folder: str | Path, scenario: str, window: int, fail_on_drift: bool) -> tuple[bool, str]:
+    """The monitoring gate: evaluation week vs training weeks (optionally under a drifted scenario). Returns
+    ``(fired, markdown report)``; raises ``DriftDetected`` when it fired and ``fail_on_drift``."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from monitoring.jobs import run_drift
+    inject_failure("drift_gate")
+    res = run_drift(world_of(world_folder), window, scenario or None)
+    g, f = res["gate"], res["features"]
+    md = (f"# Drift gate: {'FIRED' if g.fired else 'quiet'}\n\n" + "\n".join(f"- {r}" for r in g.reasons) +
+          f"\n\n{len(f.drifted)}/{len(f.per_column)} columns drifted ({f.methods['num_method']} / "
+          f"{f.methods['cat_method']}, {f.n_reference:,} vs {f.n_current:,} sessions)\n")
+    if g.fired and fail_on_drift:
+        raise DriftDetected("drift gate fired: " + "; ".join(g.reasons))
+    return g.fired, md
+
+
+def request_retraining(reason: str, env: str, tracking_uri: str | None, root: str | Path) -> str:
+    """Record a retraining request in MLflow (experiment ``rgalign-monitoring``) and, when ``KFP_HOST`` is set,
+    submit the compiled training pipeline (``RGALIGN_PIPELINE_PACKAGE``) to it. Returns the MLflow run id."""
+    import os
+
+    import mlflow
+
+    from rgalign.tracking import experiment
+    exp = experiment("rgalign-monitoring", tracking_uri, root)
+    with mlflow.start_run(experiment_id=exp, run_name="retraining requested") as run:
+        mlflow.set_tags({"action": "retraining-requested", "env": env, "reason": reason[:5000]})
+        host = os.environ.get("KFP_HOST")
+        if host:
+            from pipelines.run import submit
+            run_id = submit(os.environ.get("RGALIGN_PIPELINE_PACKAGE", "rgalign-training.yaml"), host, PipelineConfig(env=env))
+            mlflow.set_tag("training_run_id", run_id)
+    return run.info.run_id

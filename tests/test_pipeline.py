@@ -166,3 +166,36 @@ def test_full_pipeline_locally_then_a_failed_late_step_leaves_registry_and_featu
     import mlflow
     runs = mlflow.search_runs([experiment("rgalign-pipeline-runs", None, tmp_path)], order_by=["attributes.start_time ASC"])
     assert runs["tags.state"].tolist() == ["SUCCEEDED", "FAILED"]
+
+
+def test_monitoring_pipeline_compiles_strictly(tmp_path):
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+    out = compile_pipeline(tmp_path / "m.yaml", "gpu-a100", pipeline="monitoring")
+    docs = list(yaml.safe_load_all(out.read_text()))
+    spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
+    assert {"comp-drift-gate", "comp-request-retraining"} <= set(spec.components)
+    with pytest.raises(ValueError, match="pipeline="):
+        compile_pipeline(tmp_path / "x.yaml", "gpu-a100", pipeline="serving")
+
+
+@pytest.mark.slow
+def test_monitoring_pipeline_requests_retraining_only_on_drift(tmp_path, two_threads):
+    """kfp.local: the drift gate fires on the logistics-disruption scenario and records a retraining request;
+    on the undisturbed evaluation week it stays quiet and requests nothing."""
+    import mlflow
+
+    from pipelines.run import run_monitoring_local
+    from rgalign.steps import PipelineConfig
+    from rgalign.tracking import default_uri, use
+
+    def requests():
+        use(default_uri(tmp_path))
+        exp = mlflow.get_experiment_by_name("rgalign-monitoring")
+        return 0 if exp is None else len(mlflow.search_runs([exp.experiment_id]))
+    run_monitoring_local(PipelineConfig(), tmp_path, scenario="logistics", window=1500)
+    assert requests() == 1
+    run_monitoring_local(PipelineConfig(), tmp_path, scenario="", window=1500)
+    assert requests() == 1
+    reports = list((tmp_path / "kfp").rglob("report_md"))
+    assert any("FIRED" in p.read_text() for p in reports) and any("quiet" in p.read_text() for p in reports)
