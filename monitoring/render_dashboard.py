@@ -31,7 +31,7 @@ def main():
     ap.add_argument("--workspace", default="artifacts/evidently")
     ap.add_argument("--project", default="rgalign-rec dev")
     ap.add_argument("--out", default="docs/dashboard.png")
-    ap.add_argument("--size", default="1400,2000")
+    ap.add_argument("--size", default="1400,2300")
     ap.add_argument("--wait-ms", type=int, default=20000, help="virtual time for the page to draw its charts")
     a = ap.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
