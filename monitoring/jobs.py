@@ -94,6 +94,12 @@ def transcripts(world: str | Path, log: pd.DataFrame) -> list[str]:
 def publish_inputs(log: pd.DataFrame) -> list:
     """Per-day A/B snapshots, with the tests computed on the data up to the end of each day (what a team
     watching the experiment would have seen that day)."""
+    from rgalign.abtest import LOG_COLUMNS
+    missing = [c for c in LOG_COLUMNS if c not in log.columns]
+    if missing:
+        raise KeyError(f"the A/B log lacks column(s) {missing}; publish logs written by `rgalign monitor ab`")
+    if log.empty:
+        raise ValueError("the A/B log is empty: nothing to publish")
     day = pd.to_datetime(log.event_timestamp, utc=True).dt.floor("D")
     stats = {}
     for d in sorted(day.unique()):

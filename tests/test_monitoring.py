@@ -100,3 +100,13 @@ def test_ab_job_log_judge_workspace_and_bad_input(small_world, tmp_path):
     with pytest.raises(ValueError, match="empty"):
         publish(ws, jobs.publish_inputs(log.iloc[:0]))
     assert len(wsp.list_runs(p.id)) == before                       # a failed publish loses no snapshot
+
+
+def test_cli_bad_logs_and_missing_workspace_are_clear_errors(tmp_path, capsys):
+    from rgalign.cli import main
+    bad = tmp_path / "bad.parquet"
+    pd.DataFrame({"session_id": [1], "arm": ["champion"]}).to_parquet(bad)
+    assert main(["monitor", "publish", "--log", str(bad), "--workspace", str(tmp_path / "ws")]) == 2
+    assert "lacks column(s)" in capsys.readouterr().err
+    assert main(["ui", "--workspace", str(tmp_path / "nope")]) == 2
+    assert "publish to it first" in capsys.readouterr().err
