@@ -15,10 +15,10 @@ COPY pyproject.toml README.md ./
 COPY rgalign ./rgalign
 COPY components ./components
 COPY pipelines ./pipelines
-RUN pip install -e .
-COPY feature_repo ./feature_repo
 COPY serving ./serving
 COPY monitoring ./monitoring
+RUN pip install -e .
+COPY feature_repo ./feature_repo
 RUN useradd --create-home --uid 1000 rgalign && chown -R rgalign /opt/rgalign
 USER rgalign
 ENTRYPOINT ["rgalign"]

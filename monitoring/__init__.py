@@ -1,0 +1,1 @@
+"""Evidently monitoring layer (see README.md here)."""
