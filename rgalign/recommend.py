@@ -236,7 +236,9 @@ class Recommender:
             clicks = s[(s.split == "train") & (s.clicked_intent > 0)].clicked_intent.value_counts()
             self.popular = clicks.index.to_numpy(np.int64)
             self.popular_share = (clicks / clicks.sum()).to_numpy(np.float32)
-            self._verbalizer_kb = pd.read_parquet(Path(world_dir) / "kb.parquet")
+            from rgalign.features.verbalize import Verbalizer
+            kb = pd.read_parquet(Path(world_dir) / "kb.parquet")
+            self.verbalizer = Verbalizer(dict(zip(kb.intent_id.tolist(), kb.title.tolist())))
 
     @property
     def n_intents(self) -> int:
@@ -268,11 +270,7 @@ class Recommender:
         out: list[dict | None] = [None] * len(user_ids)
         if known.any():
             rows = frame[known].reset_index(drop=True)
-            for c in CATEGORICAL:  # online rows come back as floats where any user lacks the feature
-                if c in rows:
-                    v = pd.to_numeric(rows[c], errors="coerce")
-                    rows[c] = [None if pd.isna(x) else int(x) for x in v]
-            query = self.embed(verbalize_frame(rows, self._verbalizer_kb)) if self.encoder is not None else None
+            query = self.embed(verbalize_frame(rows, verbalizer=self.verbalizer)) if self.encoder is not None else None
             ranked = self.rank(rows, query, k)
             for j, i in enumerate(np.flatnonzero(known)):
                 out[i] = self._item(user_ids[i], ranked.intent_ids[j], ranked.scores[j], False)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +107,6 @@ class Registry:
         return next(v for v in self.versions(env, kind) if v["version"] == version)
 
     def audit(self, env: str | None = None, kind: str | None = None) -> list[dict]:
-        import mlflow
         client = self.client
         exp = client.get_experiment_by_name(AUDIT_EXPERIMENT)
         if exp is None:

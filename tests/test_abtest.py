@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from rgalign.abtest import ab_summary, assign_arm, msprt_pvalues, simulate_ab, two_proportion_ztest
-from rgalign.world.feedback import FeedbackConfig, respond
+from rgalign.world.feedback import respond
 
 
 @pytest.mark.parametrize("x1,n1,x2,n2", [(120, 1000, 150, 1000), (30, 400, 31, 500), (0, 50, 3, 60), (500, 900, 480, 1000)])

@@ -4,7 +4,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from rgalign.config import ReasonerConfig
 from rgalign.reasoner.generate import clean_query, generate_queries

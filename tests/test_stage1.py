@@ -1,7 +1,6 @@
 """Stage 1 end to end at ci scale: Feast -> verbalize -> encoders -> train -> evaluate -> MLflow -> reload."""
 import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 

@@ -27,6 +27,13 @@ LOG1P = {"account_age_days", "orders_90d", "avg_order_value", "order_amount", "i
 AGE_EDGES_H = [1, 3, 6, 12, 24]  # behaviour-sequence click age buckets (hours): ids 1..5, 0 = padding
 
 
+def as_float(col: pd.Series) -> np.ndarray:
+    """A column as float64 with NaN for missing or non-numeric values (fast path for numeric dtypes)."""
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        return col.to_numpy(dtype=np.float64, na_value=np.nan)
+    return pd.to_numeric(col, errors="coerce").to_numpy(np.float64)
+
+
 @dataclass
 class FeatureSpec:
     """Everything needed to encode a feature row the way the model was trained."""
@@ -49,7 +56,7 @@ class FeatureSpec:
         return spec
 
     def _num(self, df: pd.DataFrame, c: str) -> np.ndarray:
-        x = pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) if c in df else np.full(len(df), np.nan)
+        x = as_float(df[c]) if c in df else np.full(len(df), np.nan)
         return np.log1p(np.maximum(x, 0)) if c in LOG1P else x
 
     def to_json(self) -> str:
@@ -73,7 +80,7 @@ class FeatureSpec:
         B, oov = len(df), {}
         cat = np.zeros((B, len(CATEGORICAL)), np.int64)
         for j, c in enumerate(CATEGORICAL):
-            x = pd.to_numeric(df[c], errors="coerce").fillna(0).to_numpy(np.int64) if c in df else np.zeros(B, np.int64)
+            x = np.nan_to_num(as_float(df[c]), nan=0.0).astype(np.int64) if c in df else np.zeros(B, np.int64)
             bad = (x < 0) | (x >= self.cardinality[c])
             if bad.any():
                 oov[c] = int(bad.sum())
