@@ -128,7 +128,7 @@ def test_pretrained_ltp_beats_random_init_on_a_linear_probe(ci_world, tmp_path, 
     from rgalign.ranker.inputs import load_ranker_inputs, verbalize_frame
     from rgalign.reasoner.ltp import linear_probe
     from rgalign.reasoner.sources import build_model
-    path = build_reasoner(ReasonerConfig(pretrain_steps=300, corpus_sessions=5000), ci_world, tmp_path / "tiny",
+    path = build_reasoner(ReasonerConfig(pretrain_steps=150, corpus_sessions=3000), ci_world, tmp_path / "tiny",
                           progress=False)
     inputs = load_ranker_inputs(ci_world, progress=False)
     df = inputs.eval.head(3000)
