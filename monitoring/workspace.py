@@ -32,7 +32,7 @@ def _ws(path: str | Path):
 def project(path: str | Path, name: str = "rgalign-rec dev"):
     """The project called ``name`` (created with its dashboard on first use)."""
     ws = _ws(path)
-    found = [p for p in ws.search_project(name)] if hasattr(ws, "search_project") else []
+    found = ws.search_project(name)
     if found:
         return ws, found[0]
     p = ws.create_project(name, description="Proactive intent recommendation: A/B arms, drift, guardrails")
@@ -110,4 +110,4 @@ def publish(path: str | Path, snapshots: list, name: str = "rgalign-rec dev") ->
     ws, p = project(path, name)
     for s in snapshots:
         ws.add_run(p.id, s)
-    return len(ws.list_runs(p.id)) if hasattr(ws, "list_runs") else len(snapshots)
+    return len(ws.list_runs(p.id))

@@ -368,22 +368,21 @@ def cmd_serve(args) -> int:
     """The local KServe server of a registry alias (models:/<env>.ranker@<alias> and its parent reasoner)."""
     from rgalign.recommend import Recommender
     from rgalign.registry import Registry
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # serving/ beside the package in a checkout
     from serving.server import serve
-    b = Registry(args.tracking_uri, args.artifacts).serving_bundle(args.env, args.alias)
+    reg = Registry(args.tracking_uri, args.artifacts)
+    b = reg.serving_bundle(args.env, args.alias)
     print(f"serving {b['ranker']['name']} v{b['ranker']['version']} (@{args.alias})"
           + (f" + {b['reasoner']['name']} v{b['reasoner']['version']}" if "reasoner" in b else "")
           + f" on http://{args.host}:{args.port}  (V1 /v1/models/recommend:predict, V2 /v2/models/recommend/infer)",
           flush=True)
-    rec = Recommender(b["ranker"]["dir"], b.get("reasoner", {}).get("dir"), args.world, args.feast_dir, args.ltp_cache)
-    serve(rec, args.port, args.host, threads=args.threads)
+    serve(Recommender.from_registry(reg, args.env, args.alias, args.world, args.feast_dir, args.ltp_cache),
+          args.port, args.host, threads=args.threads)
     return 0
 
 
 def cmd_deploy(args) -> int:
     from rgalign.config import DeployConfig
     from rgalign.registry import Registry
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from serving.manifests import render
     sel = dict(kv.split("=", 1) for kv in args.node_selector or [])
     cfg = dataclasses.replace(config_from_args(DeployConfig, args), node_selector=sel or None)
@@ -402,13 +401,12 @@ def _arm(ref: str, args):
         return ref
     from rgalign.recommend import Recommender
     from rgalign.registry import Registry
-    b = Registry(args.tracking_uri, args.artifacts).serving_bundle(args.env, "champion" if ref == "popularity" else ref)
-    rec = Recommender(b["ranker"]["dir"], b.get("reasoner", {}).get("dir"), args.world, args.feast_dir)
+    rec = Recommender.from_registry(Registry(args.tracking_uri, args.artifacts), args.env,
+                                    "champion" if ref == "popularity" else ref, args.world, args.feast_dir)
     return rec.popularity if ref == "popularity" else rec.recommend
 
 
 def cmd_monitor(args) -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from monitoring import jobs
     if args.sub == "ab":
         judge = None

@@ -240,6 +240,12 @@ class Recommender:
             kb = pd.read_parquet(Path(world_dir) / "kb.parquet")
             self.verbalizer = Verbalizer(dict(zip(kb.intent_id.tolist(), kb.title.tolist())))
 
+    @classmethod
+    def from_registry(cls, registry, env: str, ref: str, world_dir=None, feast_dir=None, ltp_cache=None) -> "Recommender":
+        """``<env>.ranker@<ref>`` (alias or version) with its parent reasoner, from an ``rgalign.registry.Registry``."""
+        b = registry.serving_bundle(env, ref)
+        return cls(b["ranker"]["dir"], b.get("reasoner", {}).get("dir"), world_dir, feast_dir, ltp_cache)
+
     @property
     def n_intents(self) -> int:
         return self.spec.n_intents
@@ -275,7 +281,7 @@ class Recommender:
             for j, i in enumerate(np.flatnonzero(known)):
                 out[i] = self._item(user_ids[i], ranked.intent_ids[j], ranked.scores[j], False)
         for i in np.flatnonzero(~known):
-            out[i] = self._item(user_ids[i], self.popular[:k], self.popular_share[:k], True)
+            out[i] = self.popularity([user_ids[i]], k=k)[0]
         return out
 
     def popularity(self, user_ids: list[int], entry_points=None, k: int = 3) -> list[dict]:

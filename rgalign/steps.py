@@ -236,8 +236,6 @@ def register(reasoner: str | Path, ranker: str | Path, world_folder: str | Path,
 
 def render_manifests(env: str, alias: str, tracking_uri: str | None, root: str | Path, out: str | Path) -> dict:
     """The KServe InferenceServices of the just-registered versions (validated against the CRD schema)."""
-    import sys
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # serving/ beside the package in a checkout
     from rgalign.config import DeployConfig
     from rgalign.registry import Registry
     from serving.manifests import render
@@ -253,8 +251,6 @@ class DriftDetected(RuntimeError):
 def drift_gate(world_folder: str | Path, scenario: str, window: int, fail_on_drift: bool) -> tuple[bool, str]:
     """The monitoring gate: evaluation week vs training weeks (optionally under a drifted scenario). Returns
     ``(fired, markdown report)``; raises ``DriftDetected`` when it fired and ``fail_on_drift``."""
-    import sys
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from monitoring.jobs import run_drift
     inject_failure("drift_gate")
     res = run_drift(world_of(world_folder), window, scenario or None)

@@ -41,11 +41,11 @@ def _v2_tensor(req: InferRequest, name: str, datatype: str, ndim: int, required:
     if len(inp.shape) != ndim or any(int(s) < 0 for s in inp.shape):
         raise RequestError(f"inputs.{name}.shape", f"{list(inp.shape)} has {len(inp.shape)} dimension(s)",
                            f"send {ndim} non-negative dimension(s)")
-    n = int(np.prod(inp.shape))
-    data = inp.data if inp._raw_data is None else None
-    if data is not None and len(np.ravel(np.asarray(data, dtype=object))) != n:
-        raise RequestError(f"inputs.{name}.data", f"holds {len(np.ravel(np.asarray(data, dtype=object)))} values "
-                           f"for shape {list(inp.shape)}", "make the shape match the data")
+    if inp._raw_data is None:
+        n = np.asarray(inp.data, dtype=object).size
+        if n != int(np.prod(inp.shape)):
+            raise RequestError(f"inputs.{name}.data", f"holds {n} values for shape {list(inp.shape)}",
+                               "make the shape match the data")
     try:
         arr = inp.as_numpy()
     except (ValueError, TypeError) as e:
@@ -62,11 +62,8 @@ class _Base(kserve.Model):
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self.ready = True
 
-    async def _run(self, fn, *args):
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
-        except RequestError as e:
-            raise InvalidInput(str(e)) from None
+    async def _run(self, fn, *args):  # a RequestError raised in the worker is turned into a 400 by predict()
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def predict(self, payload, headers=None):
         try:
