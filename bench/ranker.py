@@ -43,13 +43,14 @@ def main() -> None:
         sps = args.steps * cfg.batch_size / (time.perf_counter() - t)
         m = tr.model.eval()
         ev = inputs.eval
+        records = ev.head(args.requests + 20).to_dict("records")  # dicts, as the online store hands them over
         with torch.inference_mode():
             index = m.intent_index()
             lat, lat_model = [], []
             for i in range(args.requests + 20):
-                row = ev.iloc[[i % len(ev)]]
+                row = records[i % len(records)]
                 t0 = time.perf_counter()
-                x, _ = tr.spec.encode(row)
+                x, _ = tr.spec.encode_rows([row])  # the serving encoder (rgalign.recommend)
                 t1 = time.perf_counter()
                 s = m(x, torch.from_numpy(inputs.query["eval"][i % len(ev)][None]), intent_index=index)
                 torch.topk(s, 3)

@@ -111,8 +111,8 @@ class RankerModel(_Base):
     outputs = [("intent_ids", "INT64", [-1, -1]), ("scores", "FP32", [-1, -1])]
 
     def _rank(self, instances, k):
-        frame, emb = parse_feature_rows(instances, self.rec.n_intents, self.rec.d_e or 1)
-        return self.rec.rank(frame, emb if self.rec.d_e else None, k)
+        rows, emb = parse_feature_rows(instances, self.rec.n_intents, self.rec.d_e or 1)
+        return self.rec.rank(rows, emb if self.rec.d_e else None, k)
 
     async def predict_v1(self, payload):
         k = parse_k(payload.get("k"))

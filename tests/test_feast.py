@@ -98,6 +98,33 @@ def test_online_and_offline_agree_for_the_same_moment(fs, ci_world):
     pd.testing.assert_frame_equal(offline.loc[online.index, cols], online[cols], check_dtype=False)
 
 
+def test_online_rows_equal_online_context(fs, ci_world):
+    """The serving hot path (one dict per user, read through the online store's ``online_read``, derived by
+    ``derive_request_row``) returns what ``get_online_features`` + ``derive_request_features`` return."""
+    import numpy as np
+    users = pd.read_parquet(ci_world / "profiles.parquet").user_id.drop_duplicates().head(300).tolist() + [10**9]
+    s = fs.sessions()
+    for at in (fs.time_range()[1], s.event_timestamp.iloc[len(s) // 2], pd.Timestamp("2030-01-01")):
+        eps = [i % 9 for i in range(len(users))]
+        frame, rows = fs.online_context(users, at, eps), fs.online_rows(users, at, eps)
+        assert len(rows) == len(frame) and set(rows[0]) == set(frame.columns)
+        for r, f in zip(rows, frame.to_dict("records")):
+            for c, b in r.items():
+                a = f[c]
+                if c == "event_timestamp":  # a naive request time is UTC on both paths; rows carry it tz-aware
+                    assert pd.to_datetime(a, utc=True) == b and b.tzinfo is not None
+                elif isinstance(b, list):
+                    assert list(a) == b, c
+                elif b is None or b != b:
+                    assert a is None or pd.isna(a), c
+                else:
+                    assert a == b and not isinstance(a, str), c
+    assert rows[-1]["region"] is None and np.isnan(rows[-1]["days_in_status"])  # unknown user: nulls, no error
+    mid = fs.online_rows(users, s.event_timestamp.iloc[len(s) // 2])
+    assert any(r["recent_intents"] for r in fs.online_rows(users, fs.time_range()[1])) or any(
+        r["recent_intents"] for r in mid)
+
+
 def test_production_config_parses(tmp_path, monkeypatch):
     from feast.repo_config import load_repo_config
     for k, v in dict(FEAST_REGISTRY_USER="u", FEAST_REGISTRY_PASSWORD="p", FEAST_REGISTRY_HOST="pg",

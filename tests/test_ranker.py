@@ -179,6 +179,26 @@ def test_feature_spec_fallbacks_are_counted():
     assert all(np.isfinite(v) and v > 0 for v in spec.std.values())
 
 
+def test_encode_rows_equals_the_frame_encoding():
+    """The serving path encodes dicts without a DataFrame; it must give the training encoder's tensors and
+    fallback counts: missing values, a key absent from some rows, out-of-vocabulary ids, a non-number."""
+    ts = pd.Timestamp(7200, unit="s", tz="UTC")
+    rows = [{"user_id": 1, "gender": 1, "region": 3, "orders_90d": 4, "avg_order_value": 12.5, "recent_intents": [5, 999],
+             "recent_click_ts": [0, 3600], "event_timestamp": ts, "days_in_status": float("nan")},
+            {"user_id": 2, "gender": 99, "region": None, "orders_90d": None, "recent_intents": [], "recent_click_ts": [],
+             "event_timestamp": ts, "days_in_status": 3.0, "hour_of_day": 14},
+            {"user_id": 70_001, "gender": 2, "region": -1, "orders_90d": "many", "recent_intents": None,
+             "recent_click_ts": None, "event_timestamp": pd.Timestamp(0, unit="s"), "order_amount": 1e6}]
+    spec = FeatureSpec.fit(pd.DataFrame(rows), n_intents=50)
+    x_frame, oov_frame = spec.encode(pd.DataFrame(rows))
+    x_rows, oov_rows = spec.encode_rows(rows)
+    assert oov_rows == oov_frame == {"gender": 1, "region": 1, "recent_intents": 1}
+    for k in x_frame:
+        assert x_rows[k].dtype == x_frame[k].dtype and torch.equal(x_rows[k], x_frame[k]), k
+    with pytest.raises(KeyError, match="row 1 lacks 'user_id'"):
+        spec.encode_rows([rows[0], {"gender": 1}])
+
+
 def test_mmoe_gates_mix_experts():
     m = MMoE(8, 4, n_experts=4, n_tasks=2)
     out = m(torch.randn(3, 8))

@@ -47,6 +47,16 @@ def test_left_padded_batch_equals_single_prompts(raw_reasoner):
     assert not np.allclose(batch[0], batch[1])
 
 
+def test_render_without_jinja_equals_the_chat_template(raw_reasoner):
+    """The serving path renders prompts by concatenation when the template embeds the context verbatim; the
+    text must be the template's, and contexts the template could change (outer spaces) still run it."""
+    enc = LTPEncoder(load_reasoner(raw_reasoner))
+    tricky = ["quotes ' \" {{ x }} {% if %}\nnext line", "<|im_end|> inside", "  padded  ", "tab\tend"]
+    for c in CONTEXTS + tricky:
+        assert enc.render(c) == enc._render_template(c), c
+    assert enc._affix, "the project's chat template should take the concatenation path"
+
+
 def test_save_load_round_trip_and_mlflow_uri(raw_reasoner, tmp_path):
     import mlflow
     a = LTPEncoder(load_reasoner(raw_reasoner)).embed(CONTEXTS)

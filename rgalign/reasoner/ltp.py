@@ -70,6 +70,7 @@ class LTPEncoder:
         self.cache = LTPCache(cache) if isinstance(cache, (str, Path)) else cache
         self.prompt = prompt or ReasonerPrompt()
         self.truncated = self.hits = self.misses = 0
+        self._affix: tuple | None = None
 
     @property
     def dim(self) -> int:
@@ -77,8 +78,27 @@ class LTPEncoder:
 
     def render(self, context: str) -> str:
         """The chat prompt text of one verbalized context (raises on an empty context)."""
+        if self._affix is None:
+            self._affix = self._template_affix()
+        if self._affix and context == context.strip():
+            return self._affix[0] + context + self._affix[1]
+        return self._render_template(context)
+
+    def _render_template(self, context: str) -> str:
         return self.reasoner.tokenizer.apply_chat_template(self.prompt.messages(context), tokenize=False,
                                                            add_generation_prompt=True)
+
+    def _template_affix(self) -> tuple[str, str] | tuple:
+        """(prefix, suffix) when the chat template puts a context verbatim between fixed texts (checked on two
+        probes with quotes, braces and new lines), so ``render`` is two concatenations instead of a Jinja run
+        (~35 us a context on the serving path); () when it does not, and the template runs every time."""
+        probe = "\x01rgalign-context\x01"
+        full = self._render_template(probe)
+        if full.count(probe) != 1:
+            return ()
+        prefix, suffix = full.split(probe)
+        check = "User Profile: a 'b' \"c\" {{ d }} {% e %}\nOrder Status: <|x|>"
+        return (prefix, suffix) if self._render_template(check) == prefix + check + suffix else ()
 
     def _key(self, prompt: str) -> str:
         return hashlib.sha256(f"{self.reasoner.version}\x00{prompt}".encode()).hexdigest()
