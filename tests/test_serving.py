@@ -279,3 +279,27 @@ def test_manifest_errors_are_clear_and_write_nothing(tmp_path):
         DeployConfig(canary_percent=10)
     with pytest.raises(ValueError, match="mode"):
         DeployConfig(mode="Knative")
+
+
+def test_compiled_ranker_ranks_like_the_eager_one(bundle):
+    """``Recommender.compile`` (torch.compile, dynamic batch size; what ``--compile`` serves) must give the eager
+    model's scores and top-k for batch sizes it was and was not warmed up on, and the same recommend output."""
+    import pandas as pd
+    import torch
+
+    from rgalign.recommend import Recommender
+    eager = Recommender(bundle["ranker"], bundle["reasoner"], bundle["world"])
+    fast = Recommender(bundle["ranker"], bundle["reasoner"], bundle["world"]).compile()
+    fast.warm_up()
+    users = pd.read_parquet(bundle["world"] / "profiles.parquet").user_id.drop_duplicates().head(40).tolist()
+    at = pd.Timestamp.now(tz="UTC")
+    for n in (1, 3, 8, 40):
+        rows = eager.store.online_rows(users[:n], at)
+        q = eager.embed([eager.verbalizer.context(r) for r in rows])
+        a, b = eager.rank(rows, q, k=10), fast.rank(rows, q, k=10)
+        assert (a.intent_ids == b.intent_ids).all(), n
+        torch.testing.assert_close(torch.from_numpy(a.scores), torch.from_numpy(b.scores), atol=1e-5, rtol=1e-5)
+    assert fast._compiled is not None
+    for x, y in zip(eager.recommend(users[:5], request_ts=at), fast.recommend(users[:5], request_ts=at)):
+        assert x["intent_ids"] == y["intent_ids"] and x["fallback"] == y["fallback"]
+        assert x["scores"] == pytest.approx(y["scores"], abs=1e-5)
