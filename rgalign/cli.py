@@ -158,7 +158,8 @@ def cmd_eval(args) -> int:
     for uri in args.model_uri:
         path = Path(mlflow.artifacts.download_artifacts(uri)) / "artifacts" / "checkpoint"
         model, spec, cfg, _ = load_ranker(path)
-        inputs = load_ranker_inputs(args.world, cfg.query_encoder, cfg.query_dim, cfg.intent_encoder, cfg.val_days)
+        inputs = load_ranker_inputs(args.world, cfg.query_encoder, cfg.query_dim, cfg.intent_encoder, cfg.val_days,
+                                    cfg.max_train_sessions, cfg.seed)  # an LSA encoder refits on the same corpus
         data = RankerData.build(inputs.eval, spec, inputs.query["eval"], "true_intent")
         rows[f"{cfg.model} ({uri})"] = evaluate_model(model, data, seed=cfg.seed)
     print(format_table(rows, f"{Path(args.world).name}: evaluation week (true intents), 95% bootstrap CI"))

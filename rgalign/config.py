@@ -102,13 +102,15 @@ class RankerConfig(_Config):
     non_seq: str = _f("mlp", "qe-rec: encoder of the non-sequence fields before the MLP: mlp (concatenated, as "
                              "the paper writes) or autoint (the baseline's interacting layers first)")
     user_activation: str = _f("sigmoid", "sigma of z_u = sigma(MLP(...)): sigmoid (as written in the paper), tanh or none")
+    intent_id_std: float = _f(1.0, "qe-rec: initial scale of the intent-ID embedding; small (0.01) starts every "
+                                    "intent from its text, so intents with few clicks are ranked by what they say")
     confidence: bool = _f(True, "qe-rec: weight samples by the learned confidence predictor (Eq. 5)")
     confidence_floor: float = _f(0.5, "minimum per-sample weight, keeps the weights from collapsing")
     val_days: int = _f(3, "last days of the training weeks held out for early stopping (never the eval week)")
     user_buckets: int = _f(50_000, "hash buckets of the user-id embedding")
-    query_encoder: str = _f("hashing", "frozen text encoder of the verbalized context for e: hashing | minilm")
-    query_dim: int = _f(256, "size of e from the hashing encoder")
-    intent_encoder: str = _f("minilm", "frozen text encoder of the intent texts (z_sem): minilm | hashing")
+    query_encoder: str = _f("hashing", "frozen text encoder of the verbalized context for e: hashing | lsa (fitted on training contexts) | minilm")
+    query_dim: int = _f(256, "size of e from the hashing and lsa encoders")
+    intent_encoder: str = _f("minilm", "frozen text encoder of the intent texts (z_sem): minilm | hashing | lsa")
     max_train_sessions: int | None = _f(None, "cap on clicked training sessions (None = all)")
     seed: int = _f(0, "seed of initialisation, shuffling and negative sampling")
 
@@ -125,6 +127,8 @@ class RankerConfig(_Config):
             raise ValueError(f"user_activation={self.user_activation!r}; use sigmoid, tanh or none")
         if self.d % self.heads:
             raise ValueError(f"d={self.d} must be divisible by heads={self.heads}")
+        if self.intent_id_std <= 0:
+            raise ValueError(f"intent_id_std must be > 0, got {self.intent_id_std}")
         for name in ("epochs", "batch_size", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -210,3 +210,14 @@ def test_query_tower_is_single_layer():
     assert sum(isinstance(mod, torch.nn.Linear) for mod in q.modules()) == 1
     it = IntentTower(torch.randn(5, 3), d=4)
     assert not it.semantic.requires_grad and "semantic" not in dict(it.named_parameters())
+
+
+def test_intent_id_scale_sets_the_start_of_z_id():
+    sem = torch.randn(N_INTENTS, 24)
+    small = IntentTower(sem, 16, id_std=0.01).ids.weight
+    assert small[0].abs().sum() == 0 and 0.005 < small[1:].std() < 0.02
+    assert 0.8 < IntentTower(sem, 16).ids.weight[1:].std() < 1.2        # nn.Embedding's default N(0, 1)
+    with pytest.raises(ValueError, match="intent_id_std must be > 0"):
+        RankerConfig(intent_id_std=0)
+    with pytest.raises(ValueError, match="id_std must be > 0"):
+        IntentTower(sem, 16, id_std=-1)

@@ -70,3 +70,20 @@ def test_mlflow_pyfunc_reloads_to_identical_scores(inputs, ci_world, tmp_path):
 def _data(run, inputs, n):
     from rgalign.ranker.data import RankerData
     return RankerData.build(inputs.eval.head(n), run.result.spec, inputs.query["eval"][:n], "true_intent")
+
+
+def test_lsa_query_encoder_is_fitted_on_training_contexts_and_cached(ci_world, inputs):
+    from rgalign.ranker.inputs import cache_dir
+    a = load_ranker_inputs(ci_world, query_encoder="lsa", query_dim=32, progress=False)
+    for split in ("train", "val", "eval"):
+        e = a.query[split]
+        assert e.shape == (len(getattr(inputs, split)), 32)
+        assert np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-4)
+    assert len(list(cache_dir(ci_world).glob("query-lsa-32-fit*.npy"))) == 3
+    b = load_ranker_inputs(ci_world, query_encoder="lsa", query_dim=32, progress=False)  # from the cache
+    assert all(np.array_equal(a.query[s], b.query[s]) for s in a.query)
+    # contexts that differ in their order status are further apart than two with the same status
+    st = inputs.eval.order_status.to_numpy()
+    same = a.query["eval"][st == st[0]][:50] @ a.query["eval"][st == st[0]][:50].T
+    diff = a.query["eval"][st == st[0]][:50] @ a.query["eval"][st != st[0]][:50].T
+    assert same.mean() > diff.mean()

@@ -75,3 +75,21 @@ def test_reasoner_prompt_is_the_papers():
         p.user("  ")
     with pytest.raises(ValueError, match="min_words"):
         ReasonerPrompt(min_words=30, max_words=20)
+
+
+def test_lsa_encoder_must_be_fitted_and_keeps_what_differs():
+    import numpy as np
+    import pytest
+    from rgalign.features.text_encoders import LSAEncoder
+    enc = LSAEncoder(dim=6, min_df=1)
+    with pytest.raises(RuntimeError, match="fit"):
+        enc.encode(["a context"])
+    with pytest.raises(ValueError, match="more than 6 texts"):
+        enc.fit(["a", "b"])
+    corpus = [f"Region: {r}, Status: {s}, Channel: Standard Express" for r in ("Brazil", "Thailand", "Malaysia")
+              for s in ("TO_PAY", "TO_SHIP", "COMPLETED")]
+    e = enc.fit(corpus).encode(corpus)
+    assert e.shape == (9, 6) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+    assert np.array_equal(e, LSAEncoder(dim=6, min_df=1).fit(corpus).encode(corpus))   # frozen, deterministic
+    sim = e @ e.T
+    assert sim[0, 1] > sim[0, 4]   # Brazil/TO_PAY is nearer Brazil/TO_SHIP than Thailand/TO_SHIP

@@ -5,7 +5,13 @@ the reasoner's LTP replaces it (Stage 1 onwards), for a query embedding e of the
   mean pooled and L2 normalised (the model card's recipe). ~13 verbalized contexts/s on 2 CPU cores, so it
   embeds the 1,016 intent texts, not a million sessions.
 - ``HashingEncoder``: hashed unigrams + bigrams, L2 normalised, then a fixed seeded Gaussian projection to
-  ``dim`` (Johnson-Lindenstrauss). Lexical and frozen; thousands of contexts/s.
+  ``dim`` (Johnson-Lindenstrauss). Lexical and frozen; thousands of contexts/s. With ~200 n-grams in a
+  verbalized context and 256 dimensions, one slot value ("Cross-Border Air") is recoverable from e only at
+  a signal-to-noise ratio near 1.
+- ``LSAEncoder``: latent semantic analysis, TF-IDF unigrams + bigrams (sublinear tf) -> truncated SVD to
+  ``dim`` -> L2 normalised, fitted once on a corpus (the training-week contexts) and frozen afterwards. The
+  SVD keeps the directions in which contexts differ (slot values, status, entry point) and drops the
+  template words every context shares, so the same 256 dimensions carry the context's content.
 
 Example:
     >>> from rgalign.features.text_encoders import HashingEncoder
@@ -38,6 +44,38 @@ class HashingEncoder:
         out = np.empty((len(texts), self.dim), np.float32)
         for i in range(0, len(texts), batch_size):
             out[i:i + batch_size] = self._vec.transform(texts[i:i + batch_size]) @ self._proj
+        return out
+
+
+class LSAEncoder:
+    """TF-IDF (1-2 grams) + truncated SVD to ``dim``, L2 normalised; ``fit`` on a corpus, then frozen."""
+
+    def __init__(self, dim: int = 256, min_df: int = 5, seed: int = 0):
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        self.dim, self.min_df, self.seed, self.name = dim, min_df, seed, f"lsa-{dim}-s{seed}"
+        self._vec = self._svd = None
+
+    def fit(self, texts: list[str]) -> "LSAEncoder":
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        if len(texts) <= self.dim:
+            raise ValueError(f"LSAEncoder(dim={self.dim}) needs more than {self.dim} texts to fit, got {len(texts)}")
+        self._vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=min(self.min_df, len(texts)),
+                                    token_pattern=r"(?u)\b\w+\b", dtype=np.float32)
+        x = self._vec.fit_transform(texts)
+        if x.shape[1] <= self.dim:
+            raise ValueError(f"LSAEncoder(dim={self.dim}): the corpus has only {x.shape[1]} terms; lower dim")
+        self._svd = TruncatedSVD(self.dim, random_state=self.seed).fit(x)
+        return self
+
+    def encode(self, texts: list[str], batch_size: int = 8192) -> np.ndarray:
+        if self._svd is None:
+            raise RuntimeError("LSAEncoder.encode before fit: call fit(corpus) first (the training contexts)")
+        out = np.empty((len(texts), self.dim), np.float32)
+        for i in range(0, len(texts), batch_size):
+            e = self._svd.transform(self._vec.transform(texts[i:i + batch_size]))
+            out[i:i + batch_size] = e / (np.linalg.norm(e, axis=1, keepdims=True) + 1e-9)
         return out
 
 
@@ -78,8 +116,9 @@ class MiniLMEncoder:
 
 
 def get_encoder(name: str, **kw):
-    """``hashing`` or ``minilm``, by name (the CLI's ``--query-encoder`` / ``--intent-encoder``)."""
-    encoders = {"hashing": HashingEncoder, "minilm": MiniLMEncoder}
+    """``hashing``, ``lsa`` (fit it before encoding) or ``minilm``, by name (the CLI's ``--query-encoder`` /
+    ``--intent-encoder``)."""
+    encoders = {"hashing": HashingEncoder, "lsa": LSAEncoder, "minilm": MiniLMEncoder}
     if name not in encoders:
         raise ValueError(f"unknown text encoder {name!r}; use one of {sorted(encoders)}")
     return encoders[name](**kw)

@@ -60,6 +60,9 @@ def intent_texts(kb: pd.DataFrame) -> list[str]:
     return (kb.title + ". " + kb.description).tolist()
 
 
+LSA_FIT_CONTEXTS = 50_000  # training contexts an LSA query encoder is fitted on
+
+
 def cache_dir(world: Path) -> Path:
     d = Path(world).resolve().parent.parent / "cache" / Path(world).name
     d.mkdir(parents=True, exist_ok=True)
@@ -67,12 +70,12 @@ def cache_dir(world: Path) -> Path:
 
 
 def _encoder_key(name: str, dim: int) -> str:
-    """Cache name of a text encoder's output (the hashing encoder's size is part of it)."""
-    return f"hashing-{dim}" if name == "hashing" else name
+    """Cache name of a text encoder's output (the size of the hashing / LSA encoders is part of it)."""
+    return f"{name}-{dim}" if name in ("hashing", "lsa") else name
 
 
 def _encoder(name: str, dim: int):
-    return get_encoder(name, **({"dim": dim} if name == "hashing" else {}))
+    return get_encoder(name, **({"dim": dim} if name in ("hashing", "lsa") else {}))
 
 
 def _cached_npy(path: Path, make) -> np.ndarray:
@@ -121,20 +124,38 @@ def load_ranker_inputs(world: str | Path, query_encoder: str = "hashing", query_
     frames = {"train": train.reset_index(drop=True), "val": val.reset_index(drop=True),
               "eval": ev.reset_index(drop=True)}
 
-    semantic = _cached_npy(cache / f"intent_text-{_encoder_key(intent_encoder, query_dim)}.npy",
-                           lambda: _encoder(intent_encoder, query_dim).encode(intent_texts(kb)))
+    def encode_intents() -> np.ndarray:
+        enc = _encoder(intent_encoder, query_dim)
+        return (enc.fit(intent_texts(kb)) if hasattr(enc, "fit") else enc).encode(intent_texts(kb))
+    semantic = _cached_npy(cache / f"intent_text-{_encoder_key(intent_encoder, query_dim)}.npy", encode_intents)
+    texts: dict[str, list[str]] = {}
+
+    def split_texts(split: str) -> list[str]:
+        if split not in texts:
+            texts[split] = verbalize_frame(frames[split], kb, progress)
+        return texts[split]
+
     enc = None
+
+    def encoder():
+        nonlocal enc
+        if enc is None:
+            enc = _encoder(query_encoder, query_dim)
+            if hasattr(enc, "fit"):  # a fitted encoder (LSA) learns from training-week contexts only
+                corpus = split_texts("train")
+                pick = np.random.default_rng(seed).permutation(len(corpus))[:LSA_FIT_CONTEXTS]
+                enc.fit([corpus[i] for i in np.sort(pick)])
+        return enc
+
+    def signature(df: pd.DataFrame) -> str:
+        return f"{len(df)}-{int(df.session_id.sum()) % 10**12}"
+
     query = {}
     key = query_encoder if query_fn is not None else _encoder_key(query_encoder, query_dim)
+    if query_fn is None and query_encoder == "lsa":  # a fitted encoder: its training corpus is part of the key
+        key += f"-fit{signature(frames['train'])}"
     for split, df in frames.items():
-        path = cache / f"query-{key}-{split}-{len(df)}-{int(df.session_id.sum()) % 10**12}.npy"
-
-        def make(df=df):
-            nonlocal enc
-            texts = verbalize_frame(df, kb, progress)
-            if query_fn is not None:
-                return query_fn(texts)
-            enc = enc or _encoder(query_encoder, query_dim)
-            return enc.encode(texts)
-        query[split] = _cached_npy(path, make)
+        path = cache / f"query-{key}-{split}-{signature(df)}.npy"
+        query[split] = _cached_npy(path, lambda split=split: query_fn(split_texts(split)) if query_fn is not None
+                                   else encoder().encode(split_texts(split)))
     return RankerInputs(frames["train"], frames["val"], frames["eval"], kb, semantic, query, world)

@@ -32,7 +32,7 @@ def build_model(cfg: RankerConfig, n_intents: int, semantic: torch.Tensor, famil
         return TwoTowerAutoIntMMoE(n_intents, families, cfg.d, cfg.autoint_layers, cfg.heads, cfg.n_experts,
                                    cfg.user_buckets, cfg.dropout)
     return QERec(n_intents, semantic, d_e, cfg.d, cfg.w, cfg.user_buckets, cfg.dropout, cfg.heads,
-                 cfg.user_activation, cfg.non_seq, cfg.user_tower)
+                 cfg.user_activation, cfg.non_seq, cfg.user_tower, cfg.intent_id_std)
 
 
 @torch.inference_mode()
@@ -111,7 +111,7 @@ class RankerTrainer:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self._params(), self.cfg.grad_clip)
         opt.step()
-        return float(loss)
+        return loss.item()
 
     def validate(self) -> float:
         """MRR of the clicked intent among the intents launched in training, on the validation days."""

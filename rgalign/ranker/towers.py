@@ -115,16 +115,25 @@ class IntentTower(nn.Module):
     """z_i from a learnable ID embedding z_id and a frozen semantic embedding z_sem of the intent text,
     crossed by a feature-cross layer. The semantic table is a buffer (not trained).
 
+    ``id_std`` is the initial scale of z_id. At 1.0 (PyTorch's default) an intent seen in few clicks keeps a
+    random ID vector that drowns its text; a small scale (e.g. 0.01) starts every intent from its text, and
+    the ID vector grows only where clicks teach it something the text does not say.
+
     Input: ``intent_ids`` (...) int64 in [1, n_intents]. Output: (..., d).
     """
 
-    def __init__(self, semantic: torch.Tensor, d: int, dropout: float = 0.2):
+    def __init__(self, semantic: torch.Tensor, d: int, dropout: float = 0.2, id_std: float = 1.0):
         super().__init__()
         _check("semantic", semantic, (None, None))
+        if id_std <= 0:
+            raise ValueError(f"id_std must be > 0, got {id_std}")
         n, d_sem = semantic.shape
         self.n_intents = n
         self.register_buffer("semantic", torch.cat([torch.zeros(1, d_sem), semantic.float()]))  # row 0 = pad
         self.ids = nn.Embedding(n + 1, d, padding_idx=0)
+        if id_std != 1.0:  # 1.0 is nn.Embedding's own N(0, 1) init: left as it is
+            with torch.no_grad():
+                self.ids.weight.normal_(0, id_std)[0].zero_()
         self.sem = nn.Linear(d_sem, d)
         self.cross = CrossLayer(2 * d)
         self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * d, d))

@@ -1,0 +1,94 @@
+"""How much of the world's headroom each hidden term carries: the Bayes-optimal ranking of the evaluation week
+with terms removed (persona marginalised, slot matches dropped, slot matches kept only for intents with enough
+training clicks), and MRR by the true intent's number of training clicks - the buckets a ranker is read in.
+
+    python bench/headroom_ablation.py --world artifacts/worlds/bench-s0 [--sessions 40000]
+
+Reads the world's hidden parameters: an analysis tool, never a model input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rgalign.config import WorldConfig
+from rgalign.features.feast_io import FEATURE_SERVICE
+from rgalign.metrics import evaluate_ranks, ranks_from_scores
+from rgalign.ranker.inputs import cache_dir, load_ranker_inputs
+from rgalign.world.intent_model import ST, IntentModel
+
+BUCKETS = [(0, 0), (1, 20), (21, 100), (101, 500), (501, 10 ** 9)]
+
+
+def context_arrays(ev: pd.DataFrame, m: IntentModel) -> dict[str, np.ndarray]:
+    """The intent model's context, rebuilt from the observed features (checked against the stored p_true)."""
+    st = ev.order_status.to_numpy()
+    waiting = np.isin(st - 1, [ST["TO_SHIP"], ST["TO_RECEIVE"]])
+    dis, exp_ = ev.days_in_status.to_numpy(), ev.expected_delivery_days.to_numpy()
+    recent = np.zeros((len(ev), 10), np.int64)
+    for r, seq in enumerate(ev.recent_intents):
+        s = list(seq)[-10:]
+        recent[r, :len(s)] = s
+    last = np.array([list(s)[-1] if len(s) else 0 for s in ev.recent_intents])
+    return {"order_status": st, "entry_point": ev.entry_point.to_numpy(),
+            "overdue": np.where(waiting, np.clip((dis - exp_) / 3, 0, 1.5), 0),
+            "last_family": np.where(last > 0, m.fam_of[np.maximum(last, 1) - 1], len(m.fam_base)),
+            "persona": ev.persona.to_numpy(), "new_account": ev.account_age_days.to_numpy() < 30,
+            "return_z": (ev.return_rate_90d.to_numpy() - .075) / .06, "platinum": ev.membership_tier.to_numpy() == 4,
+            "slot_channel": ev.logistics_channel.to_numpy(), "slot_payment": ev.payment_method.to_numpy(),
+            "slot_category": ev.product_category.to_numpy(), "slot_promo": ev.promotion.to_numpy(),
+            "slot_region": ev.region.to_numpy(), "recent": recent}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--world", required=True)
+    ap.add_argument("--sessions", type=int, default=40_000, help="evaluation sessions sampled (seed 0)")
+    a = ap.parse_args()
+    w = Path(a.world)
+    man = json.loads((w / "manifest.json").read_text())
+    cfg = WorldConfig(**{k: v for k, v in man["config"].items() if k in WorldConfig.__dataclass_fields__})
+    kb = pd.read_parquet(w / "kb.parquet")
+    m = IntentModel.build(kb, cfg)
+    inputs = load_ranker_inputs(w, progress=False)          # builds the Feast training set if not cached
+    t = pd.read_parquet(cache_dir(w) / f"training_set-{FEATURE_SERVICE}.parquet")
+    hidden = pd.read_parquet(w / "hidden" / "sessions.parquet")[["session_id", "persona", "p_true"]]
+    ev = inputs.eval.merge(hidden, on="session_id").sample(min(a.sessions, len(inputs.eval)), random_state=0)
+    ev = ev.reset_index(drop=True)
+    ctx, day, true = context_arrays(ev, m), ev.day.to_numpy(), ev.true_intent.to_numpy() - 1
+    clicks = np.bincount(inputs.train.clicked_intent, minlength=len(kb) + 1)
+    rows = []
+
+    def run(name: str, mm: IntentModel, marginalise: bool) -> None:
+        p = (np.mean([mm.probs({**ctx, "persona": np.full(len(ev), k)}, day) for k in range(cfg.n_personas)], 0)
+             if marginalise else mm.probs(ctx, day))
+        r = ranks_from_scores(p, true)
+        res = evaluate_ranks(r, ev.user_id.to_numpy(), len(kb), n_boot=50)
+        c = clicks[true + 1]
+        by = [np.mean(1 / (r[(c >= lo) & (c <= hi)] + 1)) * 100 for lo, hi in BUCKETS]
+        rows.append([name, res["R@3"].fmt(), res["MRR"].fmt()] + [f"{x:.2f}" for x in by])
+        print(" | ".join(rows[-1]), flush=True)
+
+    full = m.probs(ctx, day)[np.arange(len(ev)), true]
+    assert np.allclose(full, ev.p_true.to_numpy()), "rebuilt context does not reproduce the simulator's p_true"
+    keep = lambda **kw: IntentModel(**{**m.__dict__, **kw})  # noqa: E731
+    run("Bayes-optimal (hidden persona)", m, False)
+    run("persona unknown (marginalised)", m, True)
+    run("persona unknown, no slot matches", keep(slot_beta=m.slot_beta * 0), True)
+    for thr in (20, 100, 300):
+        run(f"persona unknown, slot matches only for intents with >= {thr} training clicks",
+            keep(slots=np.where((clicks[1:] >= thr)[:, None], m.slots, 0)), True)
+    n = [int(((clicks[true + 1] >= lo) & (clicks[true + 1] <= hi)).sum()) for lo, hi in BUCKETS]
+    head = ["ranking", "R@3", "MRR"] + [f"MRR, {lo}-{hi if hi < 10**9 else 'max'} clicks (n={k:,})"
+                                        for (lo, hi), k in zip(BUCKETS, n)]
+    print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()
