@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 
 from rgalign.config import WorldConfig
-from rgalign.features.feast_io import FEATURE_SERVICE
+from rgalign.features.metadata import MAX_RECENT
 from rgalign.metrics import evaluate_ranks, ranks_from_scores
-from rgalign.ranker.inputs import cache_dir, load_ranker_inputs
-from rgalign.world.intent_model import ST, IntentModel
+from rgalign.ranker.inputs import load_ranker_inputs
+from rgalign.world.intent_model import RETURN_MEAN, RETURN_STD, IntentModel, overdue_of
 
 BUCKETS = [(0, 0), (1, 20), (21, 100), (101, 500), (501, 10 ** 9)]
 
@@ -27,18 +27,17 @@ BUCKETS = [(0, 0), (1, 20), (21, 100), (101, 500), (501, 10 ** 9)]
 def context_arrays(ev: pd.DataFrame, m: IntentModel) -> dict[str, np.ndarray]:
     """The intent model's context, rebuilt from the observed features (checked against the stored p_true)."""
     st = ev.order_status.to_numpy()
-    waiting = np.isin(st - 1, [ST["TO_SHIP"], ST["TO_RECEIVE"]])
-    dis, exp_ = ev.days_in_status.to_numpy(), ev.expected_delivery_days.to_numpy()
-    recent = np.zeros((len(ev), 10), np.int64)
+    recent = np.zeros((len(ev), MAX_RECENT), np.int64)   # right-aligned: the last click in the last column
     for r, seq in enumerate(ev.recent_intents):
-        s = list(seq)[-10:]
-        recent[r, :len(s)] = s
-    last = np.array([list(s)[-1] if len(s) else 0 for s in ev.recent_intents])
+        s = list(seq)[-MAX_RECENT:]
+        recent[r, MAX_RECENT - len(s):] = s
+    last = recent[:, -1]
     return {"order_status": st, "entry_point": ev.entry_point.to_numpy(),
-            "overdue": np.where(waiting, np.clip((dis - exp_) / 3, 0, 1.5), 0),
+            "overdue": overdue_of(st, ev.days_in_status.to_numpy(), ev.expected_delivery_days.to_numpy()),
             "last_family": np.where(last > 0, m.fam_of[np.maximum(last, 1) - 1], len(m.fam_base)),
             "persona": ev.persona.to_numpy(), "new_account": ev.account_age_days.to_numpy() < 30,
-            "return_z": (ev.return_rate_90d.to_numpy() - .075) / .06, "platinum": ev.membership_tier.to_numpy() == 4,
+            "return_z": (ev.return_rate_90d.to_numpy() - RETURN_MEAN) / RETURN_STD,
+            "platinum": ev.membership_tier.to_numpy() == 4,
             "slot_channel": ev.logistics_channel.to_numpy(), "slot_payment": ev.payment_method.to_numpy(),
             "slot_category": ev.product_category.to_numpy(), "slot_promo": ev.promotion.to_numpy(),
             "slot_region": ev.region.to_numpy(), "recent": recent}
@@ -55,7 +54,6 @@ def main() -> None:
     kb = pd.read_parquet(w / "kb.parquet")
     m = IntentModel.build(kb, cfg)
     inputs = load_ranker_inputs(w, progress=False)          # builds the Feast training set if not cached
-    t = pd.read_parquet(cache_dir(w) / f"training_set-{FEATURE_SERVICE}.parquet")
     hidden = pd.read_parquet(w / "hidden" / "sessions.parquet")[["session_id", "persona", "p_true"]]
     ev = inputs.eval.merge(hidden, on="session_id").sample(min(a.sessions, len(inputs.eval)), random_state=0)
     ev = ev.reset_index(drop=True)

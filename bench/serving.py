@@ -9,7 +9,6 @@ one of ``--users`` known users at random; cache-on rows first send every user on
 unless the run crosses the top of an hour, which changes the verbalized local hour of every context).
 """
 import argparse
-import gc
 import json
 import os
 import re
@@ -50,11 +49,7 @@ def bare_app(args):
     from rgalign.recommend import MicroBatcher, Recommender, RequestError, parse_k, parse_users
     torch.set_num_threads(args.threads)
     rec = Recommender(args.ranker, args.reasoner, args.world, args.feast_dir, args.ltp_cache)
-    if args.compile:
-        rec.compile()
-    rec.warm_up()
-    gc.collect()
-    gc.freeze()  # as serving/server.py does
+    rec.prepare_to_serve(args.compile)  # as serving/server.py does
     pool, app = ThreadPoolExecutor(1), FastAPI()
     batcher = MicroBatcher(rec.recommend, pool)  # the same micro-batching as the KServe model
 

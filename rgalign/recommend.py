@@ -309,6 +309,19 @@ class Recommender:
                 rows = [{"user_id": u, "event_timestamp": pd.Timestamp.now(tz="UTC")} for u in range(n)]
                 self.rank(rows, np.repeat(query, n, 0) if self.d_e and query is not None else None)
 
+    def prepare_to_serve(self, compile: bool = False) -> "Recommender":
+        """What a server process does once before its first request: ``compile`` (optional), ``warm_up``, then
+        ``gc.freeze``. Everything loaded so far (torch, transformers, Feast, the models: millions of objects)
+        lives as long as the server; frozen, it leaves the collector's view, or each full collection walks it
+        all (measured: 100-330 ms pauses under load, the whole p99 tail)."""
+        import gc
+        if compile:
+            self.compile()
+        self.warm_up()
+        gc.collect()
+        gc.freeze()
+        return self
+
     def popularity(self, user_ids: list[int], entry_points=None, k: int = 3) -> list[dict]:
         """The popularity floor for everyone (the unknown-user fallback, as an A/B arm)."""
         return [self._item(u, self.popular[:k], self.popular_share[:k], True) for u in user_ids]

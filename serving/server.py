@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import os
 
 
@@ -77,14 +76,7 @@ def serve(rec, port: int = 8080, host: str = "127.0.0.1", names=("reasoner", "ra
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         asyncio.set_event_loop(asyncio.new_event_loop())  # KServe's setup_event_loop() asks for the current one
     models = build_models(rec, names)
-    if compile:
-        rec.compile()
-    rec.warm_up()
-    # everything loaded so far (torch, transformers, Feast, the models: millions of objects) lives as long as
-    # the server: move it out of the collector's view, or each full collection walks it all (measured:
-    # 100-330 ms pauses under load, the whole p99 tail)
-    gc.collect()
-    gc.freeze()
+    rec.prepare_to_serve(compile)
     server.start(models)
 
 

@@ -78,8 +78,6 @@ def test_reasoner_prompt_is_the_papers():
 
 
 def test_lsa_encoder_must_be_fitted_and_keeps_what_differs():
-    import numpy as np
-    import pytest
     from rgalign.features.text_encoders import LSAEncoder
     enc = LSAEncoder(dim=6, min_df=1)
     with pytest.raises(RuntimeError, match="fit"):

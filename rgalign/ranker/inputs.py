@@ -60,22 +60,26 @@ def intent_texts(kb: pd.DataFrame) -> list[str]:
     return (kb.title + ". " + kb.description).tolist()
 
 
-LSA_FIT_CONTEXTS = 50_000  # training contexts an LSA query encoder is fitted on
-
-
 def cache_dir(world: Path) -> Path:
     d = Path(world).resolve().parent.parent / "cache" / Path(world).name
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
+SIZED_ENCODERS = ("hashing", "lsa")   # encoders whose output size is a choice (--query-dim)
+FITTED_ENCODERS = ("lsa",)            # encoders fitted on a corpus before they encode
+LSA_FIT_CONTEXTS = 50_000             # training contexts a fitted query encoder learns from
+
+
 def _encoder_key(name: str, dim: int) -> str:
-    """Cache name of a text encoder's output (the size of the hashing / LSA encoders is part of it)."""
-    return f"{name}-{dim}" if name in ("hashing", "lsa") else name
+    """Cache name of a text encoder's output (the size of a sized encoder is part of it)."""
+    return f"{name}-{dim}" if name in SIZED_ENCODERS else name
 
 
-def _encoder(name: str, dim: int):
-    return get_encoder(name, **({"dim": dim} if name in ("hashing", "lsa") else {}))
+def _encoder(name: str, dim: int, corpus=None):
+    """The encoder ``name``; a fitted one is fitted on ``corpus()`` (called only then)."""
+    enc = get_encoder(name, **({"dim": dim} if name in SIZED_ENCODERS else {}))
+    return enc.fit(corpus()) if name in FITTED_ENCODERS else enc
 
 
 def _cached_npy(path: Path, make) -> np.ndarray:
@@ -124,38 +128,38 @@ def load_ranker_inputs(world: str | Path, query_encoder: str = "hashing", query_
     frames = {"train": train.reset_index(drop=True), "val": val.reset_index(drop=True),
               "eval": ev.reset_index(drop=True)}
 
-    def encode_intents() -> np.ndarray:
-        enc = _encoder(intent_encoder, query_dim)
-        return (enc.fit(intent_texts(kb)) if hasattr(enc, "fit") else enc).encode(intent_texts(kb))
-    semantic = _cached_npy(cache / f"intent_text-{_encoder_key(intent_encoder, query_dim)}.npy", encode_intents)
-    texts: dict[str, list[str]] = {}
+    semantic = _cached_npy(cache / f"intent_text-{_encoder_key(intent_encoder, query_dim)}.npy",
+                           lambda: _encoder(intent_encoder, query_dim, lambda: intent_texts(kb))
+                           .encode(intent_texts(kb)))
+    texts: dict[str, list[str]] = {}   # verbalized contexts of the split being encoded (+ train while fitting)
 
     def split_texts(split: str) -> list[str]:
         if split not in texts:
             texts[split] = verbalize_frame(frames[split], kb, progress)
         return texts[split]
 
+    def fit_corpus() -> list[str]:  # a fitted query encoder (LSA) learns from training-week contexts only
+        corpus = split_texts("train")
+        pick = np.random.default_rng(seed).permutation(len(corpus))[:LSA_FIT_CONTEXTS]
+        return [corpus[i] for i in np.sort(pick)]
+
     enc = None
 
-    def encoder():
+    def encode(split: str) -> np.ndarray:
         nonlocal enc
-        if enc is None:
-            enc = _encoder(query_encoder, query_dim)
-            if hasattr(enc, "fit"):  # a fitted encoder (LSA) learns from training-week contexts only
-                corpus = split_texts("train")
-                pick = np.random.default_rng(seed).permutation(len(corpus))[:LSA_FIT_CONTEXTS]
-                enc.fit([corpus[i] for i in np.sort(pick)])
-        return enc
+        if query_fn is not None:
+            return query_fn(split_texts(split))
+        enc = enc or _encoder(query_encoder, query_dim, fit_corpus)
+        return enc.encode(split_texts(split))
 
     def signature(df: pd.DataFrame) -> str:
         return f"{len(df)}-{int(df.session_id.sum()) % 10**12}"
 
     query = {}
     key = query_encoder if query_fn is not None else _encoder_key(query_encoder, query_dim)
-    if query_fn is None and query_encoder == "lsa":  # a fitted encoder: its training corpus is part of the key
+    if query_fn is None and query_encoder in FITTED_ENCODERS:  # the fitting corpus is part of the key
         key += f"-fit{signature(frames['train'])}"
     for split, df in frames.items():
-        path = cache / f"query-{key}-{split}-{signature(df)}.npy"
-        query[split] = _cached_npy(path, lambda split=split: query_fn(split_texts(split)) if query_fn is not None
-                                   else encoder().encode(split_texts(split)))
+        query[split] = _cached_npy(cache / f"query-{key}-{split}-{signature(df)}.npy", lambda s=split: encode(s))
+        texts.clear()  # one split's contexts in memory at a time
     return RankerInputs(frames["train"], frames["val"], frames["eval"], kb, semantic, query, world)

@@ -70,6 +70,14 @@ FOLLOW_UPS = {  # family of the last click in 24 h -> likely next families
 SLOT_BETA = {"channel": 1.6, "payment": 1.6, "category": 1.3, "promo": 1.0, "region": 2.0}
 SAME_FAMILY_AGAIN = 1.2
 REPEAT_INTENT = 0.8
+RETURN_MEAN, RETURN_STD = .075, .06  # population return rate: return_z = (rate - mean) / std
+
+
+def overdue_of(status: np.ndarray, days_in_status: np.ndarray, expected_days: np.ndarray) -> np.ndarray:
+    """How overdue a waiting order is (0..1.5): days in TO_SHIP / TO_RECEIVE beyond the promised delivery
+    days, in units of 3 days; 0 for every other status."""
+    waiting = np.isin(status - 1, [ST["TO_SHIP"], ST["TO_RECEIVE"]])
+    return np.where(waiting, np.clip((days_in_status - expected_days) / 3, 0, 1.5), 0)
 
 
 def _matrix(effects: dict[str, dict[str, float]], index: dict[str, int]) -> np.ndarray:

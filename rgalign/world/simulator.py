@@ -13,7 +13,7 @@ import pandas as pd
 from rgalign.config import WorldConfig
 from rgalign.features.metadata import (AGE_BANDS, DEVICES, ENTRY_POINTS, GENDERS, LANGUAGES, MAX_RECENT,
                                        ORDER_STATUSES, SELLER_TYPES, SLOTS, TIERS)
-from rgalign.world.intent_model import IntentModel, ST
+from rgalign.world.intent_model import RETURN_MEAN, RETURN_STD, IntentModel, ST, overdue_of
 
 DAY, HOUR = 86_400, 3_600
 N_CH, N_PAY, N_CAT, N_PROMO, N_REG = (len(SLOTS[d]) for d in ("channel", "payment", "category", "promo", "region"))
@@ -97,7 +97,6 @@ def simulate_chunk(cfg: WorldConfig, model: IntentModel, user_offset: int, n_use
         "device_os": np.repeat(device + 1, n_snap), "language": np.repeat(language + 1, n_snap),
         "account_age_days": acc_age.ravel(), "orders_90d": orders_90d.ravel(),
         "avg_order_value": aov.ravel(), "return_rate_90d": ret.ravel(), "cancel_rate_90d": canc.ravel()})
-    ret_mean, ret_std = .075, .06
 
     # ---- session times ------------------------------------------------------------------------------
     n_sess = np.minimum(1 + rng.poisson(rng.lognormal(np.log(cfg.mean_sessions) - .3, .8, U)), K)
@@ -159,8 +158,7 @@ def simulate_chunk(cfg: WorldConfig, model: IntentModel, user_offset: int, n_use
         st = order["status"][a]
         days_in_status = (tk - order["su"][a]) // DAY
         entry = _cat(rng, ENTRY_GIVEN_STATUS[st - 1]) + 1
-        waiting = np.isin(st - 1, [ST["TO_SHIP"], ST["TO_RECEIVE"]])
-        overdue = np.where(waiting, np.clip((days_in_status - order["expected"][a]) / 3, 0, 1.5), 0)
+        overdue = overdue_of(st, days_in_status, order["expected"][a])
         snap = np.searchsorted(snap_day, day, side="right") - 1
 
         # behaviour sequence: clicks of this user in the 24 h before the session, oldest first, <= MAX_RECENT
@@ -173,7 +171,7 @@ def simulate_chunk(cfg: WorldConfig, model: IntentModel, user_offset: int, n_use
         ctx = {"order_status": st, "entry_point": entry, "overdue": overdue,
                "last_family": np.where(last > 0, model.fam_of[last - 1], len(model.fam_base)),
                "persona": persona[a], "new_account": acc_age[a, snap] < 30,
-               "return_z": (ret[a, snap] - ret_mean) / ret_std, "platinum": tier[a] == 3,
+               "return_z": (ret[a, snap] - RETURN_MEAN) / RETURN_STD, "platinum": tier[a] == 3,
                "slot_channel": order["channel"][a], "slot_payment": order["payment"][a],
                "slot_category": order["category"][a], "slot_promo": order["promo"][a],
                "slot_region": region[a] + 1, "recent": recent if k > lo else np.zeros((len(a), 1), np.int64)}
