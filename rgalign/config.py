@@ -104,6 +104,8 @@ class RankerConfig(_Config):
     user_activation: str = _f("sigmoid", "sigma of z_u = sigma(MLP(...)): sigmoid (as written in the paper), tanh or none")
     intent_id_std: float = _f(1.0, "qe-rec: initial scale of the intent-ID embedding; small (0.01) starts every "
                                     "intent from its text, so intents with few clicks are ranked by what they say")
+    intent_family: bool = _f(False, "qe-rec: add the intent's family-ID embedding to the intent tower (the KB "
+                                    "category id the baseline's intent tower also has)")
     confidence: bool = _f(True, "qe-rec: weight samples by the learned confidence predictor (Eq. 5)")
     confidence_floor: float = _f(0.5, "minimum per-sample weight, keeps the weights from collapsing")
     val_days: int = _f(3, "last days of the training weeks held out for early stopping (never the eval week)")

@@ -32,7 +32,7 @@ def make(model: str):
     if model.startswith("qe-rec"):
         tower = "hierarchical" if model == "qe-rec" else "autoint-mmoe"
         return QERec(N_INTENTS, torch.randn(N_INTENTS, 24), d_e=32, d=16, user_buckets=100, dropout=0.0,
-                     user_tower=tower)
+                     user_tower=tower, families=torch.randint(1, 5, (N_INTENTS,)) if tower == "autoint-mmoe" else None)
     return TwoTowerAutoIntMMoE(N_INTENTS, torch.randint(1, 5, (N_INTENTS,)), d=16, user_buckets=100, dropout=0.0)
 
 
@@ -221,3 +221,21 @@ def test_intent_id_scale_sets_the_start_of_z_id():
         RankerConfig(intent_id_std=0)
     with pytest.raises(ValueError, match="id_std must be > 0"):
         IntentTower(sem, 16, id_std=-1)
+
+
+def test_family_embedding_carries_what_one_intent_learns_to_its_family():
+    """Intents 1 and 2 share family 1, intent 3 is in family 2: a step on intent 1 alone moves z_i of
+    intent 2 through the shared family vector (ID and text rows of other intents get no gradient)."""
+    torch.manual_seed(0)
+    fam = torch.tensor([1, 1, 2])
+    tower = IntentTower(torch.randn(3, 8), 4, dropout=0.0, families=fam)
+    before = tower(torch.tensor([1, 2, 3])).detach()
+    opt = torch.optim.SGD([tower.family_ids.weight], lr=0.5)
+    tower(torch.tensor([1])).sum().backward()
+    opt.step()
+    moved = (tower(torch.tensor([1, 2, 3])).detach() - before).abs().sum(-1)
+    assert moved[0] > 0 and moved[1] > 0 and moved[2] == 0
+    with pytest.raises(ValueError, match="families must have shape"):
+        IntentTower(torch.randn(3, 8), 4, families=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="ids >= 1"):
+        IntentTower(torch.randn(3, 8), 4, families=torch.tensor([0, 1, 2]))

@@ -32,7 +32,8 @@ def build_model(cfg: RankerConfig, n_intents: int, semantic: torch.Tensor, famil
         return TwoTowerAutoIntMMoE(n_intents, families, cfg.d, cfg.autoint_layers, cfg.heads, cfg.n_experts,
                                    cfg.user_buckets, cfg.dropout)
     return QERec(n_intents, semantic, d_e, cfg.d, cfg.w, cfg.user_buckets, cfg.dropout, cfg.heads,
-                 cfg.user_activation, cfg.non_seq, cfg.user_tower, cfg.intent_id_std)
+                 cfg.user_activation, cfg.non_seq, cfg.user_tower, cfg.intent_id_std,
+                 families if cfg.intent_family else None)
 
 
 @torch.inference_mode()

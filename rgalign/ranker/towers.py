@@ -115,6 +115,10 @@ class IntentTower(nn.Module):
     """z_i from a learnable ID embedding z_id and a frozen semantic embedding z_sem of the intent text,
     crossed by a feature-cross layer. The semantic table is a buffer (not trained).
 
+    ``families`` (n_intents,) ids >= 1, when given, add a learnable family-ID embedding to z_id (the KB's
+    category id, as the baseline's intent tower has): effects shared by a family are learned from all its
+    intents' clicks, and reach an intent launched after training.
+
     ``id_std`` is the initial scale of z_id. At 1.0 (PyTorch's default) an intent seen in few clicks keeps a
     random ID vector that drowns its text; a small scale (e.g. 0.01) starts every intent from its text, and
     the ID vector grows only where clicks teach it something the text does not say.
@@ -122,28 +126,42 @@ class IntentTower(nn.Module):
     Input: ``intent_ids`` (...) int64 in [1, n_intents]. Output: (..., d).
     """
 
-    def __init__(self, semantic: torch.Tensor, d: int, dropout: float = 0.2, id_std: float = 1.0):
+    def __init__(self, semantic: torch.Tensor, d: int, dropout: float = 0.2, id_std: float = 1.0,
+                 families: torch.Tensor | None = None):
         super().__init__()
         _check("semantic", semantic, (None, None))
         if id_std <= 0:
             raise ValueError(f"id_std must be > 0, got {id_std}")
         n, d_sem = semantic.shape
+        if families is not None and (families.shape != (n,) or (n and int(families.min()) < 1)):
+            raise ValueError(f"families must have shape ({n},) with ids >= 1 (one per semantic row), got "
+                             f"{tuple(families.shape)}")
         self.n_intents = n
         self.register_buffer("semantic", torch.cat([torch.zeros(1, d_sem), semantic.float()]))  # row 0 = pad
         self.ids = nn.Embedding(n + 1, d, padding_idx=0)
         if id_std != 1.0:  # 1.0 is nn.Embedding's own N(0, 1) init: left as it is
             with torch.no_grad():
                 self.ids.weight.normal_(0, id_std)[0].zero_()
+        self.family_ids = None
+        if families is not None:
+            self.register_buffer("families", torch.cat([torch.zeros(1, dtype=torch.long), families.long()]))
+            self.family_ids = nn.Embedding(int(families.max()) + 1, d, padding_idx=0)
+            if id_std != 1.0:  # the same start as z_id: the text leads until clicks teach the family
+                with torch.no_grad():
+                    self.family_ids.weight.normal_(0, id_std)[0].zero_()
         self.sem = nn.Linear(d_sem, d)
-        self.cross = CrossLayer(2 * d)
-        self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * d, d))
+        width = (3 if families is not None else 2) * d
+        self.cross = CrossLayer(width)
+        self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, d))
 
     def forward(self, intent_ids: torch.Tensor) -> torch.Tensor:
         if intent_ids.numel() and (intent_ids.min() < 1 or intent_ids.max() > self.n_intents):
             raise ValueError(f"intent ids must be within [1, {self.n_intents}], got "
                              f"[{int(intent_ids.min())}, {int(intent_ids.max())}]")
-        x = torch.cat([self.ids(intent_ids), self.sem(self.semantic[intent_ids])], -1)
-        return self.out(self.cross(x))
+        parts = [self.ids(intent_ids), self.sem(self.semantic[intent_ids])]
+        if self.family_ids is not None:
+            parts.insert(1, self.family_ids(self.families[intent_ids]))
+        return self.out(self.cross(torch.cat(parts, -1)))
 
 
 class QueryTower(nn.Module):
