@@ -111,11 +111,20 @@ class CrossLayer(nn.Module):
         return x0 * self.lin(x0) + x0
 
 
+def _id_embedding(n: int, d: int, std: float) -> nn.Embedding:
+    """An ID table with row 0 = padding, drawn from N(0, std^2); std 1.0 is nn.Embedding's own init, kept as is."""
+    emb = nn.Embedding(n, d, padding_idx=0)
+    if std != 1.0:
+        with torch.no_grad():
+            emb.weight.normal_(0, std)[0].zero_()
+    return emb
+
+
 class IntentTower(nn.Module):
     """z_i from a learnable ID embedding z_id and a frozen semantic embedding z_sem of the intent text,
     crossed by a feature-cross layer. The semantic table is a buffer (not trained).
 
-    ``families`` (n_intents,) ids >= 1, when given, add a learnable family-ID embedding to z_id (the KB's
+    ``families`` (n_intents,) ids >= 1, when given, add a learnable family-ID embedding, concatenated with z_id (the KB's
     category id, as the baseline's intent tower has): effects shared by a family are learned from all its
     intents' clicks, and reach an intent launched after training.
 
@@ -138,17 +147,11 @@ class IntentTower(nn.Module):
                              f"{tuple(families.shape)}")
         self.n_intents = n
         self.register_buffer("semantic", torch.cat([torch.zeros(1, d_sem), semantic.float()]))  # row 0 = pad
-        self.ids = nn.Embedding(n + 1, d, padding_idx=0)
-        if id_std != 1.0:  # 1.0 is nn.Embedding's own N(0, 1) init: left as it is
-            with torch.no_grad():
-                self.ids.weight.normal_(0, id_std)[0].zero_()
+        self.ids = _id_embedding(n + 1, d, id_std)
         self.family_ids = None
-        if families is not None:
+        if families is not None:  # started like z_id: the text leads until clicks teach the family
             self.register_buffer("families", torch.cat([torch.zeros(1, dtype=torch.long), families.long()]))
-            self.family_ids = nn.Embedding(int(families.max()) + 1, d, padding_idx=0)
-            if id_std != 1.0:  # the same start as z_id: the text leads until clicks teach the family
-                with torch.no_grad():
-                    self.family_ids.weight.normal_(0, id_std)[0].zero_()
+            self.family_ids = _id_embedding(int(families.max()) + 1, d, id_std)
         self.sem = nn.Linear(d_sem, d)
         width = (3 if families is not None else 2) * d
         self.cross = CrossLayer(width)
