@@ -146,23 +146,30 @@ def cmd_train_ranker(args) -> int:
 def cmd_eval(args) -> int:
     import mlflow
 
-    from rgalign.metrics import format_table
+    from rgalign.metrics import evaluate_ranks, format_table, paired_difference
     from rgalign.ranker.checkpoint import load_ranker
     from rgalign.ranker.data import RankerData
     from rgalign.ranker.inputs import load_ranker_inputs
-    from rgalign.ranker.ranker_trainer import evaluate_model
+    from rgalign.ranker.ranker_trainer import model_ranks
     from rgalign.tracking import tracking_uri, use
     from rgalign.world.generate import headroom_rows, load_manifest
     use(tracking_uri(args.tracking_uri, args.artifacts))
-    rows = dict(headroom_rows(load_manifest(args.world)))
+    rows, ranks = dict(headroom_rows(load_manifest(args.world))), {}
     for uri in args.model_uri:
         path = Path(mlflow.artifacts.download_artifacts(uri)) / "artifacts" / "checkpoint"
         model, spec, cfg, _ = load_ranker(path)
         inputs = load_ranker_inputs(args.world, cfg.query_encoder, cfg.query_dim, cfg.intent_encoder, cfg.val_days,
                                     cfg.max_train_sessions, cfg.seed)  # an LSA encoder refits on the same corpus
         data = RankerData.build(inputs.eval, spec, inputs.query["eval"], "true_intent")
-        rows[f"{cfg.model} ({uri})"] = evaluate_model(model, data, seed=cfg.seed)
+        label = f"{cfg.model} ({uri})"
+        ranks[label] = model_ranks(model, data)
+        rows[label] = evaluate_ranks(ranks[label], data.user_ids, model.n_intents, seed=cfg.seed)
     print(format_table(rows, f"{Path(args.world).name}: evaluation week (true intents), 95% bootstrap CI"))
+    if len(ranks) > 1:  # every model scored the same evaluation week: compare them session by session
+        (first, r0), *others = ranks.items()
+        diffs = {f"{label} - {first}": paired_difference(r, r0) for label, r in others}
+        print("\n" + format_table(diffs, "difference to the first model, paired bootstrap 95% CI "
+                                          "(an interval that excludes 0 is a real difference)"))
     return 0
 
 

@@ -91,3 +91,19 @@ def test_bad_shapes_are_named():
         M.ranks_from_scores(np.zeros((3, 4)), np.zeros(2, int))
     with pytest.raises(ValueError, match="outside"):
         M.ranks_from_scores(np.zeros((3, 4)), np.array([0, 1, 4]))
+
+
+def test_paired_difference_detects_a_shift_that_separate_intervals_miss():
+    # B ranks every session's target one place lower than A: a small real gain for A, shared noise.
+    rng = np.random.default_rng(0)
+    b = rng.geometric(0.15, 4000) - 1
+    a = np.where(rng.random(4000) < 0.15, np.maximum(b - 1, 0), b)
+    d = M.paired_difference(a, b)
+    sa, sb = M.evaluate_ranks(a), M.evaluate_ranks(b)
+    assert d["MRR"].value == pytest.approx(sa["MRR"].value - sb["MRR"].value)
+    assert d["MRR"].lo > 0                                   # the paired interval excludes 0 ...
+    assert sa["MRR"].lo < sb["MRR"].hi                       # ... while the separate intervals overlap
+    same = M.paired_difference(b, b)
+    assert all(v.value == 0 and v.lo == 0 == v.hi for v in same.values())
+    with pytest.raises(ValueError, match="same sessions"):
+        M.paired_difference(a, b[:-1])

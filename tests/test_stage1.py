@@ -67,6 +67,24 @@ def test_mlflow_pyfunc_reloads_to_identical_scores(inputs, ci_world, tmp_path):
         assert (np.diff(scores) <= 0).all()
 
 
+def test_eval_compares_logged_rankers_session_by_session(inputs, ci_world, tmp_path, capsys):
+    from rgalign.cli import main
+    from rgalign.metrics import paired_difference
+    from rgalign.ranker.ranker_trainer import model_ranks
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = [run_ranker(RankerConfig(model=m, epochs=1), ci_world, tracking_uri=uri, root=tmp_path, inputs=inputs,
+                       progress=False) for m in ("baseline", "qe-rec")]
+    assert main(["eval", "--world", str(ci_world), "--tracking-uri", uri, "--artifacts", str(tmp_path),
+                 "--model-uri", runs[0].model_uri, runs[1].model_uri]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith(f"| qe-rec ({runs[1].model_uri}) - baseline"))
+    ranks = [model_ranks(r.result.model, _data(r, inputs, len(inputs.eval))) for r in runs]
+    want = paired_difference(ranks[1], ranks[0])
+    cells = [c.strip() for c in row.strip("|").split("|")[1:]]
+    assert cells[0] == want["R@3"].fmt() and cells[-1] == want["MRR"].fmt()   # columns: R@3 ... MRR
+    assert want["MRR"].value != 0                                             # two different models
+
+
 def _data(run, inputs, n):
     from rgalign.ranker.data import RankerData
     return RankerData.build(inputs.eval.head(n), run.result.spec, inputs.query["eval"][:n], "true_intent")

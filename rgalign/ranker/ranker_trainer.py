@@ -160,7 +160,11 @@ class RankerTrainer:
                            seen / max(train_seconds, 1e-9), self.confidence)
 
 
+def model_ranks(model: torch.nn.Module, data: RankerData) -> np.ndarray:
+    """0-based rank of each session's target (``data.clicked``) among all intents under ``model``."""
+    return target_ranks(score_all(model, data), data.clicked.numpy())
+
+
 def evaluate_model(model: torch.nn.Module, data: RankerData, n_boot: int = 200, seed: int = 0) -> dict[str, MetricValue]:
     """Table 2 metrics of ``model`` on ``data`` (its ``clicked`` = the evaluation week's true intents)."""
-    ranks = target_ranks(score_all(model, data), data.clicked.numpy())
-    return evaluate_ranks(ranks, data.user_ids, model.n_intents, n_boot=n_boot, seed=seed)
+    return evaluate_ranks(model_ranks(model, data), data.user_ids, model.n_intents, n_boot=n_boot, seed=seed)
