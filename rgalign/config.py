@@ -106,6 +106,9 @@ class RankerConfig(_Config):
                                     "intent from its text, so intents with few clicks are ranked by what they say")
     intent_family: bool = _f(False, "qe-rec: add the intent's family-ID embedding to the intent tower (the KB "
                                     "category id the baseline's intent tower also has)")
+    intent_id_dropout: float = _f(0.0, "qe-rec: in training, zero a candidate's intent-ID embedding with this "
+                                        "probability (as if the intent were new), so the text path learns to rank "
+                                        "on its own")
     confidence: bool = _f(True, "qe-rec: weight samples by the learned confidence predictor (Eq. 5)")
     confidence_floor: float = _f(0.5, "minimum per-sample weight, keeps the weights from collapsing")
     val_days: int = _f(3, "last days of the training weeks held out for early stopping (never the eval week)")
@@ -131,6 +134,8 @@ class RankerConfig(_Config):
             raise ValueError(f"d={self.d} must be divisible by heads={self.heads}")
         if self.intent_id_std <= 0:
             raise ValueError(f"intent_id_std must be > 0, got {self.intent_id_std}")
+        if not 0 <= self.intent_id_dropout < 1:
+            raise ValueError(f"intent_id_dropout must be within [0, 1), got {self.intent_id_dropout}; 0 turns it off")
         for name in ("epochs", "batch_size", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -239,3 +239,24 @@ def test_family_embedding_carries_what_one_intent_learns_to_its_family():
         IntentTower(torch.randn(3, 8), 4, families=torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="ids >= 1"):
         IntentTower(torch.randn(3, 8), 4, families=torch.tensor([0, 1, 2]))
+
+
+def test_intent_id_dropout_scores_some_candidates_as_if_new_in_training_only():
+    torch.manual_seed(0)
+    tower = IntentTower(torch.randn(3, 8), 4, dropout=0.0, id_dropout=0.3)
+    ids = torch.tensor([2]).repeat(4000)
+    full = tower.eval()(ids[:1]).detach()                 # the intent with its trained ID row
+    tower.train()
+    new = IntentTower(torch.randn(3, 8), 4, dropout=0.0)
+    new.load_state_dict(tower.state_dict())
+    with torch.no_grad():
+        new.ids.weight.zero_()                            # the same intent with an untrained (zero) ID row
+    as_new = new.eval()(ids[:1]).detach()
+    out = tower(ids).detach()
+    dropped = torch.isclose(out, as_new, atol=1e-6).all(-1)
+    kept = torch.isclose(out, full, atol=1e-6).all(-1)
+    assert (dropped | kept).all() and 0.25 < dropped.float().mean() < 0.35
+    tower.eval()
+    assert torch.allclose(tower(ids[:50]), full.expand(50, -1), atol=1e-6)   # no ID dropout at serving time
+    with pytest.raises(ValueError, match="intent_id_dropout must be within"):
+        RankerConfig(intent_id_dropout=1.0)

@@ -45,12 +45,13 @@ class QERec(nn.Module):
         d: tower output size; w: Eq. 4 weight of the user-intent term.
         intent_id_std: initial scale of the intent-ID embedding (see ``IntentTower``).
         families: (n_intents,) family id (>= 1) of each intent, or None for no family-ID embedding.
+        intent_id_dropout: training-time probability of zeroing a candidate's z_id (see ``IntentTower``).
     """
 
     def __init__(self, n_intents: int, semantic: torch.Tensor, d_e: int, d: int = 64, w: float = 0.7,
                  user_buckets: int = 50_000, dropout: float = 0.2, heads: int = 2, user_activation: str = "sigmoid",
                  non_seq: str = "mlp", user_tower: str = "hierarchical", intent_id_std: float = 1.0,
-                 families: torch.Tensor | None = None):
+                 families: torch.Tensor | None = None, intent_id_dropout: float = 0.0):
         super().__init__()
         if not 0 <= w <= 1:
             raise ValueError(f"w must be within [0, 1], got {w}")
@@ -66,7 +67,7 @@ class QERec(nn.Module):
             self.user_tower = AutoIntMMoEUser(n_intents, d, 2, heads, 4, user_buckets, dropout)
         else:
             raise ValueError(f"user_tower={user_tower!r}; use 'hierarchical' or 'autoint-mmoe'")
-        self.intent_tower = IntentTower(semantic, d, dropout, intent_id_std, families)
+        self.intent_tower = IntentTower(semantic, d, dropout, intent_id_std, families, intent_id_dropout)
         self.query_tower = QueryTower(d_e, d)
 
     def user(self, x: dict[str, torch.Tensor]) -> torch.Tensor:

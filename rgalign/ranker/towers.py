@@ -132,20 +132,26 @@ class IntentTower(nn.Module):
     random ID vector that drowns its text; a small scale (e.g. 0.01) starts every intent from its text, and
     the ID vector grows only where clicks teach it something the text does not say.
 
+    ``id_dropout`` p: in training, each candidate's z_id is zeroed with probability p, as if the intent were
+    new (a cold-start intent's ID row never moves from its start). The text path then has to rank head
+    intents on its own part of the time, so what it learns there carries to intents with few clicks.
+
     Input: ``intent_ids`` (...) int64 in [1, n_intents]. Output: (..., d).
     """
 
     def __init__(self, semantic: torch.Tensor, d: int, dropout: float = 0.2, id_std: float = 1.0,
-                 families: torch.Tensor | None = None):
+                 families: torch.Tensor | None = None, id_dropout: float = 0.0):
         super().__init__()
         _check("semantic", semantic, (None, None))
         if id_std <= 0:
             raise ValueError(f"id_std must be > 0, got {id_std}")
+        if not 0 <= id_dropout < 1:
+            raise ValueError(f"id_dropout must be within [0, 1), got {id_dropout}")
         n, d_sem = semantic.shape
         if families is not None and (families.shape != (n,) or (n and int(families.min()) < 1)):
             raise ValueError(f"families must have shape ({n},) with ids >= 1 (one per semantic row), got "
                              f"{tuple(families.shape)}")
-        self.n_intents = n
+        self.n_intents, self.id_dropout = n, id_dropout
         self.register_buffer("semantic", torch.cat([torch.zeros(1, d_sem), semantic.float()]))  # row 0 = pad
         self.ids = _id_embedding(n + 1, d, id_std)
         self.family_ids = None
@@ -161,7 +167,10 @@ class IntentTower(nn.Module):
         if intent_ids.numel() and (intent_ids.min() < 1 or intent_ids.max() > self.n_intents):
             raise ValueError(f"intent ids must be within [1, {self.n_intents}], got "
                              f"[{int(intent_ids.min())}, {int(intent_ids.max())}]")
-        parts = [self.ids(intent_ids), self.sem(self.semantic[intent_ids])]
+        z_id = self.ids(intent_ids)
+        if self.training and self.id_dropout > 0:
+            z_id = z_id * (torch.rand(intent_ids.shape, device=z_id.device) >= self.id_dropout).unsqueeze(-1)
+        parts = [z_id, self.sem(self.semantic[intent_ids])]
         if self.family_ids is not None:
             parts.insert(1, self.family_ids(self.families[intent_ids]))
         return self.out(self.cross(torch.cat(parts, -1)))
