@@ -13,6 +13,12 @@ Left alone, a learned weight collapses: w -> 0 minimises the loss. Two constrain
 
 The predictor sees the detached user vector and the logged click position (position bias is the main source
 of label noise); it is used in training only.
+
+What the two constraints do not stop is *concentration*: the movable half of the weight can go to a few
+easy samples. Measured after 2 epochs on 60,000 bench-scale sessions: 42% of the total weight sat on 1% of
+the samples (max 195, median 0.504), all position-0 clicks with a low KL; clicks at positions 1-4 sat at the
+floor. Bounding the predictor's logits (g = tanh(raw)) moved the best validation MRR at full bench scale by
++0.001 (0.6012 vs 0.6003, w = 0.5), within the noise, so the paper's unbounded form is kept.
 """
 from __future__ import annotations
 
