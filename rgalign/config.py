@@ -111,6 +111,8 @@ class RankerConfig(_Config):
                                         "on its own")
     confidence: bool = _f(True, "qe-rec: weight samples by the learned confidence predictor (Eq. 5)")
     confidence_floor: float = _f(0.5, "minimum per-sample weight, keeps the weights from collapsing")
+    confidence_span: float = _f(0.0, "bound on the confidence predictor's logits (s * tanh): one sample weighs at most "
+                                     "e^(2s) times another beyond the floor; 0 = unbounded, as in the paper")
     val_days: int = _f(3, "last days of the training weeks held out for early stopping (never the eval week)")
     user_buckets: int = _f(50_000, "hash buckets of the user-id embedding")
     query_encoder: str = _f("hashing", "frozen text encoder of the verbalized context for e: hashing | lsa (fitted on training contexts) | minilm")
@@ -134,6 +136,8 @@ class RankerConfig(_Config):
             raise ValueError(f"d={self.d} must be divisible by heads={self.heads}")
         if self.intent_id_std <= 0:
             raise ValueError(f"intent_id_std must be > 0, got {self.intent_id_std}")
+        if self.confidence_span < 0:
+            raise ValueError(f"confidence_span must be >= 0 (0 = unbounded), got {self.confidence_span}")
         if not 0 <= self.intent_id_dropout < 1:
             raise ValueError(f"intent_id_dropout must be within [0, 1), got {self.intent_id_dropout}; 0 turns it off")
         for name in ("epochs", "batch_size", "patience"):

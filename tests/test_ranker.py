@@ -78,6 +78,22 @@ def test_confidence_weights_cannot_collapse():
         ConfidencePredictor(4, 5, floor=1.0)
 
 
+def test_confidence_span_bounds_how_much_one_sample_can_weigh():
+    torch.manual_seed(0)
+    z, pos = torch.randn(256, 4), torch.randint(-1, 5, (256,))
+    free, bounded = ConfidencePredictor(4, 5, floor=0.5), ConfidencePredictor(4, 5, floor=0.5, span=1.0)
+    bounded.load_state_dict(free.state_dict())
+    with torch.no_grad():
+        for cp in (free, bounded):
+            cp.net[-1].weight.mul_(1000)   # a predictor that has learned to single out a few samples
+    wf, wb = free(z, pos).detach(), bounded(z, pos).detach()
+    assert float(wf.max()) > 10                                  # unbounded: a few samples carry the batch
+    assert float(wb.max()) <= 0.5 + 0.5 * math.e ** 2 + 1e-5      # w_j <= floor + (1 - floor) e^(2 span)
+    assert float(wb.mean()) == pytest.approx(1.0, abs=1e-5) and float(wb.min()) >= 0.5 - 1e-6
+    with pytest.raises(ValueError, match="confidence_span must be >= 0"):
+        RankerConfig(confidence_span=-1)
+
+
 @pytest.mark.parametrize("model", ["qe-rec", "qe-rec-autoint", "baseline"])
 def test_shapes(model):
     m = make(model).eval()

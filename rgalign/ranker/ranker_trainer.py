@@ -85,7 +85,8 @@ class RankerTrainer:
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, inputs.n_intents, torch.as_tensor(inputs.semantic, dtype=torch.float32),
                                  torch.as_tensor(fam, dtype=torch.long), inputs.query["train"].shape[1])
-        self.confidence = (ConfidencePredictor(cfg.d, self.data["train"].shown.shape[1], cfg.confidence_floor)
+        self.confidence = (ConfidencePredictor(cfg.d, self.data["train"].shown.shape[1], cfg.confidence_floor,
+                                               span=cfg.confidence_span)
                            if cfg.model == "qe-rec" and cfg.confidence else None)
         # negatives: half popularity (training clicks, smoothed), half uniform, over intents launched in training
         launched = torch.as_tensor((kb.launch_day.to_numpy() == 0).astype(np.float32))
