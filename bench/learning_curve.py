@@ -13,6 +13,7 @@ Writes learning_curve.{md,json,png} to --out. ~35 min at bench scale on 2 cores 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from rgalign.config import RankerConfig
-from rgalign.metrics import evaluate_ranks, paired_difference
+from rgalign.metrics import MetricValue, evaluate_ranks, paired_difference
 from rgalign.ranker.inputs import RankerInputs, load_ranker_inputs
 from rgalign.ranker.ranker_trainer import RankerTrainer, model_ranks
 
@@ -44,8 +45,7 @@ def run_point(inputs: RankerInputs, seed: int) -> dict:
     ranks, info = {}, {}
     for name, cfg in MODELS.items():
         t0 = time.perf_counter()
-        torch.manual_seed(seed)
-        tr = RankerTrainer(RankerConfig(**{**cfg.to_dict(), "seed": seed}), inputs, progress=False)
+        tr = RankerTrainer(dataclasses.replace(cfg, seed=seed), inputs, progress=False)  # seeds torch itself
         res = tr.train()
         ranks[name] = model_ranks(res.model, tr.data["eval"])
         info[name] = {"best_epoch": res.best_epoch, "seconds": round(time.perf_counter() - t0, 1),
@@ -55,7 +55,7 @@ def run_point(inputs: RankerInputs, seed: int) -> dict:
 
 
 def table(points: list[dict]) -> str:
-    pct = lambda v: f"{100 * v['value']:.2f} ± {50 * (v['hi'] - v['lo']):.2f}"
+    pct = lambda v: MetricValue(**v).fmt()
     lines = ["| train sessions | baseline R@3 | QE-Rec R@3 | QE - base R@3 [95% CI] | baseline MRR | QE-Rec MRR | "
              "QE - base MRR [95% CI] | best epoch (base / QE) | s (base / QE) |", "|---:|---|---|---|---|---|---|---|---|"]
     for p in points:
