@@ -14,6 +14,8 @@ from rgalign.cli import main
 from rgalign.steps import PipelineConfig
 
 GOLDEN = Path(__file__).parent / "golden" / "pipeline_k8s.json"
+# the full local run at half the ci sizes: the same steps, caching and registry, in about half the time
+SMALL = dict(max_train=500, max_val=100, max_eval=500, n_samples=80)
 
 
 def k8s_settings(path: Path) -> dict:
@@ -139,7 +141,7 @@ def test_full_pipeline_locally_then_a_failed_late_step_leaves_registry_and_featu
     from pipelines.run import run_local
     from rgalign.registry import Registry
     from rgalign.tracking import experiment
-    run_local(PipelineConfig(), tmp_path)
+    run_local(PipelineConfig(**SMALL), tmp_path)
     reg = Registry(root=tmp_path)
     before = {k: reg.versions("dev", k) for k in ("reasoner", "ranker")}
     for kind in before:
@@ -154,7 +156,7 @@ def test_full_pipeline_locally_then_a_failed_late_step_leaves_registry_and_featu
 
     monkeypatch.setenv("RGALIGN_INJECT_FAILURE", "register:ranker")
     with pytest.raises(RuntimeError, match="register-models"):
-        run_local(PipelineConfig(), tmp_path)              # cached up to the registration, which fails
+        run_local(PipelineConfig(**SMALL), tmp_path)       # cached up to the registration, which fails
     runs = sorted((tmp_path / "kfp").glob("rgalign-training-*"))
     assert len(runs) == 2 and (runs[0] / "rg-cl").is_dir()
     assert not (runs[1] / "rg-cl").exists() and not (runs[1] / "train-ranker").exists()   # kfp.local cache hits

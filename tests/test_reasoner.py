@@ -138,10 +138,10 @@ def test_pretrained_ltp_beats_random_init_on_a_linear_probe(ci_world, tmp_path, 
     from rgalign.ranker.inputs import load_ranker_inputs, verbalize_frame
     from rgalign.reasoner.ltp import linear_probe
     from rgalign.reasoner.sources import build_model
-    path = build_reasoner(ReasonerConfig(pretrain_steps=150, corpus_sessions=3000), ci_world, tmp_path / "tiny",
+    path = build_reasoner(ReasonerConfig(pretrain_steps=100, corpus_sessions=3000), ci_world, tmp_path / "tiny",
                           progress=False)
     inputs = load_ranker_inputs(ci_world, progress=False)
-    df = inputs.eval.head(3000)
+    df = inputs.eval.head(1500)
     ctx = verbalize_frame(df, inputs.kb)
     y = inputs.kb.set_index("intent_id").family.loc[df.true_intent].to_numpy()
     r = load_reasoner(path)

@@ -113,7 +113,7 @@ def pretrain(model, tokenizer, docs: list[tuple[str, str]], cfg: ReasonerConfig,
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     model.eval()
     return losses
