@@ -37,8 +37,8 @@ def subsample(inputs: RankerInputs, n: int, seed: int) -> RankerInputs:
     if n >= len(inputs.train):
         return inputs
     idx = np.sort(np.random.default_rng(seed).permutation(len(inputs.train))[:n])
-    return RankerInputs(inputs.train.iloc[idx].reset_index(drop=True), inputs.val, inputs.eval, inputs.kb,
-                        inputs.semantic, {**inputs.query, "train": inputs.query["train"][idx]}, inputs.world)
+    return dataclasses.replace(inputs, train=inputs.train.iloc[idx].reset_index(drop=True),
+                               query={**inputs.query, "train": inputs.query["train"][idx]})
 
 
 def run_point(inputs: RankerInputs, seed: int) -> dict:

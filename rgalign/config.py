@@ -115,7 +115,8 @@ class RankerConfig(_Config):
                                      "e^(2s) times another beyond the floor; 0 = unbounded, as in the paper")
     val_days: int = _f(3, "last days of the training weeks held out for early stopping (never the eval week)")
     user_buckets: int = _f(50_000, "hash buckets of the user-id embedding")
-    query_encoder: str = _f("hashing", "frozen text encoder of the verbalized context for e: hashing | lsa (fitted on training contexts) | minilm")
+    query_encoder: str = _f("hashing", "frozen text encoder of the verbalized context for e: hashing | lsa (fitted on "
+                                       "training contexts) | minilm; RankerTrainer refuses inputs encoded otherwise")
     query_dim: int = _f(256, "size of e from the hashing and lsa encoders")
     intent_encoder: str = _f("minilm", "frozen text encoder of the intent texts (z_sem): minilm | hashing | lsa")
     max_train_sessions: int | None = _f(None, "cap on clicked training sessions (None = all)")

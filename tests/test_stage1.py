@@ -1,4 +1,6 @@
 """Stage 1 end to end at ci scale: Feast -> verbalize -> encoders -> train -> evaluate -> MLflow -> reload."""
+import dataclasses
+
 import mlflow
 import numpy as np
 import pytest
@@ -46,14 +48,28 @@ def test_training_is_deterministic_per_seed(inputs):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_trainer_refuses_inputs_its_config_does_not_describe(inputs):
+    with pytest.raises(ValueError, match="query_encoder='lsa', but the inputs were encoded with 'hashing'"):
+        RankerTrainer(RankerConfig(query_encoder="lsa"), inputs, progress=False)
+    with pytest.raises(ValueError, match="intent_encoder='hashing', but the inputs were encoded with 'minilm'"):
+        RankerTrainer(RankerConfig(intent_encoder="hashing"), inputs, progress=False)
+    with pytest.raises(ValueError, match="query_dim=64, but the inputs hold 256-d hashing"):
+        RankerTrainer(RankerConfig(query_dim=64), inputs, progress=False)
+    RankerTrainer(RankerConfig(model="baseline", query_encoder="lsa"), inputs, progress=False)  # reads no text
+    RankerTrainer(RankerConfig(query_encoder="lsa"), dataclasses.replace(inputs, query_encoder="ltp-v1"),
+                  progress=False)  # a reasoner's query embedding is not a text-encoder choice
+
+
 def test_mlflow_pyfunc_reloads_to_identical_scores(inputs, ci_world, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run = run_ranker(RankerConfig(epochs=1), ci_world, tracking_uri=uri, root=tmp_path, inputs=inputs,
+    ltp_named = dataclasses.replace(inputs, query_encoder="ltp-v1")   # as Stage 3 passes a reasoner's LTP
+    run = run_ranker(RankerConfig(epochs=1), ci_world, tracking_uri=uri, root=tmp_path, inputs=ltp_named,
                      progress=False)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     r = client.get_run(run.run_id)
     assert r.data.params["ranker.w"] == "0.7" and r.data.tags["feature_service"] == "intent_ranking_v1"
+    assert r.data.params["ranker.query_encoder"] == "ltp-v1"      # what built the inputs, not the config default
     assert [m.step for m in client.get_metric_history(run.run_id, "val_mrr")] == [1]
     assert "evaluation/table.md" in [a.path for a in client.list_artifacts(run.run_id, "evaluation")]
     loaded = mlflow.pyfunc.load_model(run.model_uri)

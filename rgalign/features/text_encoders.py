@@ -115,10 +115,12 @@ class MiniLMEncoder:
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
 
+TEXT_ENCODERS = {"hashing": HashingEncoder, "lsa": LSAEncoder, "minilm": MiniLMEncoder}
+
+
 def get_encoder(name: str, **kw):
     """``hashing``, ``lsa`` (fit it before encoding) or ``minilm``, by name (the CLI's ``--query-encoder`` /
     ``--intent-encoder``)."""
-    encoders = {"hashing": HashingEncoder, "lsa": LSAEncoder, "minilm": MiniLMEncoder}
-    if name not in encoders:
-        raise ValueError(f"unknown text encoder {name!r}; use one of {sorted(encoders)}")
-    return encoders[name](**kw)
+    if name not in TEXT_ENCODERS:
+        raise ValueError(f"unknown text encoder {name!r}; use one of {sorted(TEXT_ENCODERS)}")
+    return TEXT_ENCODERS[name](**kw)

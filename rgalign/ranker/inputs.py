@@ -31,6 +31,8 @@ class RankerInputs:
     semantic: np.ndarray                 # (n_intents, d_sem) intent-text embeddings
     query: dict[str, np.ndarray]         # split -> (rows, d_e)
     world: Path
+    query_encoder: str = ""              # what encoded ``query``: a text encoder's name, or ltp-<reasoner version>
+    intent_encoder: str = ""             # what encoded ``semantic``
 
     @property
     def n_intents(self) -> int:
@@ -162,4 +164,24 @@ def load_ranker_inputs(world: str | Path, query_encoder: str = "hashing", query_
     for split, df in frames.items():
         query[split] = _cached_npy(cache / f"query-{key}-{split}-{signature(df)}.npy", lambda s=split: encode(s))
         texts.clear()  # one split's contexts in memory at a time
-    return RankerInputs(frames["train"], frames["val"], frames["eval"], kb, semantic, query, world)
+    return RankerInputs(frames["train"], frames["val"], frames["eval"], kb, semantic, query, world, query_encoder,
+                        intent_encoder)
+
+
+def check_encoders(cfg, inputs: RankerInputs) -> None:
+    """Raise if ``cfg`` (a ``RankerConfig``) names other text encoders than the ones that built ``inputs``: the
+    model would train on embeddings its config, and so its MLflow parameters, do not describe. A query built
+    by a reasoner (``ltp-...``, ``gen-...``) is not a config choice, and is not checked; nor is the baseline,
+    which reads no text."""
+    from rgalign.features.text_encoders import TEXT_ENCODERS
+    if cfg.model == "baseline":
+        return
+    for name in ("query_encoder", "intent_encoder"):
+        built, want = getattr(inputs, name), getattr(cfg, name)
+        if built in TEXT_ENCODERS and built != want:
+            raise ValueError(f"{name}={want!r}, but the inputs were encoded with {built!r}: build them with "
+                             f"load_ranker_inputs(world, {name}={want!r}, ...) or set {name}={built!r}")
+    d = inputs.query["train"].shape[1]
+    if inputs.query_encoder in SIZED_ENCODERS and d != cfg.query_dim:
+        raise ValueError(f"query_dim={cfg.query_dim}, but the inputs hold {d}-d {inputs.query_encoder} query "
+                         f"embeddings: set query_dim={d} or rebuild the inputs with query_dim={cfg.query_dim}")

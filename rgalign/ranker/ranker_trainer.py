@@ -21,7 +21,7 @@ from rgalign.config import RankerConfig
 from rgalign.metrics import MetricValue, evaluate_ranks, ranks_from_scores
 from rgalign.ranker.baseline import TwoTowerAutoIntMMoE
 from rgalign.ranker.data import FeatureSpec, RankerData, candidate_lists
-from rgalign.ranker.inputs import RankerInputs
+from rgalign.ranker.inputs import RankerInputs, check_encoders
 from rgalign.ranker.loss import ConfidencePredictor, weighted_intent_loss
 from rgalign.ranker.qe_rec import QERec, qe_score
 
@@ -73,6 +73,7 @@ class RankerTrainer:
     """
 
     def __init__(self, cfg: RankerConfig, inputs: RankerInputs, progress: bool = True, log_fn=None):
+        check_encoders(cfg, inputs)
         self.cfg, self.inputs, self.progress, self.log_fn = cfg, inputs, progress, log_fn
         self.spec = FeatureSpec.fit(inputs.train, inputs.n_intents, user_buckets=cfg.user_buckets)
         self.data = {s: RankerData.build(getattr(inputs, s), self.spec, inputs.query[s],

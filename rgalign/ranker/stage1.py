@@ -64,7 +64,9 @@ def run_ranker(cfg: RankerConfig, world: str | Path, tracking: bool = True, trac
     from rgalign.tracking import experiment, log_ranker
     exp = experiment("rgalign-ranker", tracking_uri, root)
     with mlflow.start_run(experiment_id=exp, run_name=f"{cfg.model}-{world.name}") as run:
-        mlflow.log_params({f"ranker.{k}": v for k, v in cfg.to_dict().items()})
+        # the encoders that built the inputs (a reasoner's LTP is not one of cfg's text encoders)
+        built = {k: getattr(inputs, k) for k in ("query_encoder", "intent_encoder") if getattr(inputs, k)}
+        mlflow.log_params({f"ranker.{k}": v for k, v in {**cfg.to_dict(), **built}.items()})
         mlflow.set_tags({"world": world.name, "world_digest": manifest["config_digest"],
                          "feature_service": FEATURE_SERVICE, "stage": "1", "model": cfg.model})
         mlflow.log_params({"train_sessions": len(inputs.train), "val_sessions": len(inputs.val),
