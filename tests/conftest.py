@@ -25,6 +25,14 @@ def two_threads(monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def half_ci_sizes():
+    """Half the ci preset's session counts: the slowest end-to-end tests (reproduce, the local pipeline) run every
+    step and row on these, in about half the time."""
+    from rgalign.config import REPRODUCE_PRESETS
+    return {k: REPRODUCE_PRESETS["ci"][k] // 2 for k in ("max_train", "max_val", "max_eval", "n_samples")}
+
+
+@pytest.fixture(scope="session")
 def ci_world(tmp_path_factory):
     """The ci-scale world, generated once per test session."""
     from rgalign.config import WorldConfig

@@ -14,8 +14,6 @@ from rgalign.cli import main
 from rgalign.steps import PipelineConfig
 
 GOLDEN = Path(__file__).parent / "golden" / "pipeline_k8s.json"
-# the full local run at half the ci sizes: the same steps, caching and registry, in about half the time
-SMALL = dict(max_train=500, max_val=100, max_eval=500, n_samples=80)
 
 
 def k8s_settings(path: Path) -> dict:
@@ -136,12 +134,12 @@ def _digest(path: Path) -> str:
 
 @pytest.mark.slow
 def test_full_pipeline_locally_then_a_failed_late_step_leaves_registry_and_features_intact(tmp_path, monkeypatch,
-                                                                                         two_threads):
-    """The product's main job through kfp.local at ci scale; then a re-run whose ranker registration fails."""
+                                                                                         two_threads, half_ci_sizes):
+    """The product's main job through kfp.local at half the ci sizes; then a re-run whose ranker registration fails."""
     from pipelines.run import run_local
     from rgalign.registry import Registry
     from rgalign.tracking import experiment
-    run_local(PipelineConfig(**SMALL), tmp_path)
+    run_local(PipelineConfig(**half_ci_sizes), tmp_path)
     reg = Registry(root=tmp_path)
     before = {k: reg.versions("dev", k) for k in ("reasoner", "ranker")}
     for kind in before:
@@ -156,7 +154,7 @@ def test_full_pipeline_locally_then_a_failed_late_step_leaves_registry_and_featu
 
     monkeypatch.setenv("RGALIGN_INJECT_FAILURE", "register:ranker")
     with pytest.raises(RuntimeError, match="register-models"):
-        run_local(PipelineConfig(**SMALL), tmp_path)       # cached up to the registration, which fails
+        run_local(PipelineConfig(**half_ci_sizes), tmp_path)  # cached up to the registration, which fails
     runs = sorted((tmp_path / "kfp").glob("rgalign-training-*"))
     assert len(runs) == 2 and (runs[0] / "rg-cl").is_dir()
     assert not (runs[1] / "rg-cl").exists() and not (runs[1] / "train-ranker").exists()   # kfp.local cache hits

@@ -14,7 +14,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from rgalign.features.feast_io import FEATURE_SERVICE, FeatureStoreSession
-from rgalign.features.text_encoders import get_encoder
+from rgalign.features.text_encoders import TEXT_ENCODERS, get_encoder
 from rgalign.features.metadata import FEATURES
 from rgalign.features.verbalize import Verbalizer
 
@@ -174,7 +174,6 @@ def check_encoders(cfg, inputs: RankerInputs) -> None:
     model would train on embeddings its config, and so its MLflow parameters, do not describe. A query built
     by a reasoner (``ltp-...``, ``gen-...``) is not a config choice, and is not checked; nor is the baseline,
     which reads no text."""
-    from rgalign.features.text_encoders import TEXT_ENCODERS
     if cfg.model == "baseline":
         return
     for name in ("query_encoder", "intent_encoder"):
