@@ -6,9 +6,17 @@ paired bootstrap of the per-session difference (``rgalign.metrics.paired_differe
 the 5% level when its interval excludes 0. QE-Rec uses the README's Stage-1 settings (LSA query encoder,
 intent-ID std 0.01); its LSA encoder is fitted once on training-week contexts (text only, no labels).
 
-    python bench/learning_curve.py --world artifacts/worlds/bench-s0 --out artifacts/bench/learning_curve
+The paired interval covers the evaluation sessions, not training: with ``--seeds 0,1,2`` every size is trained
+at each seed (its own subsample, initialisation and negatives) and a second table gives the mean difference
+with a Student-t interval over the seeds (``rgalign.metrics.across_seeds``), the one to read for a claim
+about the models. Finished points are kept in ``learning_curve.json`` and skipped when the run is started
+again with the same --out.
 
-Writes learning_curve.{md,json,png} to --out. ~35 min at bench scale on 2 cores for the default sizes.
+    python bench/learning_curve.py --world artifacts/worlds/bench-s0 --out artifacts/bench/learning_curve
+    python bench/learning_curve.py --world artifacts/worlds/bench-s0 --sizes 0 --seeds 0,1,2
+
+Writes learning_curve.{md,json,png} to --out. ~35 min at bench scale on 2 cores for the default sizes and one
+seed; ~14 min per seed at the full training set.
 """
 from __future__ import annotations
 
@@ -23,7 +31,7 @@ import numpy as np
 import torch
 
 from rgalign.config import RankerConfig
-from rgalign.metrics import MetricValue, evaluate_ranks, paired_difference
+from rgalign.metrics import MetricValue, across_seeds, evaluate_ranks, paired_difference
 from rgalign.ranker.inputs import RankerInputs, load_ranker_inputs
 from rgalign.ranker.ranker_trainer import RankerTrainer, model_ranks
 
@@ -41,7 +49,7 @@ def subsample(inputs: RankerInputs, n: int, seed: int) -> RankerInputs:
                                query={**inputs.query, "train": inputs.query["train"][idx]})
 
 
-def run_point(inputs: RankerInputs, seed: int) -> dict:
+def run_point(inputs: RankerInputs, size: int, seed: int) -> dict:
     ranks, info = {}, {}
     for name, cfg in MODELS.items():
         t0 = time.perf_counter()
@@ -51,20 +59,46 @@ def run_point(inputs: RankerInputs, seed: int) -> dict:
         info[name] = {"best_epoch": res.best_epoch, "seconds": round(time.perf_counter() - t0, 1),
                       **{m: v.__dict__ for m, v in evaluate_ranks(ranks[name], seed=seed).items() if m in METRICS}}
     diff = paired_difference(ranks["qe-rec"], ranks["baseline"], seed=seed)
-    return {"train_sessions": len(inputs.train), **info, "diff": {m: diff[m].__dict__ for m in METRICS}}
+    return {"size": size, "seed": seed, "train_sessions": len(inputs.train), **info,
+            "diff": {m: diff[m].__dict__ for m in METRICS}}
+
+
+def _ci(v: dict) -> str:
+    return f"{100 * v['value']:+.2f} [{100 * v['lo']:+.2f}, {100 * v['hi']:+.2f}]"
 
 
 def table(points: list[dict]) -> str:
     pct = lambda v: MetricValue(**v).fmt()
-    lines = ["| train sessions | baseline R@3 | QE-Rec R@3 | QE - base R@3 [95% CI] | baseline MRR | QE-Rec MRR | "
-             "QE - base MRR [95% CI] | best epoch (base / QE) | s (base / QE) |", "|---:|---|---|---|---|---|---|---|---|"]
+    lines = ["| train sessions | seed | baseline R@3 | QE-Rec R@3 | QE - base R@3 [95% CI] | baseline MRR | QE-Rec MRR | "
+             "QE - base MRR [95% CI] | best epoch (base / QE) | s (base / QE) |", "|---:|---:|---|---|---|---|---|---|---|---|"]
     for p in points:
-        d = {m: f"{100 * p['diff'][m]['value']:+.2f} [{100 * p['diff'][m]['lo']:+.2f}, {100 * p['diff'][m]['hi']:+.2f}]"
-             for m in METRICS}
+        d = {m: _ci(p["diff"][m]) for m in METRICS}
         b, q = p["baseline"], p["qe-rec"]
-        lines.append(f"| {p['train_sessions']:,} | {pct(b['R@3'])} | {pct(q['R@3'])} | {d['R@3']} | {pct(b['MRR'])} | "
+        lines.append(f"| {p['train_sessions']:,} | {p.get('seed', 0)} | {pct(b['R@3'])} | {pct(q['R@3'])} | {d['R@3']} | {pct(b['MRR'])} | "
                      f"{pct(q['MRR'])} | {d['MRR']} | {b['best_epoch']} / {q['best_epoch']} | "
                      f"{b['seconds']:.0f} / {q['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def seed_summary(points: list[dict]) -> list[dict]:
+    """Per training-set size measured at 2+ seeds: the mean QE - base difference and its t-interval over seeds."""
+    out = []
+    for n in sorted({p["train_sessions"] for p in points}):
+        at = [p for p in points if p["train_sessions"] == n]
+        if len(at) >= 2:
+            out.append({"train_sessions": n, "seeds": sorted(p["seed"] for p in at),
+                        **{m: across_seeds([p["diff"][m]["value"] for p in at]).__dict__ for m in METRICS},
+                        **{f"{m} wins": sum(p["diff"][m]["lo"] > 0 for p in at) for m in METRICS},
+                        **{f"{m} losses": sum(p["diff"][m]["hi"] < 0 for p in at) for m in METRICS}})
+    return out
+
+
+def summary_table(rows: list[dict]) -> str:
+    lines = ["| train sessions | seeds | QE - base R@3, mean [95% t-CI over seeds] | seeds won / lost (paired CI) | "
+             "QE - base MRR, mean [95% t-CI over seeds] | seeds won / lost (paired CI) |", "|---:|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['train_sessions']:,} | {','.join(map(str, r['seeds']))} | " + " | ".join(
+            f"{_ci(r[m])} | {r[f'{m} wins']} / {r[f'{m} losses']}" for m in METRICS) + " |")
     return "\n".join(lines)
 
 
@@ -72,23 +106,33 @@ def plot(points: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    n = [p["train_sessions"] for p in points]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, m in zip(axes, METRICS):
-        d = [100 * p["diff"][m]["value"] for p in points]
-        lo = [100 * p["diff"][m]["lo"] for p in points]
-        hi = [100 * p["diff"][m]["hi"] for p in points]
-        ax.fill_between(n, lo, hi, alpha=0.25, label="paired 95% CI")
-        ax.plot(n, d, "o-", label="QE-Rec - baseline")
+        for seed in sorted({p["seed"] for p in points}):
+            at = sorted((p for p in points if p["seed"] == seed), key=lambda p: p["train_sessions"])
+            n = [p["train_sessions"] for p in at]
+            line, = ax.plot(n, [100 * p["diff"][m]["value"] for p in at], "o-", label=f"seed {seed}")
+            ax.fill_between(n, [100 * p["diff"][m]["lo"] for p in at], [100 * p["diff"][m]["hi"] for p in at],
+                            alpha=0.2, color=line.get_color())
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel("clicked training sessions")
-        ax.set_ylabel(f"{m} difference (points)")
-        ax.set_title(m)
+        ax.set_ylabel(f"QE-Rec - baseline, {m} (points)")
+        ax.set_title(f"{m} (bands: paired 95% CI over evaluation sessions)", fontsize=9)
         ax.legend(fontsize=8)
-    fig.suptitle("QE-Rec vs the baseline on the evaluation week, by training-set size")
+    fig.suptitle("QE-Rec vs the baseline on the evaluation week, by training-set size and seed")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def _ints(flag: str, text: str) -> list[int]:
+    try:
+        v = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"{flag} must be comma-separated integers, got {text!r}")
+    if any(x < 0 for x in v):
+        raise SystemExit(f"{flag} must be >= 0, got {text!r}")
+    return v
 
 
 def main() -> None:
@@ -97,25 +141,30 @@ def main() -> None:
     ap.add_argument("--out", default="artifacts/bench/learning_curve")
     ap.add_argument("--sizes", default="24000,48000,96000,0",
                     help="comma-separated training-session counts; 0 = all clicked training sessions")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", "--seed", default="0",
+                    help="comma-separated training seeds; 2 or more add the across-seed table")
     args = ap.parse_args()
-    try:
-        sizes = [int(s) for s in args.sizes.split(",")]
-    except ValueError:
-        raise SystemExit(f"--sizes must be comma-separated integers, got {args.sizes!r}")
-    if any(s < 0 for s in sizes):
-        raise SystemExit(f"--sizes must be >= 0 (0 = all), got {args.sizes!r}")
+    sizes, seeds = _ints("--sizes", args.sizes), _ints("--seeds", args.seeds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    full = load_ranker_inputs(args.world, "lsa", 256, "minilm", seed=args.seed)
-    points = []
-    for n in sizes:
-        points.append(run_point(subsample(full, n or len(full.train), args.seed), args.seed))
-        print(table(points[-1:]).splitlines()[-1], flush=True)
-        (out / "learning_curve.json").write_text(json.dumps(points, indent=1))
-    md = (f"Learning curve on {Path(args.world).name} (evaluation week: {len(full.eval):,} sessions; seed "
-          f"{args.seed}; torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
-          f"\n\n{table(points)}\n")
+    saved = out / "learning_curve.json"
+    points = [p for p in json.loads(saved.read_text()) if "size" in p] if saved.is_file() else []
+    done = {(p["size"], p["seed"]) for p in points}
+    if done:
+        print(f"resuming: {len(done)} point(s) already in {saved}")
+    full = load_ranker_inputs(args.world, "lsa", 256, "minilm")   # the splits whole; each seed subsamples
+    for seed in seeds:
+        for n in sizes:
+            if (n, seed) in done:
+                continue
+            points.append(run_point(subsample(full, n or len(full.train), seed), n, seed))
+            print(table(points[-1:]).splitlines()[-1], flush=True)
+            saved.write_text(json.dumps(points, indent=1))
+    points.sort(key=lambda p: (p["train_sessions"], p["seed"]))
+    summary = seed_summary(points)
+    md = (f"Learning curve on {Path(args.world).name} (evaluation week: {len(full.eval):,} sessions; torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+          f"\n\n{table(points)}\n" + (f"\nAcross training seeds:\n\n{summary_table(summary)}\n" if summary else ""))
     (out / "learning_curve.md").write_text(md)
     plot(points, out / "learning_curve.png")
     print("\n" + md + f"\nwrote {out}/learning_curve.{{md,json,png}}")

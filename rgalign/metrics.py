@@ -184,6 +184,30 @@ def paired_difference(ranks_a: np.ndarray, ranks_b: np.ndarray, n_boot: int = 20
     return out
 
 
+def across_seeds(values, level: float = 0.95) -> MetricValue:
+    """Mean of one figure measured at several training seeds, with a Student-t interval over the seeds.
+
+    ``paired_difference`` covers the sampling of evaluation sessions only: a model trained again with another
+    seed moves by more than that interval. A claim about models rather than runs ("QE-Rec beats the
+    baseline") needs this interval, over seeds, to exclude 0. With few seeds it is wide on purpose
+    (t = 4.30 for 3 seeds).
+
+    Example:
+        >>> v = across_seeds([0.001, 0.002, 0.003])
+        >>> round(v.value, 4), round(v.hi - v.value, 5)   # mean, and t(0.975, 2) * sd / sqrt(3)
+        (0.002, 0.00248)
+    """
+    from scipy.stats import t
+    v = np.asarray(values, float)
+    if v.ndim != 1 or len(v) < 2:
+        raise ValueError(f"across_seeds needs a figure from 2 or more seeds, got {len(np.atleast_1d(v))}; "
+                         "train and evaluate at more seeds (e.g. bench/learning_curve.py --seeds 0,1,2)")
+    if not np.isfinite(v).all():
+        raise ValueError(f"across_seeds got non-finite values {v.tolist()}")
+    half = float(t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return MetricValue(float(v.mean()), float(v.mean()) - half, float(v.mean()) + half)
+
+
 def gauc_from_ranks(user_ids: np.ndarray, ranks: np.ndarray, n_candidates: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-user AUC and weight when each session has exactly one positive among ``n_candidates``, scored
     within its session (cross-session pairs are not compared: a session's scores are a ranking of its own

@@ -107,3 +107,17 @@ def test_paired_difference_detects_a_shift_that_separate_intervals_miss():
     assert all(v.value == 0 and v.lo == 0 == v.hi for v in same.values())
     with pytest.raises(ValueError, match="same sessions"):
         M.paired_difference(a, b[:-1])
+
+
+def test_across_seeds_is_a_student_t_interval_that_widens_with_the_seed_spread():
+    v = M.across_seeds([0.10, 0.20, 0.30])
+    # mean 0.2, sd 0.1, t(0.975, df=2) = 4.3027: half-width 4.3027 * 0.1 / sqrt(3) = 0.2484
+    assert v.value == pytest.approx(0.2)
+    assert (v.lo, v.hi) == pytest.approx((0.2 - 0.24841, 0.2 + 0.24841), abs=1e-4)
+    # the README's R@3 differences at 96k sessions, seeds 0-2: a paired-CI win at one seed is not a win
+    assert M.across_seeds([0.0010, 0.0001, -0.0013]).lo < 0 < M.across_seeds([0.0010, 0.0001, -0.0013]).hi
+    assert M.across_seeds([0.0028, 0.0024, 0.0030]).lo > 0      # consistent small gains do exclude 0
+    with pytest.raises(ValueError, match="2 or more seeds"):
+        M.across_seeds([0.1])
+    with pytest.raises(ValueError, match="non-finite"):
+        M.across_seeds([0.1, float("nan")])
