@@ -74,7 +74,7 @@ def table(points: list[dict]) -> str:
     for p in points:
         d = {m: _ci(p["diff"][m]) for m in METRICS}
         b, q = p["baseline"], p["qe-rec"]
-        lines.append(f"| {p['train_sessions']:,} | {p.get('seed', 0)} | {pct(b['R@3'])} | {pct(q['R@3'])} | {d['R@3']} | {pct(b['MRR'])} | "
+        lines.append(f"| {p['train_sessions']:,} | {p['seed']} | {pct(b['R@3'])} | {pct(q['R@3'])} | {d['R@3']} | {pct(b['MRR'])} | "
                      f"{pct(q['MRR'])} | {d['MRR']} | {b['best_epoch']} / {q['best_epoch']} | "
                      f"{b['seconds']:.0f} / {q['seconds']:.0f} |")
     return "\n".join(lines)

@@ -16,21 +16,19 @@ from pathlib import Path
 import numpy as np
 
 from rgalign.config import AlignmentConfig, RankerConfig, ReasonerConfig, ReproduceConfig, WorldConfig
-from rgalign.metrics import METRICS, MetricValue, format_table
-
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
+from rgalign.metrics import METRICS, MetricValue, across_seeds, format_table
 
 
 def combine(per_seed: list[dict[str, MetricValue]]) -> dict[str, MetricValue]:
     """Mean over seeds; the half-width combines the mean bootstrap half-width and the t-interval of the
-    seed means: hw = sqrt(boot^2 + (t * sd / sqrt(n))^2)."""
+    seed means (``across_seeds``): hw = sqrt(boot^2 + (t * sd / sqrt(n))^2)."""
     out = {}
     for m in METRICS:
         vals = np.array([r[m].value for r in per_seed if m in r])
         if not len(vals):
             continue
         boot = np.mean([(r[m].hi - r[m].lo) / 2 for r in per_seed if m in r])
-        seed_hw = T975.get(len(vals) - 1, 1.96) * vals.std(ddof=1) / np.sqrt(len(vals)) if len(vals) > 1 else 0.0
+        seed_hw = across_seeds(vals).hi - vals.mean() if len(vals) > 1 else 0.0
         hw = float(np.hypot(boot, seed_hw))
         out[m] = MetricValue(float(vals.mean()), float(vals.mean()) - hw, float(vals.mean()) + hw)
     return out

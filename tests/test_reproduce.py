@@ -12,7 +12,7 @@ def test_combine_means_seeds_and_widens_the_interval_by_their_spread():
     rows = [{"MRR": MetricValue(v, v - 0.01, v + 0.01)} for v in (0.30, 0.32, 0.34)]
     m = combine(rows)["MRR"]
     assert m.value == pytest.approx(0.32)
-    seed_hw = 4.303 * np.std([0.30, 0.32, 0.34], ddof=1) / np.sqrt(3)
+    seed_hw = 4.302653 * np.std([0.30, 0.32, 0.34], ddof=1) / np.sqrt(3)
     assert (m.hi - m.lo) / 2 == pytest.approx(np.hypot(0.01, seed_hw))
 
 
