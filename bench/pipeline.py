@@ -11,7 +11,7 @@ import tempfile
 import time
 from datetime import datetime
 
-IMPORTS = ["rgalign.steps", "torch", "transformers", "trl", "feast", "mlflow", "kfp"]
+IMPORTS = ["rgalign.workflow", "torch", "transformers", "trl", "feast", "mlflow", "kfp"]
 
 
 def import_seconds(module: str) -> float:

@@ -3,6 +3,8 @@ the world / Feast / serving and ``monitoring.drift`` / ``monitoring.workspace``.
 """
 from __future__ import annotations
 
+from rgalign.errors import MissingInputError
+
 from pathlib import Path
 
 import pandas as pd
@@ -97,7 +99,7 @@ def publish_inputs(log: pd.DataFrame) -> list:
     from rgalign.abtest import LOG_COLUMNS
     missing = [c for c in LOG_COLUMNS if c not in log.columns]
     if missing:
-        raise KeyError(f"the A/B log lacks column(s) {missing}; publish logs written by `rgalign monitor ab`")
+        raise MissingInputError(f"the A/B log lacks column(s) {missing}; publish logs written by `rgalign monitor ab`")
     if log.empty:
         raise ValueError("the A/B log is empty: nothing to publish")
     day = pd.to_datetime(log.event_timestamp, utc=True).dt.floor("D")
@@ -107,3 +109,43 @@ def publish_inputs(log: pd.DataFrame) -> list:
         if upto.arm.nunique() == 2:
             stats[pd.Timestamp(d).to_pydatetime()] = stats_row(ab_summary(upto))
     return ab_snapshots(log, stats)
+
+
+# ---------------------------------------------------------------- the monitoring pipeline's steps
+class DriftDetected(RuntimeError):
+    """The drift gate fired and the caller asked to fail on drift."""
+
+
+def drift_gate_step(world_folder: str | Path, scenario: str, window: int, fail_on_drift: bool) -> tuple[bool, str]:
+    """The monitoring gate: evaluation week vs training weeks (optionally under a drifted scenario). Returns
+    ``(fired, markdown report)``; raises ``DriftDetected`` when it fired and ``fail_on_drift``."""
+    from rgalign.workflow import inject_failure, world_of
+    inject_failure("drift_gate")
+    res = run_drift(world_of(world_folder), window, scenario or None)
+    g, f = res["gate"], res["features"]
+    md = (f"# Drift gate: {'FIRED' if g.fired else 'quiet'}\n\n" + "\n".join(f"- {r}" for r in g.reasons) +
+          f"\n\n{len(f.drifted)}/{len(f.per_column)} columns drifted ({f.methods['num_method']} / "
+          f"{f.methods['cat_method']}, {f.n_reference:,} vs {f.n_current:,} sessions)\n")
+    if g.fired and fail_on_drift:
+        raise DriftDetected("drift gate fired: " + "; ".join(g.reasons))
+    return g.fired, md
+
+
+def request_retraining(reason: str, cfg, tracking_uri: str | None, root: str | Path) -> str:
+    """Record a retraining request in MLflow (experiment ``rgalign-monitoring``) and, when ``KFP_HOST`` is set,
+    submit the compiled training pipeline (``RGALIGN_PIPELINE_PACKAGE``) with the workflow config ``cfg`` to it.
+    Returns the MLflow run id."""
+    import os
+
+    import mlflow
+
+    from rgalign.tracking import experiment
+    exp = experiment("rgalign-monitoring", tracking_uri, root)
+    with mlflow.start_run(experiment_id=exp, run_name="retraining requested") as run:
+        mlflow.set_tags({"action": "retraining-requested", "env": cfg.env, "reason": reason[:5000]})
+        host = os.environ.get("KFP_HOST")
+        if host:
+            from pipelines.run import submit
+            run_id = submit(os.environ.get("RGALIGN_PIPELINE_PACKAGE", "rgalign-training.yaml"), host, cfg)
+            mlflow.set_tag("training_run_id", run_id)
+    return run.info.run_id

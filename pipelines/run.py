@@ -4,33 +4,31 @@ import time
 from pathlib import Path
 
 from pipelines.training import build_monitoring_pipeline, build_pipeline, load_profile
-from rgalign.steps import PipelineConfig
+from rgalign.workflow import WorkflowConfig
 
 
-def run_local(cfg: PipelineConfig, root: str | Path = "artifacts", rga_method: str = "sft-cl",
-              tracking_uri: str | None = None, caching: bool = True) -> dict:
-    """Run every step as a subprocess of this environment (kfp.local SubprocessRunner), with caching;
-    artifacts under ``<root>/kfp``, MLflow under ``<root>`` (SQLite) unless ``tracking_uri``."""
+def _local(cfg: WorkflowConfig, caching: bool) -> tuple[WorkflowConfig, Path]:
     import kfp.local
-    root = Path(root).resolve()
+    root = Path(cfg.root).resolve()
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "kfp"),
                    enable_caching=caching, raise_on_error=True)
+    return dataclasses.replace(cfg, artifacts=str(root)), root
+
+
+def run_local(cfg: WorkflowConfig, caching: bool = True) -> dict:
+    """Run every step as a subprocess of this environment (kfp.local SubprocessRunner), with caching;
+    artifacts under ``<cfg.artifacts>/kfp``, MLflow under it (SQLite) unless ``cfg.tracking_uri``."""
+    cfg, root = _local(cfg, caching)
     t0 = time.perf_counter()
-    build_pipeline(None)(config=dataclasses.asdict(cfg), rga_method=rga_method, artifacts_root=str(root),
-                         tracking_uri=tracking_uri or "")
+    build_pipeline(None)(config=dataclasses.asdict(cfg))
     return {"seconds": round(time.perf_counter() - t0, 1), "pipeline_root": str(root / "kfp")}
 
 
-def run_monitoring_local(cfg: PipelineConfig, root: str | Path = "artifacts", scenario: str = "", window: int = 2000,
-                         tracking_uri: str | None = None) -> dict:
+def run_monitoring_local(cfg: WorkflowConfig, scenario: str = "", window: int = 2000) -> dict:
     """The monitoring pipeline (drift gate -> retraining request) through kfp.local."""
-    import kfp.local
-    root = Path(root).resolve()
-    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "kfp"),
-                   enable_caching=True, raise_on_error=True)
+    cfg, root = _local(cfg, True)
     t0 = time.perf_counter()
-    build_monitoring_pipeline(None)(config=dataclasses.asdict(cfg), scenario=scenario, window=window,
-                                    artifacts_root=str(root), tracking_uri=tracking_uri or "")
+    build_monitoring_pipeline(None)(config=dataclasses.asdict(cfg), scenario=scenario, window=window)
     return {"seconds": round(time.perf_counter() - t0, 1), "pipeline_root": str(root / "kfp")}
 
 
@@ -49,8 +47,8 @@ def compile_pipeline(out: str | Path, profile: str | None = "gpu-a100", profiles
     return out
 
 
-def submit(package: str | Path, host: str, cfg: PipelineConfig, experiment: str = "rgalign", namespace: str | None = None,
-           rga_method: str = "sft-cl", run_name: str | None = None) -> str:
+def submit(package: str | Path, host: str, cfg: WorkflowConfig, experiment: str = "rgalign", namespace: str | None = None,
+           run_name: str | None = None) -> str:
     """Submit a compiled package to a Kubeflow Pipelines API server; returns the run id."""
     import kfp
     package = Path(package)
@@ -59,7 +57,7 @@ def submit(package: str | Path, host: str, cfg: PipelineConfig, experiment: str 
     try:
         client = kfp.Client(host=host, namespace=namespace)
         run = client.create_run_from_pipeline_package(
-            str(package), arguments={"config": dataclasses.asdict(cfg), "rga_method": rga_method},
+            str(package), arguments={"config": dataclasses.asdict(cfg)},
             experiment_name=experiment, run_name=run_name or f"rgalign-{time.strftime('%Y%m%d-%H%M%S')}")
     except Exception as e:  # urllib3/kfp_server_api raise many types for an unreachable or refusing host
         raise ConnectionError(f"could not submit to the Kubeflow Pipelines API at {host}: {type(e).__name__}: "

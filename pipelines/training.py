@@ -11,11 +11,9 @@ import yaml
 from kfp import dsl
 
 import components as c
-from rgalign.steps import PipelineConfig
+from rgalign.workflow import WorkflowConfig
 
 PROFILES = Path(__file__).parent / "cluster_profiles.yaml"
-LLM_STEPS = {"build-reasoner", "teacher-queries", "reward-best-of-n", "rg-sft", "rg-cl", "rg-dpo"}
-TRAINING_STEPS = {"train-ranker", "train-ranker-2", "train-ranker-3"}
 
 
 def load_profile(name: str | None, path: str | Path = PROFILES) -> dict | None:
@@ -48,7 +46,7 @@ def _apply(task, settings: dict | None, profile: dict) -> None:
 
 
 def configure(task, kind: str, profile: dict | None, retries: int = 0, cache: bool = True):
-    task.set_display_name(task.name)
+    task.set_display_name(task.name)   # (train-baseline and train-ranker-stage3 rename theirs)
     if not cache:
         task.set_caching_options(False)
     if retries:
@@ -59,43 +57,44 @@ def configure(task, kind: str, profile: dict | None, retries: int = 0, cache: bo
 
 
 def build_pipeline(profile: dict | None = None):
-    """The pipeline function; ``profile`` = a cluster profile (None for kfp.local)."""
+    """The pipeline function; ``profile`` = a cluster profile (None for kfp.local). One task per step of
+    ``rgalign.workflow.STEPS`` (the KFP task names; a test checks them), wired as ``workflow.run`` chains them."""
 
     @dsl.pipeline(name="rgalign-training", description="RGAlign-Rec: Stage 1 -> Stage 2 (RGA) -> Stage 3 -> "
                                                          "evaluation gate -> MLflow registry")
-    def pipeline(config: dict = dataclasses.asdict(PipelineConfig()), rga_method: str = "sft-cl",
-                 artifacts_root: str = "", tracking_uri: str = ""):
+    def pipeline(config: dict = dataclasses.asdict(WorkflowConfig())):
         run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
-        exit_task = configure(c.record_run_status(artifacts_root=artifacts_root, tracking_uri=tracking_uri,
-                                                  run_id=run_id), "light", profile, cache=False)
+        exit_task = configure(c.record_run_status(config=config, run_id=run_id), "light", profile, cache=False)
         with dsl.ExitHandler(exit_task, name="rgalign"):
             data = configure(c.prepare_features(config=config), "light", profile)
-            raw = configure(c.build_reasoner(config=config, world=data.outputs["world"]), "llm", profile)
-            s1 = configure(c.train_ranker(config=config, label="Stage 1", world=data.outputs["world"],
+            world = data.outputs["world"]
+            raw = configure(c.build_reasoner(config=config, world=world), "llm", profile)
+            s1 = configure(c.train_ranker(config=config, label="Stage 1", model="qe-rec", world=world,
                                           reasoner=raw.outputs["reasoner"]), "training", profile)
-            props = configure(c.teacher_queries(config=config, world=data.outputs["world"],
-                                                reasoner=raw.outputs["reasoner"]), "llm", profile, retries=2)
-            cands = configure(c.reward_best_of_n(config=config, world=data.outputs["world"],
-                                                 reasoner=raw.outputs["reasoner"], ranker=s1.outputs["ranker"],
-                                                 proposals=props.outputs["proposals"]), "llm", profile)
+            base = configure(c.train_ranker(config=config, label="Baseline", model="baseline", world=world,
+                                            reasoner=raw.outputs["reasoner"]), "training", profile)
+            base.set_display_name("train-baseline")
+            props = configure(c.teacher_queries(config=config, world=world, reasoner=raw.outputs["reasoner"]),
+                              "llm", profile, retries=2)
+            cands = configure(c.reward_best_of_n(config=config, world=world, reasoner=raw.outputs["reasoner"],
+                                                 ranker=s1.outputs["ranker"], proposals=props.outputs["proposals"]),
+                              "llm", profile)
             sft = configure(c.rg_sft(config=config, candidates=cands.outputs["candidates"],
                                      reasoner=raw.outputs["reasoner"]), "llm", profile)
-            for branch, refine in (("sft-dpo", c.rg_dpo), ("sft-cl", c.rg_cl)):
-                with dsl.If(rga_method == branch, name=f"method-{branch}"):
-                    aligned = configure(refine(config=config, candidates=cands.outputs["candidates"],
-                                               reasoner=sft.outputs["aligned"]), "llm", profile)
-                    s3 = configure(c.train_ranker(config=config, label="Stage 3", world=data.outputs["world"],
-                                                  reasoner=aligned.outputs["aligned"]), "training", profile)
-                    gate = configure(c.evaluation_gate(config=config, stage1=s1.outputs["ranker"],
-                                                       stage3=s3.outputs["ranker"]), "light", profile)
-                    with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (KFP condition)
-                        reg = configure(c.register_models(config=config, artifacts_root=artifacts_root,
-                                                          tracking_uri=tracking_uri, run_id=run_id,
-                                                          world=data.outputs["world"], reasoner=aligned.outputs["aligned"],
-                                                          ranker=s3.outputs["ranker"]), "light", profile, retries=2,
-                                                          cache=False)  # a registry write is never skipped
-                        configure(c.render_manifests(config=config, artifacts_root=artifacts_root,
-                                                     tracking_uri=tracking_uri).after(reg), "light", profile, cache=False)
+            aligned = configure(c.rg_refine(config=config, candidates=cands.outputs["candidates"],
+                                            reasoner=sft.outputs["aligned"]), "llm", profile)
+            s3 = configure(c.train_ranker(config=config, label="Stage 3", model="qe-rec", world=world,
+                                          reasoner=aligned.outputs["aligned"]), "training", profile)
+            s3.set_display_name("train-ranker-stage3")
+            gate = configure(c.evaluation_gate(config=config, world=world, candidate=s3.outputs["ranker"],
+                                               baseline=base.outputs["ranker"], stage1=s1.outputs["ranker"]),
+                             "light", profile)
+            with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (KFP condition)
+                reg = configure(c.register_models(config=config, run_id=run_id, world=world,
+                                                  reasoner=aligned.outputs["aligned"], ranker=s3.outputs["ranker"],
+                                                  gate=gate.outputs["gate"]), "light", profile, retries=2,
+                                cache=False)  # a registry write is never skipped
+                configure(c.render_manifests(config=config).after(reg), "light", profile, cache=False)
     return pipeline
 
 
@@ -104,12 +103,10 @@ def build_monitoring_pipeline(profile: dict | None = None):
     submits the training pipeline when the step sees ``KFP_HOST``."""
 
     @dsl.pipeline(name="rgalign-monitoring", description="RGAlign-Rec: drift gate -> retraining request")
-    def pipeline(config: dict = dataclasses.asdict(PipelineConfig()), scenario: str = "", window: int = 2000,
-                 artifacts_root: str = "", tracking_uri: str = ""):
+    def pipeline(config: dict = dataclasses.asdict(WorkflowConfig()), scenario: str = "", window: int = 2000):
         data = configure(c.prepare_features(config=config), "light", profile)
         gate = configure(c.drift_gate(config=config, world=data.outputs["world"], scenario=scenario, window=window,
                                       fail_on_drift=False), "light", profile, cache=False)
         with dsl.If(gate.outputs["Output"] == True, name="drift-detected"):  # noqa: E712 (KFP condition)
-            configure(c.request_retraining(config=config, artifacts_root=artifacts_root, tracking_uri=tracking_uri,
-                                           reason="drift gate fired"), "light", profile, cache=False)
+            configure(c.request_retraining(config=config, reason="drift gate fired"), "light", profile, cache=False)
     return pipeline

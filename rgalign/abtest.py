@@ -14,6 +14,8 @@ Sessions without a click count in CTR@3 and in the hit rate (as 0), never droppe
 """
 from __future__ import annotations
 
+from rgalign.errors import MissingInputError
+
 import hashlib
 import math
 from dataclasses import dataclass
@@ -73,7 +75,7 @@ def simulate_ab(sessions: pd.DataFrame, arms: dict[str, Callable], share: float 
     from tqdm.auto import tqdm
     missing = {"session_id", "user_id", "event_timestamp", "entry_point", "true_intent"} - set(sessions.columns)
     if missing:
-        raise KeyError(f"sessions lack column(s) {sorted(missing)}; use rgalign.abtest.eval_window(world)")
+        raise MissingInputError(f"sessions lack column(s) {sorted(missing)}; use rgalign.abtest.eval_window(world)")
     if set(arms) != {"champion", "challenger"}:
         raise ValueError(f"arms must be champion and challenger, got {sorted(arms)}")
     if sessions.empty:
@@ -152,7 +154,7 @@ def ab_summary(log: pd.DataFrame, alpha: float = 0.05) -> dict:
     """Per-arm CTR@3, intent hit rate and CSAT (good / rated) with both tests, and the guardrail verdict."""
     missing = set(LOG_COLUMNS) - set(log.columns)
     if missing:
-        raise KeyError(f"the A/B log lacks column(s) {sorted(missing)}; it must be written by simulate_ab or "
+        raise MissingInputError(f"the A/B log lacks column(s) {sorted(missing)}; it must be written by simulate_ab or "
                        f"carry {LOG_COLUMNS}")
     log = log.sort_values("event_timestamp")
     arms = {a: log[log.arm == a] for a in ("champion", "challenger")}

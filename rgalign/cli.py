@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+from rgalign.errors import MissingInputError
+
 import argparse
 import dataclasses
 import json
@@ -14,7 +16,7 @@ import time
 import typing
 from pathlib import Path
 
-from rgalign.config import (REPRODUCE_PRESETS, AlignmentConfig, SCALES, RankerConfig, ReasonerConfig, ReproduceConfig,
+from rgalign.config import (REPRODUCE_PRESETS, SCALES, RankerConfig, ReasonerConfig, ReproduceConfig,
                             WorldConfig)
 
 DEFAULT_ROOT = Path("artifacts")
@@ -31,6 +33,8 @@ def add_config_args(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ())
         kw = {"choices": sorted(REPRODUCE_PRESETS if cls is ReproduceConfig else SCALES)} if f.name == "scale" else {}
         if f.name == "model":
             kw = {"choices": ["qe-rec", "baseline"]}
+        if f.name == "rga_method":
+            kw = {"choices": ["sft-cl", "sft-dpo", "sft"]}
         if base is bool:
             kw, base = {"action": argparse.BooleanOptionalAction}, None
         p.add_argument("--" + f.name.replace("_", "-"), **({"type": base} if base else {}), default=f.default,
@@ -115,7 +119,7 @@ def sample_prompt(world: Path, fs=None, session_id: int | None = None) -> str:
     if session_id is not None:
         s = s[s.session_id == session_id]
         if s.empty:
-            raise KeyError(f"session_id {session_id} is not in the evaluation week of {world}")
+            raise MissingInputError(f"session_id {session_id} is not in the evaluation week of {world}")
     frame = fs.training_set(sessions=s.head(1))
     return ReasonerPrompt().plain(verbalize_frame(frame, pd.read_parquet(Path(world) / "kb.parquet"))[0])
 
@@ -255,24 +259,25 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
+def _print_gate(res) -> None:
+    print(res.gate.markdown())
+    if res.registered:
+        print(f"registered: reasoner v{res.registered['reasoner_version']}, ranker v{res.registered['ranker_version']} "
+              "(alias candidate)")
+    elif not res.gate.passed:
+        print("nothing registered: the candidate did not pass the gate")
+
+
 def cmd_align(args) -> int:
-    from rgalign.alignment.calibrate import closed_loop
-    from rgalign.alignment.rg_cl_config import RGCLConfig
-    from rgalign.alignment.rg_dpo_config import RGDPOConfig
-    from rgalign.alignment.rg_sft_config import RGSFTConfig
-    from rgalign.metrics import format_table
-    acfg = config_from_args(AlignmentConfig, args)
-    rcfg = RankerConfig(epochs=args.ranker_epochs, max_train_sessions=args.max_train_sessions)
-    ds = {"deepspeed": args.deepspeed}
-    out = Path(args.out or DEFAULT_ROOT / "reasoners" / f"aligned-{Path(args.reasoner).name}")
-    history = closed_loop(args.world, args.reasoner, rcfg, acfg, out, RGSFTConfig(**ds), RGCLConfig(**ds),
-                          RGDPOConfig(**ds), tracking=not args.no_tracking, tracking_uri=args.tracking_uri,
-                          root=args.artifacts)
-    for h in history:
-        print(format_table(h["table"], f"round {h['round']}: reasoner {h['reasoner']} (ranker {h['model_uri']})"))
-        print()
-    print(f"aligned reasoner: {history[-1]['reasoner']}")
-    return 0
+    from rgalign.workflow import WorkflowConfig, run
+    cfg = config_from_args(WorkflowConfig, args)
+    out = Path(args.out or Path(cfg.root) / "align" / Path(args.reasoner).name)
+    res = run(cfg, out, world=args.world, reasoner=args.reasoner)
+    for r in res.rounds:
+        print(f"round {r['round']}: aligned reasoner {r['reasoner']}, Stage-3 ranker {r['ranker']}")
+    _print_gate(res)
+    print(f"aligned reasoner: {res.reasoner}")
+    return 0 if res.gate.passed else 6
 
 
 def cmd_models(args) -> int:
@@ -296,7 +301,7 @@ def cmd_models(args) -> int:
         elif args.sub == "show":
             print(json.dumps(reg.show(args.env, args.kind, args.version), indent=1, default=str))
         elif args.sub == "promote":
-            print(json.dumps(reg.promote(args.env, args.kind, args.version, args.to, args.gate_metric, args.tolerance,
+            print(json.dumps(reg.promote(args.env, args.kind, args.version, args.to, args.gate_metric, args.margin,
                                          args.override, args.reason), indent=1))
         elif args.sub == "rollback":
             print(json.dumps(reg.rollback(args.env, args.kind, args.reason), indent=1))
@@ -314,8 +319,18 @@ def cmd_models(args) -> int:
 
 
 def _pipeline_config(args):
-    from rgalign.steps import PipelineConfig
-    return config_from_args(PipelineConfig, args)
+    from rgalign.workflow import WorkflowConfig
+    return config_from_args(WorkflowConfig, args)
+
+
+def _gate_report(root: Path) -> str | None:
+    """The gate report of the newest local pipeline run under ``root``."""
+    runs = sorted((root / "kfp").glob("rgalign-training-*"), key=lambda p: p.stat().st_mtime)
+    for run in reversed(runs):
+        hits = sorted(run.rglob("gate/gate.md"))
+        if hits:
+            return hits[0].read_text()
+    return None
 
 
 def cmd_pipeline(args) -> int:
@@ -323,7 +338,7 @@ def cmd_pipeline(args) -> int:
     if args.sub == "monitor":
         cfg = _pipeline_config(args)
         try:
-            out = run_monitoring_local(cfg, args.artifacts, args.scenario or "", args.window, args.tracking_uri)
+            out = run_monitoring_local(cfg, args.scenario or "", args.window)
         except RuntimeError as e:
             print(f"rgalign: error: monitoring pipeline failed: {e}", file=sys.stderr)
             return 5
@@ -334,7 +349,7 @@ def cmd_pipeline(args) -> int:
               f"({args.pipeline} pipeline, profile {args.profile})")
     elif args.sub == "submit":
         try:
-            run_id = submit(args.package, args.host, _pipeline_config(args), args.experiment, args.namespace, args.rga_method)
+            run_id = submit(args.package, args.host, _pipeline_config(args), args.experiment, args.namespace)
         except ConnectionError as e:
             print(f"rgalign: error: {e}", file=sys.stderr)
             return 4
@@ -343,14 +358,21 @@ def cmd_pipeline(args) -> int:
         cfg = _pipeline_config(args)
         print(json.dumps(dataclasses.asdict(cfg), indent=1))
         try:
-            out = run_local(cfg, args.artifacts, args.rga_method, args.tracking_uri, caching=not args.no_cache)
+            out = run_local(cfg, caching=not args.no_cache)
         except RuntimeError as e:
             print(f"rgalign: error: pipeline failed: {e} (the failing component's traceback is printed above)",
                   file=sys.stderr)
             return 5
         print(f"pipeline finished in {out['seconds']:.0f} s; artifacts in {out['pipeline_root']}\n")
-        return cmd_models(argparse.Namespace(sub="list", env=cfg.env, kind=None, tracking_uri=args.tracking_uri,
-                                             artifacts=args.artifacts)) or _ui_hint(args)
+        gate = _gate_report(Path(cfg.root).resolve())
+        if gate:
+            print(gate)
+        ns = argparse.Namespace(sub="list", env=cfg.env, kind=None, tracking_uri=cfg.uri, artifacts=cfg.root)
+        rc = cmd_models(ns) or _ui_hint(ns)
+        if gate and "Evaluation gate: FAIL" in gate:
+            print("\nnothing registered by this run: the candidate did not pass the gate (see above)")
+            return 6
+        return rc
     return 0
 
 
@@ -448,9 +470,9 @@ def cmd_monitor(args) -> int:
         print("drift gate: " + ("FIRED: " + "; ".join(g.reasons) if g.fired else "quiet"))
         if g.fired and args.retrain:
             from pipelines.run import run_local
-            from rgalign.steps import PipelineConfig
+            from rgalign.workflow import WorkflowConfig
             print("starting a retraining run (rgalign pipeline run) ...", flush=True)
-            run_local(PipelineConfig(env=args.env), args.artifacts, tracking_uri=args.tracking_uri)
+            run_local(WorkflowConfig(env=args.env, artifacts=args.artifacts, tracking_uri=args.tracking_uri or ""))
         return 3 if (g.fired and args.gate) else 0
     if args.sub == "publish":
         import pandas as pd
@@ -531,15 +553,14 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--seed", type=int, default=0)
         c.set_defaults(fn=fn)
 
-    al = sub.add_parser("align", help="Stage 1 -> Stage 2 (teachers, reward, best-of-N, RG-SFT/CL/DPO) -> Stage 3")
-    add_config_args(al, AlignmentConfig)
+    from rgalign.workflow import WorkflowConfig
+    al = sub.add_parser("align", help="the training workflow in this process on an existing world and reasoner: "
+                                      "Stage 1 + baseline -> Stage 2 (teachers, reward, best-of-N, RG-SFT, RG-CL | "
+                                      "RG-DPO) -> Stage 3 -> gate -> registry (the pipeline's steps, without kfp)")
+    add_config_args(al, WorkflowConfig, skip=("scale", "world_seed", "reasoner_steps", "pretrain_batch", "corpus_sessions"))
     al.add_argument("--world", required=True, help="a generated world folder")
     al.add_argument("--reasoner", required=True, help="the raw reasoner directory (rgalign reasoner build)")
-    al.add_argument("--out", default=None, help="aligned reasoners folder (default: artifacts/reasoners/aligned-<name>)")
-    al.add_argument("--deepspeed", action="store_true", help="train RG-SFT/CL/DPO with DeepSpeed ZeRO-3")
-    al.add_argument("--ranker-epochs", type=int, default=10, help="maximum epochs of the Stage-1/3 rankers")
-    al.add_argument("--max-train-sessions", type=int, default=None, help="cap on the rankers' training sessions")
-    add_tracking_args(al)
+    al.add_argument("--out", default=None, help="run folder (default: <artifacts-root>/align/<reasoner name>)")
     al.set_defaults(fn=cmd_align)
 
     mo = sub.add_parser("models", help="the MLflow model registry").add_subparsers(dest="sub", required=True)
@@ -558,26 +579,21 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "promote":
             c.add_argument("--to", required=True, choices=["candidate", "challenger", "champion"])
             c.add_argument("--gate-metric", default="MRR", help="offline metric compared with the champion")
-            c.add_argument("--tolerance", type=float, default=0.005, help="allowed regression of the gate metric")
+            c.add_argument("--margin", type=float, default=0.005, help="non-inferiority margin of the gate metric "
+                                                                        "(absolute; 0.005 = 0.5 points)")
             c.add_argument("--override", action="store_true", help="promote despite the gate (recorded)")
         if name in ("promote", "rollback"):
             c.add_argument("--reason", default=None, help="why (kept in the audit trail)")
         c.set_defaults(fn=cmd_models)
 
     pl = sub.add_parser("pipeline", help="the Kubeflow training pipeline").add_subparsers(dest="sub", required=True)
-    from rgalign.steps import PipelineConfig
     for name, hlp in (("run", "run locally with kfp.local (caching on), then print the registry"),
                       ("compile", "compile to YAML with a cluster profile's Kubernetes settings"),
                       ("submit", "submit a compiled package to a Kubeflow Pipelines API server"),
                       ("monitor", "run the monitoring pipeline (drift gate -> retraining request) with kfp.local")):
         c = pl.add_parser(name, help=hlp)
         if name in ("run", "submit", "monitor"):
-            for f in dataclasses.fields(PipelineConfig):
-                c.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
-                               help=f"pipeline parameter (default: {f.default})")
-            c.add_argument("--rga-method", choices=["sft-cl", "sft-dpo"], default="sft-cl")
-        if name in ("run", "monitor"):
-            add_tracking_args(c, optional=False)
+            add_config_args(c, WorkflowConfig)
         if name == "run":
             c.add_argument("--no-cache", action="store_true", help="disable kfp.local step caching")
         if name == "monitor":
@@ -677,9 +693,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError) as e:   # user errors (MissingInputError is one)
         print(f"rgalign: error: {e}", file=sys.stderr)
         return 2
+    # anything else (a KeyError, AttributeError, ... from a bug) propagates with its traceback
 
 
 if __name__ == "__main__":

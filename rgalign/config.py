@@ -86,8 +86,9 @@ class RankerConfig(_Config):
     d: int = _f(64, "tower output size")
     w: float = _f(0.7, "Eq. 4 weight of cos(z_u, z_i); 1 - w weighs cos(z_i, z_q) (paper: 0.7)")
     heads: int = _f(2, "attention heads (sequence self-attention, cross-attention, AutoInt)")
-    autoint_layers: int = _f(2, "baseline: AutoInt interacting layers")
-    n_experts: int = _f(4, "baseline: MMoE experts (paper: 4)")
+    autoint_layers: int = _f(2, "AutoInt interacting layers of the baseline and of QE-Rec's autoint-mmoe user tower "
+                                "(and of the hierarchical tower with non_seq=autoint)")
+    n_experts: int = _f(4, "MMoE experts of the baseline and of QE-Rec's autoint-mmoe user tower (paper: 4)")
     dropout: float = _f(0.2, "dropout (paper section 5.1: 0.2)")
     weight_decay: float = _f(0.01, "AdamW weight decay (paper: 0.01)")
     grad_clip: float = _f(1.0, "gradient-norm clip (paper: 1.0)")
@@ -99,9 +100,11 @@ class RankerConfig(_Config):
     user_tower: str = _f("autoint-mmoe", "qe-rec user tower: autoint-mmoe (the baseline's user encoder, so QE-Rec = "
                                          "the production two-tower + intent text + query tower; chosen on validation "
                                          "MRR) or hierarchical (section 3.3: v_non-seq, v_seq, v_grouped)")
-    non_seq: str = _f("mlp", "qe-rec: encoder of the non-sequence fields before the MLP: mlp (concatenated, as "
-                             "the paper writes) or autoint (the baseline's interacting layers first)")
-    user_activation: str = _f("sigmoid", "sigma of z_u = sigma(MLP(...)): sigmoid (as written in the paper), tanh or none")
+    non_seq: str | None = _f(None, "qe-rec hierarchical user tower: encoder of the non-sequence fields before the MLP: "
+                                   "mlp (concatenated, as the paper writes; the default) or autoint (the baseline's "
+                                   "interacting layers first); the autoint-mmoe tower is AutoInt already and refuses it")
+    user_activation: str | None = _f(None, "sigma of z_u = sigma(MLP(...)): sigmoid, tanh or none; default: sigmoid for the "
+                                           "hierarchical tower (as the paper writes it), none for autoint-mmoe")
     intent_id_std: float = _f(1.0, "qe-rec: initial scale of the intent-ID embedding; small (0.01) starts every "
                                     "intent from its text, so intents with few clicks are ranked by what they say")
     intent_family: bool = _f(False, "qe-rec: add the intent's family-ID embedding to the intent tower (the KB "
@@ -129,9 +132,12 @@ class RankerConfig(_Config):
             raise ValueError(f"w must be within [0, 1], got {self.w}")
         if self.user_tower not in ("hierarchical", "autoint-mmoe"):
             raise ValueError(f"user_tower={self.user_tower!r}; use 'hierarchical' or 'autoint-mmoe'")
-        if self.non_seq not in ("autoint", "mlp"):
+        if self.non_seq not in (None, "autoint", "mlp"):
             raise ValueError(f"non_seq={self.non_seq!r}; use 'autoint' or 'mlp'")
-        if self.user_activation not in ("sigmoid", "tanh", "none"):
+        if self.non_seq is not None and self.user_tower != "hierarchical":
+            raise ValueError(f"non_seq={self.non_seq!r} applies to the hierarchical user tower only; set "
+                             "--user-tower hierarchical or leave non_seq unset")
+        if self.user_activation not in (None, "sigmoid", "tanh", "none"):
             raise ValueError(f"user_activation={self.user_activation!r}; use sigmoid, tanh or none")
         if self.d % self.heads:
             raise ValueError(f"d={self.d} must be divisible by heads={self.heads}")
@@ -176,7 +182,8 @@ class ReasonerConfig(_Config):
 
 @dataclass
 class AlignmentConfig(_Config):
-    """Stage 2 (section 4.2): teacher pool, reward, best-of-N and the RGA method; Stage 3 rounds."""
+    """Stage 2 (section 4.2): teacher pool, reward and best-of-N. The RGA method and the closed-loop rounds
+    are the workflow's (``WorkflowConfig.rga_method`` / ``rounds``)."""
     n_samples: int = _f(2_000, "clicked training sessions whose contexts get candidate queries")
     teachers: str = _f("kb-retrieval,playbook,follow-up", "comma-separated teachers besides the reasoner: "
                        "kb-retrieval, playbook, follow-up (offline), hf:DIR (a local causal LM), openai (the "
@@ -188,21 +195,17 @@ class AlignmentConfig(_Config):
     priority: str = _f("openai,kb-retrieval,playbook,follow-up,reasoner",
                        "tie order of best-of-N, best first (paper: CompassMax > Gemini > GPT-5 > Qwen3)")
     strategy: str = _f("V2", "best-of-N strategy: V1 full retention, V2 non-reasoner, V3 intersection, V4 union")
-    method: str = _f("sft-cl", "RGA method: sft, sft-cl (RG-SFT then RG-CL) or sft-dpo (RG-SFT then RG-DPO)")
     max_words: int = _f(40, "a candidate query with more words is over-long and dropped after retries")
     retries: int = _f(1, "retries of a teacher's empty or over-long answers")
     min_candidates: int = _f(2, "valid candidate queries a sample needs")
     min_samples: int = _f(16, "fail the stage if fewer samples keep enough candidates")
-    rounds: int = _f(1, "closed-loop rounds of Stage 2 + Stage 3 (the retrained ranker is the next reward model)")
     seed: int = _f(0, "seed of the sample draw")
 
     def __post_init__(self):
         if self.strategy not in ("V1", "V2", "V3", "V4"):
             raise ValueError(f"strategy={self.strategy!r}; use V1, V2, V3 or V4")
-        if self.method not in ("sft", "sft-cl", "sft-dpo"):
-            raise ValueError(f"method={self.method!r}; use sft, sft-cl or sft-dpo")
-        if self.n_samples < 8 or self.rounds < 1:
-            raise ValueError("n_samples must be >= 8 and rounds >= 1")
+        if self.n_samples < 8:
+            raise ValueError(f"n_samples must be >= 8, got {self.n_samples}")
         for t in self.teacher_list:
             if t not in ("kb-retrieval", "playbook", "follow-up", "openai") and not t.startswith("hf:"):
                 raise ValueError(f"teacher {t!r} is unknown; use kb-retrieval, playbook, follow-up, hf:DIR or openai")
@@ -286,6 +289,9 @@ class DeployConfig(_Config):
             raise ValueError(f"canary_percent={self.canary_percent} must be within [0, 100]")
         if self.canary_percent and not self.challenger:
             raise ValueError("canary_percent > 0 needs --challenger (the alias of the ranker to split traffic to)")
+        if self.challenger and not self.canary_percent:
+            raise ValueError(f"challenger={self.challenger!r} gets no traffic with canary_percent=0: set --canary-percent "
+                             "(1-100, its share of the traffic) or leave --challenger unset")
         if self.min_replicas < 0 or self.max_replicas < max(1, self.min_replicas):
             raise ValueError(f"replicas: need 0 <= min_replicas ({self.min_replicas}) <= max_replicas "
                              f"({self.max_replicas}) and max_replicas >= 1")

@@ -14,6 +14,8 @@ Example::
 """
 from __future__ import annotations
 
+from rgalign.errors import MissingInputError
+
 import re
 
 import numpy as np
@@ -36,7 +38,7 @@ class IntentJudge:
     def __init__(self, client: ChatClient, kb: pd.DataFrame, max_intents: int | None = None):
         missing = {"intent_id", "title"} - set(kb.columns)
         if missing:
-            raise KeyError(f"kb lacks column(s) {sorted(missing)}")
+            raise MissingInputError(f"kb lacks column(s) {sorted(missing)}")
         kb = kb.head(max_intents) if max_intents else kb
         self.client, self.ids = client, kb.intent_id.astype(int).tolist()
         self.menu = "\n".join(f"{i}. {t}" for i, t in zip(self.ids, kb.title))

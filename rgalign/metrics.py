@@ -3,7 +3,8 @@
 Conventions:
 - A session has one relevant intent (the evaluation week's true intent). Its 0-based ``rank`` is the number
   of candidates scored strictly higher, plus *all* candidates scored equal (ties count against the target,
-  so a constant scorer earns nothing).
+  so a constant scorer earns nothing). The Stage-2 reward (``rgalign.alignment.reward.candidate_ndcg``) and
+  the popularity floor (``rgalign.world.generate.popularity_ranks``) use the same convention.
 - GAUC is the per-user AUC weighted by the user's impressions (every candidate intent of every session).
   Pairs are compared within a session, because a session's scores rank that session's candidates: with one
   positive per session this is ``1 - sum(rank) / (sessions * (N - 1))`` (``gauc_from_ranks``). ``gauc`` is

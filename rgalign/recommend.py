@@ -258,9 +258,14 @@ class Recommender:
 
     def rank(self, features: pd.DataFrame | list[dict], query: np.ndarray | None, k: int = 3) -> Ranked:
         """Top-k of the KB for B feature rows (a frame, or dicts as ``online_rows`` gives them) and query
-        embeddings ``query`` (B, d_e)."""
+        embeddings ``query`` (B, d_e). A QE-Rec ranker (``d_e`` set) needs ``query``: scoring it with a zero
+        query would silently rank by a third of Eq. 4's terms only, so None is a ``RequestError``."""
+        if query is None and self.d_e:
+            raise RequestError("query_embedding", f"this QE-Rec ranker needs a {self.d_e}-d query embedding and none "
+                               "was given (no reasoner attached)", "start it with its parent reasoner (the registry "
+                               "bundle has it) or send query_embedding with each instance")
         x, _ = self.spec.encode_rows(features) if isinstance(features, list) else self.spec.encode(features)
-        e = torch.as_tensor(query) if query is not None else torch.zeros(len(features), self.d_e or 1)
+        e = torch.as_tensor(query) if query is not None else torch.zeros(len(features), 1)
         with torch.inference_mode():
             s = (self.model if self._compiled is None else self._compiled)(x, e, intent_index=self.index)
         top = torch.topk(s, min(k, s.shape[1]), dim=1)
@@ -307,7 +312,9 @@ class Recommender:
         if self.model is not None:
             for n in (1, 2):  # a compiled model specializes batch size 1; 2 gives the dynamic-shape kernel
                 rows = [{"user_id": u, "event_timestamp": pd.Timestamp.now(tz="UTC")} for u in range(n)]
-                self.rank(rows, np.repeat(query, n, 0) if self.d_e and query is not None else None)
+                q = (np.repeat(query, n, 0) if query is not None else np.zeros((n, self.d_e), np.float32)) \
+                    if self.d_e else None   # placeholder inputs: warm-up only compiles and loads
+                self.rank(rows, q)
 
     def prepare_to_serve(self, compile: bool = False) -> "Recommender":
         """What a server process does once before its first request: ``compile`` (optional), ``warm_up``, then

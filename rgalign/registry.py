@@ -7,8 +7,9 @@ gate promotions on offline metrics, roll back, and keep an audit trail of every 
   (serves all traffic). Stages are deprecated in MLflow; aliases are not.
 - Lineage tags on every version: ``pipeline_run_id``, ``world_digest``, ``feature_service``,
   ``parent_reasoner`` (ranker -> the reasoner version whose LTP it reads), ``eval.<metric>``.
-- The gate refuses to make a version ``champion`` when its ``eval.<gate_metric>`` is below the champion's by
-  more than ``tolerance``; ``override=True`` forces it and the override is recorded.
+- The gate refuses to make a version ``champion`` unless it is non-inferior (within ``margin``) on the
+  validation days to the champion, or with no champion to the production baseline of its own run (the
+  paired lower bound the workflow's gate recorded); ``override=True`` forces it and the override is recorded.
 - Every move is a run in the ``rgalign-registry-audit`` experiment (who, what, from, to, why).
 - Every check happens before the first write: a refused or failed move leaves no partial state.
 """
@@ -118,33 +119,30 @@ class Registry:
                 if name is None or r.get("model") == name]
 
     # ------------------------------------------------------------------ move
-    def promote(self, env: str, kind: str, ref: str, alias: str, gate_metric: str = "MRR", tolerance: float = 0.005,
+    def promote(self, env: str, kind: str, ref: str, alias: str, gate_metric: str = "MRR", margin: float = 0.005,
                 override: bool = False, reason: str | None = None) -> dict:
-        """Point ``alias`` at version ``ref`` (a number or an alias). To ``champion``, the gate compares
-        ``eval.<gate_metric>`` against the current champion's."""
+        """Point ``alias`` at version ``ref`` (a number or an alias). To ``champion`` the version must be
+        non-inferior, on the validation days, to the current champion (``val.<gate_metric>`` no lower than the
+        champion's minus ``margin``) or, when there is none, to the production baseline its run trained on the
+        same sessions (the gate's paired 95% lower bound of candidate - baseline >= -``margin``). A refusal
+        (or a missing figure) raises unless ``override``, which is recorded with its ``reason``."""
         if alias not in ALIASES:
             raise RegistryError(f"alias={alias!r}; use one of {ALIASES}")
+        if margin < 0:
+            raise RegistryError(f"margin must be >= 0, got {margin}")
         name = model_name(env, kind)
         client = self.client
         version = self._resolve(name, ref)
         current = client.get_registered_model(name).aliases.get(alias)
         gate = {}
-        if alias == "champion" and current is not None and str(current) != version:
-            new = self._metric(name, version, gate_metric)
-            old = self._metric(name, str(current), gate_metric)
-            gate = {"gate_metric": gate_metric, "candidate_value": new, "champion_value": old, "tolerance": tolerance}
-            if new is None or old is None:
-                gate["gate"] = "no metric"
-            elif new < old - tolerance:
-                gate["gate"] = "refused"
+        if alias == "champion" and str(current) != version:
+            gate = self._champion_gate(name, version, None if current is None else str(current), gate_metric, margin)
+            if gate["gate"] != "passed":
                 if not override:
                     self._audit("promote-refused", name, version, current, alias, {**gate, "reason": reason or ""})
-                    raise RegistryError(f"gate: {name} v{version} {gate_metric}={new:.4f} regresses vs champion "
-                                        f"v{current} {gate_metric}={old:.4f} beyond tolerance {tolerance}; pass "
-                                        "--override --reason '...' to promote anyway (it is recorded)")
+                    raise RegistryError(f"gate: {name} v{version} {gate['why']}; pass --override --reason '...' to "
+                                        "promote anyway (it is recorded)")
                 gate["gate"] = "overridden"
-            else:
-                gate["gate"] = "passed"
         if alias == "champion" and current is not None and str(current) != version:
             client.set_model_version_tag(name, version, "previous_champion", str(current))
         client.set_registered_model_alias(name, alias, version)
@@ -153,6 +151,35 @@ class Registry:
         self._audit("promote", name, version, current, alias, {**gate, "override": override, "reason": reason or ""})
         return {"model": name, "version": version, "alias": alias, "previous": None if current is None else str(current),
                 **gate}
+
+    def _champion_gate(self, name: str, version: str, champion: str | None, metric: str, margin: float) -> dict:
+        """The non-inferiority check of a promotion to champion (see ``promote``); ``gate`` is passed, refused
+        or no metric, ``why`` says it in words."""
+        key = metric.replace("@", "_at_")
+        gate = {"gate_metric": metric, "margin": margin}
+        if champion is not None:
+            new, old = self._metric(name, version, metric), self._metric(name, champion, metric)
+            gate.update(reference=f"champion v{champion}", candidate_value=new, champion_value=old)
+            if new is None or old is None:
+                gate.update(gate="no metric", why=f"or champion v{champion} has no {metric} tag to compare")
+            elif new < old - margin:
+                gate.update(gate="refused", why=f"{metric}={new:.4f} is inferior to champion v{champion} "
+                                                f"{metric}={old:.4f} beyond margin {margin}")
+            else:
+                gate["gate"] = "passed"
+            return gate
+        lo = self.client.get_model_version(name, version).tags.get(f"gate.vs_baseline.{key}.lo")
+        gate["reference"] = "the run's production baseline (no champion yet)"
+        if lo is None:
+            gate.update(gate="no metric", why=f"carries no paired difference to its run's baseline on {metric} "
+                                              "(gate.vs_baseline.*): it was not registered by the gated workflow")
+        elif float(lo) < -margin:
+            gate.update(gate="refused", vs_baseline_lower_bound=float(lo),
+                        why=f"is inferior to the production baseline of its run: {metric} difference lower bound "
+                            f"{float(lo):+.4f} < -margin {margin} (no champion exists, so the baseline is the reference)")
+        else:
+            gate.update(gate="passed", vs_baseline_lower_bound=float(lo))
+        return gate
 
     def copy(self, kind: str, from_env: str, ref: str, to_env: str, alias: str = "candidate") -> str:
         """Promote across environments: copy version ``ref`` of ``<from_env>.<kind>`` (tags included) into
@@ -250,7 +277,9 @@ class Registry:
         return str(aliases[ref])
 
     def _metric(self, name: str, version: str, metric: str) -> float | None:
-        v = self.client.get_model_version(name, version).tags.get(metric_tag(metric))
+        """The validation-day figure (``val.<metric>``) of a version, else its evaluation-week tag."""
+        tags = self.client.get_model_version(name, version).tags
+        v = tags.get("val." + metric.replace("@", "_at_"), tags.get(metric_tag(metric)))
         return float(v) if v is not None else None
 
     def _audit(self, action: str, name: str, version, previous, alias: str, extra: dict) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rgalign.config import AlignmentConfig, RankerConfig, ReasonerConfig, ReproduceConfig, WorldConfig
+from rgalign.config import ReproduceConfig
 from rgalign.metrics import METRICS, MetricValue, across_seeds, format_table
 
 
@@ -57,18 +57,26 @@ def _md(rows: dict, prefix_cols: list[str] | None = None, prefixes: dict | None 
     return "\n".join(lines)
 
 
+def workflow_config(cfg: ReproduceConfig, **overrides):
+    """The ``WorkflowConfig`` of a reproduction: the same steps as the pipeline at the reproduce sizes."""
+    from rgalign.workflow import WorkflowConfig
+    return WorkflowConfig(scale=cfg.scale, world_seed=cfg.world_seed, reasoner_steps=cfg.pretrain_steps,
+                          pretrain_batch=cfg.pretrain_batch, corpus_sessions=cfg.corpus_sessions,
+                          max_train=cfg.max_train or 0, max_val=cfg.max_val or 0, max_eval=cfg.max_eval or 0,
+                          ranker_epochs=cfg.ranker_epochs, n_samples=cfg.n_samples, sft_epochs=cfg.sft_epochs,
+                          cl_epochs=cfg.cl_epochs, dpo_epochs=cfg.dpo_epochs, dpo_pairs=cfg.dpo_pairs,
+                          tracking=False, register=False, **overrides)
+
+
 def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
     import torch
 
-    from rgalign.alignment.calibrate import generated_query_inputs, ltp_inputs
-    from rgalign.alignment.rg_cl_config import RGCLConfig
-    from rgalign.alignment.rg_dpo_config import RGDPOConfig
-    from rgalign.alignment.rg_sft_config import RGSFTConfig
-    from rgalign.alignment.stage2 import align, build_candidates, select
+    from rgalign.alignment.stage2 import build_candidates, select
     from rgalign.ranker.data import RankerData
     from rgalign.ranker.ranker_trainer import RankerTrainer, evaluate_model
     from rgalign.reasoner.ltp import LTPEncoder
     from rgalign.reasoner.sources import build_reasoner, load_reasoner
+    from rgalign.workflow import align, generated_query_inputs, ltp_inputs
     from rgalign.world.generate import generate_world, headroom_rows, load_manifest
 
     t0 = time.perf_counter()
@@ -83,15 +91,15 @@ def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
         return time.perf_counter()
 
     t = time.perf_counter()
-    world = generate_world(WorldConfig(scale=cfg.scale, seed=cfg.world_seed), out / "worlds", progress=progress)
+    wcfg = workflow_config(cfg)
+    world = generate_world(wcfg.world(), out / "worlds", progress=progress)
     raw = Path(cfg.reasoner) if cfg.reasoner else out / "reasoners" / "raw"
     if not cfg.reasoner and not (raw / "config.json").is_file():
-        build_reasoner(ReasonerConfig(source="tiny", pretrain_steps=cfg.pretrain_steps, pretrain_batch=cfg.pretrain_batch,
-                                      corpus_sessions=cfg.corpus_sessions), world, raw, progress)
+        build_reasoner(wcfg.reasoner(), world, raw, progress)
     t = tick("world + raw reasoner", t)
 
-    rcfg = RankerConfig(model="qe-rec", epochs=cfg.ranker_epochs, max_train_sessions=cfg.max_train)
-    kw = dict(max_val_sessions=cfg.max_val, max_eval_sessions=cfg.max_eval, data_seed=0, progress=progress)
+    rcfg = wcfg.ranker("qe-rec")
+    kw = dict(**wcfg.inputs_kw, progress=progress)
     raw_enc = LTPEncoder(load_reasoner(raw))
     inputs_raw = ltp_inputs(world, raw, rcfg, encoder=raw_enc, **kw)
     t = tick("LTP of the raw reasoner", t)
@@ -115,24 +123,24 @@ def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
     stage1, qerec = train_rows("qe-rec", inputs_raw)
     t = tick("Stage 1 (baseline + QE-Rec)", t)
 
-    acfg = AlignmentConfig(n_samples=cfg.n_samples, min_samples=8)
+    acfg = wcfg.alignment()
     cands = build_candidates(inputs_raw.train, inputs_raw.kb, stage1[0].model, stage1[0].spec, raw_enc, acfg, progress)
     teacher_table = cands.teacher_table()
     t = tick("teachers + reward", t)
 
-    sft = RGSFTConfig(epochs=cfg.sft_epochs)
-    cl = RGCLConfig(epochs=cfg.cl_epochs)
-    dpo = RGDPOConfig(epochs=cfg.dpo_epochs, max_pairs_per_sample=cfg.dpo_pairs)
+    cl_batch = wcfg.cl().batch_size
     aligned, kept = {}, {}
     for strategy in ("V1", "V2", "V3", "V4"):
         sel = select(cands, replace(acfg, strategy=strategy))
         kept[strategy] = {"samples": int(len(sel.kept)), "winners": sel.winner_counts(cands.names)}
-        if len(sel.kept) < cl.batch_size:
+        if len(sel.kept) < cl_batch:
             kept[strategy]["skipped"] = "too few samples"
             continue
-        aligned[f"{strategy}-cl"] = align(cands, sel, "sft-cl", raw, out / "reasoners" / strategy, sft, cl, dpo)
+        aligned[f"{strategy}-cl"] = align(cands, sel, raw, replace(wcfg, strategy=strategy, rga_method="sft-cl"),
+                                          out / "reasoners" / strategy)
         if strategy == "V2":
-            aligned["V2-dpo"] = align(cands, sel, "sft-dpo", raw, out / "reasoners" / "V2", sft, cl, dpo)
+            aligned["V2-dpo"] = align(cands, sel, raw, replace(wcfg, strategy=strategy, rga_method="sft-dpo"),
+                                      out / "reasoners" / "V2")
     t = tick("Stage 2 (RG-SFT, RG-CL x4, RG-DPO)", t)
 
     rows_no3, rows_full = {}, {}

@@ -22,6 +22,7 @@ sends the same chat-rendered prompt (``LTPEncoder.render``) without adding speci
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -81,7 +82,8 @@ def _isvc(name: str, predictor, cfg: DeployConfig, labels: dict, canary=None) ->
     from kubernetes.client import V1ObjectMeta
     isvc = k.V1beta1InferenceService(
         api_version="serving.kserve.io/v1beta1", kind="InferenceService",
-        metadata=V1ObjectMeta(name=name, namespace=cfg.namespace, labels={"app.kubernetes.io/part-of": "rgalign-rec", **labels},
+        metadata=V1ObjectMeta(name=name, namespace=cfg.namespace,
+                              labels={"app.kubernetes.io/part-of": "rgalign-rec", "rgalign/alias": cfg.alias, **labels},
                               annotations={"serving.kserve.io/deploymentMode": cfg.mode}),
         spec=k.V1beta1InferenceServiceSpec(predictor=predictor, canary=canary))
     return k.ApiClient().sanitize_for_serialization(isvc)
@@ -139,15 +141,22 @@ def reasoner_vllm_isvc(bundle: dict, cfg: DeployConfig) -> dict:
                  {"rgalign/kind": "reasoner", "rgalign/version": str(bundle["reasoner"]["version"]), "rgalign/runtime": "vllm"})
 
 
+@functools.lru_cache(maxsize=1)
 def crd_schema() -> dict:
-    crd = yaml.safe_load(SCHEMA.read_text())
+    """The vendored InferenceService v1beta1 schema (parsed once per process: the CRD is a large YAML file)."""
+    crd = yaml.load(SCHEMA.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     return next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")["schema"]["openAPIV3Schema"]
+
+
+@functools.lru_cache(maxsize=1)
+def _validator():
+    import jsonschema
+    return jsonschema.Draft7Validator(crd_schema())
 
 
 def validate(manifest: dict) -> None:
     """Raise ``ManifestError`` naming the path of the first violation of the InferenceService CRD schema."""
-    import jsonschema
-    errors = sorted(jsonschema.Draft7Validator(crd_schema()).iter_errors(manifest), key=lambda e: list(e.path))
+    errors = sorted(_validator().iter_errors(manifest), key=lambda e: list(e.path))
     if errors:
         e = errors[0]
         raise ManifestError(f"{manifest.get('metadata', {}).get('name')}: {'.'.join(map(str, e.path)) or '<root>'}: "
@@ -168,3 +177,11 @@ def render(champion: dict, cfg: DeployConfig, out: str | Path, challenger: dict 
         (out / name).write_text(yaml.safe_dump(d, sort_keys=False))
         paths.append(out / name)
     return paths
+
+
+def render_registered(env: str, alias: str, tracking_uri: str | None, root: str | Path, out: str | Path) -> dict:
+    """The KServe InferenceServices of the versions behind ``alias`` (the pipeline's last step; CRD-validated)."""
+    from rgalign.registry import Registry
+    bundle = Registry(tracking_uri, root).serving_bundle(env, alias)
+    paths = render(bundle, DeployConfig(env=env, alias=alias), out)
+    return {"manifests": len(paths), "ranker_version": int(bundle["ranker"]["version"])}

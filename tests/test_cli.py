@@ -49,3 +49,14 @@ def test_quickstart_end_to_end_is_idempotent(tmp_path):
     assert (manifest.stat().st_mtime_ns, json.loads(manifest.read_text())["files"]) == before
     # same world, same summary
     assert first.stdout.split("done in")[0].split("[4/4]")[1] == second.stdout.split("done in")[0].split("[4/4]")[1]
+
+
+def test_user_errors_are_one_line_and_internal_errors_keep_their_traceback(monkeypatch, small_world, capsys):
+    """A missing record the user asked for is a one-line exit 2; a KeyError from a bug is not swallowed."""
+    import rgalign.cli as cli
+    assert main(["features", "prompt", "--world", str(small_world), "--session-id", "999999999"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "session_id 999999999 is not in the evaluation week" in err
+    monkeypatch.setattr(cli, "cmd_world_show", lambda args: {}["a bug"])
+    with pytest.raises(KeyError, match="a bug"):
+        main(["world", "show", str(small_world)])

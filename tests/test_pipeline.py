@@ -1,5 +1,6 @@
 """The Kubeflow pipeline: compiled YAML (strict protobuf parse + golden Kubernetes settings), submit against a
 fake Pipelines API, bad input, and (slow) the full local run with a failure injected into a late step."""
+import dataclasses
 import json
 import socket
 import threading
@@ -11,7 +12,7 @@ import yaml
 
 from pipelines.run import compile_pipeline, submit
 from rgalign.cli import main
-from rgalign.steps import PipelineConfig
+from rgalign.workflow import WorkflowConfig
 
 GOLDEN = Path(__file__).parent / "golden" / "pipeline_k8s.json"
 
@@ -43,7 +44,7 @@ def test_compiled_yaml_parses_strictly_as_pipeline_and_platform_spec(compiled):
     spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())        # raises on unknown fields
     json_format.ParseDict(docs[1], pipeline_spec_pb2.PlatformSpec())
     tasks = set(spec.root.dag.tasks["exit-handler-1"].component_ref.name and spec.components)
-    assert {"comp-rg-sft", "comp-rg-cl", "comp-rg-dpo", "comp-evaluation-gate", "comp-register-models",
+    assert {"comp-rg-sft", "comp-rg-refine", "comp-evaluation-gate", "comp-register-models",
             "comp-record-run-status"} <= tasks
     execs = docs[0]["deploymentSpec"]["executors"]
     assert all("pip install" not in " ".join(e["container"].get("command", [])) for e in execs.values())
@@ -55,9 +56,9 @@ def test_golden_gpu_and_kubernetes_settings(compiled):
         GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=True))
     assert got == json.loads(GOLDEN.read_text())
     gpu = [n for n, s in got.items() if s["accelerator"]]
-    assert "exec-rg-cl" in gpu and "exec-train-ranker" in gpu and "exec-evaluation-gate" not in gpu
-    assert got["exec-rg-cl"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
-    assert got["exec-rg-cl"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert "exec-rg-refine" in gpu and "exec-train-ranker" in gpu and "exec-evaluation-gate" not in gpu
+    assert got["exec-rg-refine"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert got["exec-rg-refine"]["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert got["exec-register-models"]["secretAsEnv"][0]["secretName"] == "mlflow-credentials"
 
 
@@ -99,7 +100,7 @@ def test_submit_against_a_fake_pipelines_api(compiled):
     srv = ThreadingHTTPServer(("127.0.0.1", 0), FakeKFP)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        run_id = submit(compiled, f"http://127.0.0.1:{srv.server_address[1]}", PipelineConfig(n_samples=99))
+        run_id = submit(compiled, f"http://127.0.0.1:{srv.server_address[1]}", WorkflowConfig(n_samples=99))
     finally:
         srv.shutdown()
     assert run_id == "run-42"
@@ -107,7 +108,7 @@ def test_submit_against_a_fake_pipelines_api(compiled):
     assert post["experiment_id"] == "exp-1"
     assert post["runtime_config"]["parameters"]["config"]["n_samples"] == 99
     spec = post["pipeline_spec"]["pipeline_spec"]
-    assert spec["pipelineInfo"]["name"] == "rgalign-training" and "exec-rg-cl" in spec["deploymentSpec"]["executors"]
+    assert spec["pipelineInfo"]["name"] == "rgalign-training" and "exec-rg-refine" in spec["deploymentSpec"]["executors"]
 
 
 def test_submit_to_an_unreachable_host_fails_clearly(compiled, capsys):
@@ -119,14 +120,6 @@ def test_submit_to_an_unreachable_host_fails_clearly(compiled, capsys):
     assert "could not submit" in capsys.readouterr().err
 
 
-def test_pipeline_config_survives_protobuf_struct_and_checks_types():
-    assert PipelineConfig(**{"max_train": 1000.0, "gate_tolerance": 0}).max_train == 1000
-    with pytest.raises(ValueError, match="max_train must be an integer"):
-        PipelineConfig(max_train=10.5)
-    with pytest.raises(ValueError, match="strategy"):
-        PipelineConfig(strategy="V7")
-
-
 def _digest(path: Path) -> str:
     import hashlib
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -134,36 +127,58 @@ def _digest(path: Path) -> str:
 
 @pytest.mark.slow
 def test_full_pipeline_locally_then_a_failed_late_step_leaves_registry_and_features_intact(tmp_path, monkeypatch,
-                                                                                         two_threads, half_ci_sizes):
-    """The product's main job through kfp.local at half the ci sizes; then a re-run whose ranker registration fails."""
+                                                                                         two_threads):
+    """The product's main job through kfp.local with RG-DPO (a smaller evaluation sample and fewer Stage-2
+    contexts than the default; the rankers' sessions are the default's, so the gate sees what a user's run
+    sees); then a re-run whose ranker registration fails."""
     from pipelines.run import run_local
     from rgalign.registry import Registry
     from rgalign.tracking import experiment
-    run_local(PipelineConfig(**half_ci_sizes), tmp_path)
+    from rgalign.workflow import WORKFLOW_EXPERIMENT
+    cfg = WorkflowConfig(max_train=1000, max_eval=300, n_samples=80, rga_method="sft-dpo", artifacts=str(tmp_path))
+    run_local(cfg)
+    # the same workflow in one process (what `rgalign align` runs) from the pipeline's world and raw reasoner:
+    # the same Stage-3 numbers, so the KFP components add nothing and lose nothing
+    from rgalign import workflow
+    (run0,) = sorted((tmp_path / "kfp").glob("rgalign-training-*"))
+    metas = {json.loads(p.read_text())["label"]: p.parent for p in run0.glob("*/ranker/meta.json")}
+    local = workflow.run(dataclasses.replace(cfg, register=False, tracking=False), tmp_path / "inproc",
+                         world=workflow.world_of(run0 / "prepare-features" / "world"),
+                         reasoner=run0 / "build-reasoner" / "reasoner", progress=False)
+    for label, folder in (("Stage 1", local.stage1), ("Stage 3", local.stage3)):
+        want = json.loads((metas[label] / "meta.json").read_text())
+        got = json.loads((folder / "meta.json").read_text())
+        assert got["eval"] == pytest.approx(want["eval"], abs=1e-9) and got["val"] == pytest.approx(want["val"], abs=1e-9)
     reg = Registry(root=tmp_path)
     before = {k: reg.versions("dev", k) for k in ("reasoner", "ranker")}
     for kind in before:
         (v,) = before[kind]
         assert v["aliases"] == ["candidate"] and v["tags"]["feature_service"] == "intent_ranking_v1"
         assert v["tags"]["pipeline_run_id"].startswith("rgalign-training") and "eval.MRR" in v["tags"]
-    assert before["ranker"][0]["tags"]["parent_reasoner"] == "dev.reasoner/1"
-    reg.promote("dev", "ranker", "1", "champion")
+        assert float(v["tags"]["gate.vs_popularity.MRR.lo"]) > 0          # registered because it beat the floor
+    ranker = before["ranker"][0]["tags"]
+    assert ranker["parent_reasoner"] == "dev.reasoner/1" and ranker["rga_method"] == "sft-dpo"
+    assert before["reasoner"][0]["tags"]["method"] == "rg-dpo"             # --rga-method sft-dpo ran RG-DPO
+    import mlflow
+    steps = mlflow.search_runs([experiment(WORKFLOW_EXPERIMENT, None, tmp_path)])
+    assert {"build-reasoner", "rg-sft", "rg-dpo", "reward-best-of-n", "evaluation-gate"} <= set(steps["tags.step"].dropna())
+    assert mlflow.get_run(ranker["stage3_run_id"]).data.params["ranker.epochs"] == str(cfg.ranker_epochs)
+    reg.promote("dev", "ranker", "1", "champion", override=True, reason="pin a champion for the failure check")
     online = sorted(tmp_path.glob("kfp/**/feast/*/online_store.db"))
     assert online, "the local run materialized no online store"
     digests = {p: _digest(p) for p in online}
 
     monkeypatch.setenv("RGALIGN_INJECT_FAILURE", "register:ranker")
     with pytest.raises(RuntimeError, match="register-models"):
-        run_local(PipelineConfig(**half_ci_sizes), tmp_path)  # cached up to the registration, which fails
+        run_local(cfg)  # cached up to the registration, which fails
     runs = sorted((tmp_path / "kfp").glob("rgalign-training-*"))
-    assert len(runs) == 2 and (runs[0] / "rg-cl").is_dir()
+    assert len(runs) == 2 and (runs[0] / "rg-refine").is_dir()
     assert not (runs[1] / "rg-cl").exists() and not (runs[1] / "train-ranker").exists()   # kfp.local cache hits
     after = {k: reg.versions("dev", k) for k in ("reasoner", "ranker")}
     assert [(v["version"], v["aliases"]) for v in after["ranker"]] == [("1", ["candidate", "champion"])]
     assert [(v["version"], v["aliases"]) for v in after["reasoner"]] == [("1", ["candidate"])]
     assert {p: _digest(p) for p in online} == digests
     assert [a["action"] for a in reg.audit("dev", "reasoner")][-2:] == ["register", "unregister"]
-    import mlflow
     runs = mlflow.search_runs([experiment("rgalign-pipeline-runs", None, tmp_path)], order_by=["attributes.start_time ASC"])
     assert runs["tags.state"].tolist() == ["SUCCEEDED", "FAILED"]
 
@@ -186,16 +201,17 @@ def test_monitoring_pipeline_requests_retraining_only_on_drift(tmp_path, two_thr
     import mlflow
 
     from pipelines.run import run_monitoring_local
-    from rgalign.steps import PipelineConfig
+    from rgalign.workflow import WorkflowConfig
     from rgalign.tracking import default_uri, use
 
     def requests():
         use(default_uri(tmp_path))
         exp = mlflow.get_experiment_by_name("rgalign-monitoring")
         return 0 if exp is None else len(mlflow.search_runs([exp.experiment_id]))
-    run_monitoring_local(PipelineConfig(), tmp_path, scenario="logistics", window=1500)
+    cfg = WorkflowConfig(artifacts=str(tmp_path))
+    run_monitoring_local(cfg, scenario="logistics", window=1500)
     assert requests() == 1
-    run_monitoring_local(PipelineConfig(), tmp_path, scenario="", window=1500)
+    run_monitoring_local(cfg, scenario="", window=1500)
     assert requests() == 1
     reports = list((tmp_path / "kfp").rglob("report_md"))
     assert any("FIRED" in p.read_text() for p in reports) and any("quiet" in p.read_text() for p in reports)

@@ -10,10 +10,12 @@ def reg(tmp_path):
     return Registry(root=tmp_path)
 
 
-def _register(reg, path, mrr, run_id="run-1"):
+def _register(reg, path, mrr, run_id="run-1", vs_baseline_lo=0.01):
+    """A version as the gated workflow registers it: its MRR and the paired lower bound vs its run's baseline."""
     uri = log_reasoner_model(path, reg.uri, reg.root)
     return reg.register("reasoner", "dev", uri, {"pipeline_run_id": run_id, "world_digest": "abc",
-                                                  "feature_service": "intent_ranking_v1"}, {"MRR": mrr})
+                                                  "feature_service": "intent_ranking_v1",
+                                                  "gate.vs_baseline.MRR.lo": vs_baseline_lo}, {"MRR": mrr})
 
 
 def test_registered_reasoner_reloads_to_identical_ltp_by_alias(reg, micro_reasoner):
@@ -32,7 +34,7 @@ def test_gate_refuses_a_regression_then_override_is_recorded_and_rollback_restor
     v1 = _register(reg, micro_reasoner, 0.30)
     assert reg.promote("dev", "reasoner", v1, "champion")["version"] == v1
     v2 = _register(reg, micro_reasoner, 0.20, run_id="run-2")
-    with pytest.raises(RegistryError, match="regresses"):
+    with pytest.raises(RegistryError, match="inferior to champion v1"):
         reg.promote("dev", "reasoner", v2, "champion")
     assert reg.show("dev", "reasoner", "champion")["version"] == v1       # nothing moved
     out = reg.promote("dev", "reasoner", v2, "champion", override=True, reason="hotfix for a KB change")
@@ -45,6 +47,22 @@ def test_gate_refuses_a_regression_then_override_is_recorded_and_rollback_restor
     assert actions == [("register", v1), ("promote", v1), ("register", v2), ("promote-refused", v2),
                        ("promote", v2), ("rollback", v1)]
     assert [a for a in reg.audit() if a["action"] == "promote" and a["version"] == v2][0]["override"] == "True"
+
+
+def test_without_a_champion_the_runs_baseline_is_the_reference(reg, micro_reasoner):
+    """No champion yet: a version worse than the production baseline of its own run (paired lower bound below
+    -margin) is refused; one registered without that figure is refused too; --override is recorded."""
+    worse = _register(reg, micro_reasoner, 0.30, vs_baseline_lo=-0.02)
+    with pytest.raises(RegistryError, match="inferior to the production baseline"):
+        reg.promote("dev", "reasoner", worse, "champion")
+    assert "champion" not in reg.show("dev", "reasoner", worse)["aliases"]
+    assert reg.promote("dev", "reasoner", worse, "champion", margin=0.03)["gate"] == "passed"   # the margin acts
+    reg2 = Registry(root=reg.root / "other")
+    uri = log_reasoner_model(micro_reasoner, reg2.uri, reg2.root)
+    bare = reg2.register("reasoner", "dev", uri, {"pipeline_run_id": "r"}, {"MRR": 0.3})
+    with pytest.raises(RegistryError, match="not registered by the gated workflow"):
+        reg2.promote("dev", "reasoner", bare, "champion")
+    assert reg2.promote("dev", "reasoner", bare, "champion", override=True, reason="legacy")["gate"] == "overridden"
 
 
 def test_a_better_candidate_passes_the_gate(reg, micro_reasoner):

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 httpx = pytest.importorskip("httpx")
@@ -27,12 +28,13 @@ def bundle(tmp_path_factory, micro_reasoner):
     """A 300-user world with materialized online features and a QE-Rec trained on the micro reasoner's LTP."""
     from rgalign.config import WorldConfig
     from rgalign.features.feast_io import FeatureStoreSession
-    from rgalign.steps import PipelineConfig, train_ranker
+    from rgalign.workflow import WorkflowConfig, train_ranker
     from rgalign.world.generate import generate_world
     root = tmp_path_factory.mktemp("serving")
     world = generate_world(WorldConfig(scale="ci", n_users=300), root / "worlds", progress=False)
     ranker = root / "ranker"
-    train_ranker(world.parent, micro_reasoner, PipelineConfig(max_train=200, max_val=50, max_eval=50, ranker_epochs=1), ranker)
+    train_ranker(world.parent, micro_reasoner, WorkflowConfig(max_train=200, max_val=50, max_eval=50, ranker_epochs=1,
+                                                              tracking=False), ranker)
     FeatureStoreSession(world).materialize()
     return {"world": world, "ranker": ranker, "reasoner": Path(micro_reasoner)}
 
@@ -303,3 +305,14 @@ def test_compiled_ranker_ranks_like_the_eager_one(bundle):
     for x, y in zip(eager.recommend(users[:5], request_ts=at), fast.recommend(users[:5], request_ts=at)):
         assert x["intent_ids"] == y["intent_ids"] and x["fallback"] == y["fallback"]
         assert x["scores"] == pytest.approx(y["scores"], abs=1e-5)
+
+
+def test_a_qe_rec_ranker_without_a_query_is_an_explicit_error(bundle):
+    """No reasoner attached: ranking a QE-Rec ranker with a zero query would silently drop Eq. 4's query term;
+    it is a RequestError naming query_embedding. With a query it ranks."""
+    from rgalign.recommend import Recommender, RequestError
+    rec = Recommender(bundle["ranker"], None, bundle["world"])
+    rows = [{"user_id": 1, "event_timestamp": pd.Timestamp.now(tz="UTC")}]
+    with pytest.raises(RequestError, match="query_embedding"):
+        rec.rank(rows, None)
+    assert rec.rank(rows, np.ones((1, rec.d_e), np.float32)).intent_ids.shape == (1, 3)

@@ -107,7 +107,8 @@ def save_aligned(trainer, tok, out: str | Path, parent: str | Path, method: str,
     from rgalign.reasoner.sources import META, save_reasoner
     out = Path(out)
     plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None) if trainer.is_deepspeed_enabled else None
-    meta = {**meta, "deepspeed_zero_stage": plugin.zero_stage if plugin is not None else None}
+    meta = {**meta, "deepspeed_zero_stage": plugin.zero_stage if plugin is not None else None,
+            "log_history": [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in trainer.state.log_history]}
     staged = out.with_name(out.name + ".trained")
     trainer.save_model(str(staged))
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
@@ -126,4 +127,5 @@ def save_aligned(trainer, tok, out: str | Path, parent: str | Path, method: str,
     parent_meta = json.loads((Path(parent) / META).read_text()) if (Path(parent) / META).is_file() else {}
     tok.padding_side = "left"
     return save_reasoner(model.eval(), tok, out, {"source": method, "parent": str(parent),
-                                                  "parent_digest": parent_meta.get("digest"), **meta})
+                                                  "parent_digest": parent_meta.get("digest"),
+                                                  "ltp": parent_meta.get("ltp", {}), **meta})

@@ -5,6 +5,9 @@ Teachers' hidden states are not available, so every candidate query is mapped in
 pooling of the *frozen Stage-1 reasoner* over the query text as a user turn. The Stage-1 ranker then scores
 every intent with z_q from that embedding (Eq. 4), and the reward of a candidate is NDCG of the clicked
 intent in the full ranking, 1 / log2(2 + rank) (one relevant intent, so the ideal DCG is 1).
+
+Ties count against the clicked intent, as in every metric (``rgalign.metrics.ranks_from_scores``): a query
+that leaves the ranking flat earns the reward of the last place, never a tie for the first.
 """
 from __future__ import annotations
 
@@ -62,7 +65,7 @@ def candidate_ndcg(model, inputs: dict[str, torch.Tensor], e: np.ndarray, clicke
         s = model.w * s_u[:, None, :] + (1 - model.w) * z_q @ z_i.T       # Eq. 4, (B, K, n)
         c = clicked[a:a + batch_size]
         target = s.gather(2, c[:, None, None].expand(-1, s.shape[1], 1))
-        rank = (s > target).sum(-1)                                        # 0-based, ties count for it
+        rank = (s > target).sum(-1) + (s == target).sum(-1) - 1            # 0-based, ties count against it
         out.append((1.0 / torch.log2(rank.float() + 2)).numpy())
     return np.concatenate(out) if out else np.zeros((0, e.shape[1]))
 

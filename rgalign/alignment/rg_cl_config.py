@@ -30,3 +30,8 @@ class RGCLConfig(RGATrainConfig):
             raise ValueError("neftune_alpha, lambda_cl and lambda_causal must be >= 0")
         if self.batch_size < 2:
             raise ValueError("batch_size must be >= 2: Eq. 11 needs in-batch negatives")
+
+    def trl_args(self, out):
+        """``transformers.TrainingArguments`` of the RG-CL trainer (it keeps the e^+ column)."""
+        from transformers import TrainingArguments
+        return TrainingArguments(**self.hf_kwargs(out), remove_unused_columns=False)

@@ -25,10 +25,17 @@ from rgalign.alignment.rg_cl_config import RGCLConfig
 
 
 def info_nce(h: torch.Tensor, e_pos: torch.Tensor, tau: float) -> torch.Tensor:
-    """Eq. 11 for ``h`` (N, d) and ``e_pos`` (N, d): row i's positive is e_i^+, the other rows are negatives."""
+    """Eq. 11 for ``h`` (N, d) and ``e_pos`` (N, d): row i's positive is e_i^+, the other rows are negatives.
+
+    A row j whose e_j^+ equals e_i^+ (the same winning query, e.g. a templated teacher's, for two contexts) is
+    not a negative of row i: it is masked out of i's denominator, else Eq. 11 would push h_i away from its
+    own positive."""
     if h.shape != e_pos.shape:
         raise ValueError(f"h {tuple(h.shape)} and e_pos {tuple(e_pos.shape)} must have the same shape")
     logits = F.normalize(h, dim=-1) @ F.normalize(e_pos, dim=-1).T / tau
+    same = (e_pos.unsqueeze(1) == e_pos.unsqueeze(0)).all(-1)                  # (N, N) duplicate positives
+    eye = torch.eye(len(h), dtype=torch.bool, device=h.device)
+    logits = logits.masked_fill(same & ~eye, torch.finfo(logits.dtype).min)
     return F.cross_entropy(logits, torch.arange(len(h), device=h.device))
 
 
@@ -85,13 +92,18 @@ def _trainer_cls():
             super().__init__(*a, **kw)
             self.rgcl = rgcl
             self.parts = []
+            # compute_loss returns a micro-batch mean, not a sum over num_items_in_batch: the Trainer must divide it
+            # by the accumulation steps (transformers 5 skips that for models that accept loss kwargs, which
+            # gave ~grad_accum x the gradient: batch 8 x 3 must update like batch 24 x 1)
+            self.model_accepts_loss_kwargs = False
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             body = model.get_decoder() if hasattr(model, "get_decoder") else model.model
             hidden = body(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
             h = hidden[torch.arange(len(hidden), device=hidden.device), inputs["last_prompt"]]
-            if getattr(model, "rgcl_proj", None) is not None:
-                h = model.rgcl_proj(h)
+            proj = getattr(model, "rgcl_proj", None)
+            if proj is not None:
+                h = proj(h)
             logits = model.get_output_embeddings()(hidden)
             loss, l_cl, l_lm = rg_cl_loss(h, inputs["e_pos"], logits, inputs["labels"], self.rgcl)
             self.parts.append((l_cl.item(), l_lm.item()))
@@ -103,7 +115,6 @@ def rg_cl(reasoner: str | Path, samples: list[tuple[str, str]], e_pos: np.ndarra
           out: str | Path) -> Path:
     """Align ``reasoner`` so that its LTP of each rendered prompt moves to ``e_pos`` (N, d_e) of its q^w."""
     from datasets import Dataset
-    from transformers import TrainingArguments
     if len(samples) < cfg.batch_size:
         raise ValueError(f"RG-CL needs at least batch_size={cfg.batch_size} samples (in-batch negatives), "
                          f"got {len(samples)}")
@@ -112,23 +123,26 @@ def rg_cl(reasoner: str | Path, samples: list[tuple[str, str]], e_pos: np.ndarra
     t0 = time.perf_counter()
     model, tok = load_for_training(reasoner, cfg)
     d_h, d_e = model.config.hidden_size, int(np.asarray(e_pos).shape[1])
-    model.rgcl_proj = nn.Linear(d_h, d_e) if d_h != d_e else None
     if cfg.peft_config() is not None:
         from peft import get_peft_model
         model = get_peft_model(model, cfg.peft_config())
+    # attached after get_peft_model, which freezes every parameter it does not adapt: the projection trains
+    model.rgcl_proj = nn.Linear(d_h, d_e) if d_h != d_e else None
+    proj_start = model.rgcl_proj.weight.detach().clone() if model.rgcl_proj is not None else None
     handle = model.get_input_embeddings().register_forward_hook(neftune_hook(cfg.neftune_alpha))
     ds = Dataset.from_dict({"prompt": [p for p, _ in samples], "completion": [q for _, q in samples],
                             "e_pos": [np.asarray(v, np.float32) for v in e_pos]})
     with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(**cfg.hf_kwargs(tmp), remove_unused_columns=False)
+        args = cfg.trl_args(tmp)
         trainer = _trainer_cls()(model=model, args=args, train_dataset=ds, data_collator=CLCollator(tok, cfg.max_length),
                                  rgcl=cfg)
         result = trainer.train()
     handle.remove()
     parts = np.array(trainer.parts) if trainer.parts else np.zeros((1, 2))
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.rgcl_proj = None
+    proj = model.rgcl_proj
+    model.rgcl_proj = None   # a training head only: not part of the saved reasoner
     return save_aligned(trainer, tok, out, reasoner, "rg-cl",
                         {"config": cfg.to_dict(), "samples": len(samples), "train_loss": result.training_loss,
                          "cl_loss_first": float(parts[:5, 0].mean()), "cl_loss_last": float(parts[-5:, 0].mean()),
+                         "proj_trained": None if proj is None else not torch.equal(proj_start, proj.weight.detach()),
                          "seconds": round(time.perf_counter() - t0, 1)})

@@ -20,3 +20,8 @@ class RGDPOConfig(RGATrainConfig):
         super().__post_init__()
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
+
+    def trl_args(self, out):
+        """TRL ``DPOConfig`` with Eq. 10's beta."""
+        from trl import DPOConfig
+        return DPOConfig(**self.hf_kwargs(out), gradient_checkpointing=False, beta=self.beta, max_length=self.max_length)

@@ -18,7 +18,7 @@ from rgalign.alignment.rg_dpo_config import RGDPOConfig
 def rg_dpo(sft_reasoner: str | Path, pairs: list[tuple[str, str, str]], cfg: RGDPOConfig, out: str | Path) -> Path:
     """Refine the SFT reasoner on ``(rendered prompt, q^w, q^l)`` triples; returns the aligned directory."""
     from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
     if not pairs:
         raise ValueError("RG-DPO got no preference pairs: every kept sample had tied candidates")
     t0 = time.perf_counter()
@@ -26,7 +26,7 @@ def rg_dpo(sft_reasoner: str | Path, pairs: list[tuple[str, str, str]], cfg: RGD
     ds = Dataset.from_dict({"prompt": [p for p, _, _ in pairs], "chosen": [w for _, w, _ in pairs],
                             "rejected": [l for _, _, l in pairs]})
     with tempfile.TemporaryDirectory() as tmp:
-        args = DPOConfig(**cfg.hf_kwargs(tmp), gradient_checkpointing=False, beta=cfg.beta, max_length=cfg.max_length)
+        args = cfg.trl_args(tmp)
         trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=ds, processing_class=tok,
                              peft_config=cfg.peft_config())
         result = trainer.train()

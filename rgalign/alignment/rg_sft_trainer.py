@@ -20,15 +20,14 @@ from rgalign.alignment.rg_sft_config import RGSFTConfig
 def rg_sft(reasoner: str | Path, samples: list[tuple[str, str]], cfg: RGSFTConfig, out: str | Path) -> Path:
     """Fine-tune ``reasoner`` on ``(rendered prompt, q^w)`` pairs; returns the aligned reasoner directory."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
     if not samples:
         raise ValueError("RG-SFT got no samples: best-of-N kept none (try strategy V1 or more teachers)")
     t0 = time.perf_counter()
     model, tok = load_for_training(reasoner, cfg, [s[0] for s in samples])
     ds = Dataset.from_dict({"prompt": [p for p, _ in samples], "completion": [q for _, q in samples]})
     with tempfile.TemporaryDirectory() as tmp:
-        args = SFTConfig(**cfg.hf_kwargs(tmp), gradient_checkpointing=False, completion_only_loss=True, max_length=cfg.max_length,
-                         packing=False, dataset_num_proc=None)
+        args = cfg.trl_args(tmp)
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
                              peft_config=cfg.peft_config())
         result = trainer.train()

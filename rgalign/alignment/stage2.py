@@ -1,5 +1,5 @@
-"""Stage 2 as two calls: ``build_candidates`` (teachers -> embeddings -> reward) and ``align`` (best-of-N ->
-RG-SFT -> RG-CL or RG-DPO). The CLI, the KFP components and ``rgalign reproduce`` call these.
+"""Stage 2's data: ``build_candidates`` (teachers -> embeddings -> reward) and ``select`` (best-of-N). The
+RGA trainers run on a selection in ``rgalign.workflow`` (``rg_sft``, ``rg_refine``, ``align``).
 """
 from __future__ import annotations
 
@@ -12,9 +12,6 @@ import pandas as pd
 
 from rgalign.alignment.best_of_n import Selection, best_of_n, edit_distance, preference_pairs
 from rgalign.alignment.reward import QueryEmbedder, candidate_ndcg, golden_cosine
-from rgalign.alignment.rg_cl_config import RGCLConfig
-from rgalign.alignment.rg_dpo_config import RGDPOConfig
-from rgalign.alignment.rg_sft_config import RGSFTConfig
 from rgalign.alignment.teachers import (FollowUpTeacher, HFTeacher, OpenAITeacher, PlaybookTeacher, RetrievalTeacher,
                                         Teacher, TeacherPool)
 from rgalign.config import AlignmentConfig
@@ -28,12 +25,12 @@ class ReasonerTeacher(Teacher):
     """The reasoner being aligned is the 4th candidate (greedy generation of its own query)."""
     name = REASONER
 
-    def __init__(self, encoder: LTPEncoder, max_new_tokens: int = 40):
-        self.encoder, self.max_new_tokens = encoder, max_new_tokens
+    def __init__(self, encoder: LTPEncoder):
+        self.encoder = encoder
 
     def generate(self, contexts):
         from rgalign.reasoner.generate import generate_queries
-        return generate_queries(self.encoder, contexts, max_new_tokens=self.max_new_tokens, batch_size=32)
+        return generate_queries(self.encoder, contexts, batch_size=32)   # the reasoner's own max_new_tokens
 
 
 def make_teachers(cfg: AlignmentConfig, kb: pd.DataFrame, encoder: LTPEncoder) -> list[Teacher]:
@@ -177,21 +174,3 @@ def build_candidates(train_frame: pd.DataFrame, kb: pd.DataFrame, ranker, spec, 
 def select(c: Candidates, cfg: AlignmentConfig) -> Selection:
     priority = [p.strip() for p in cfg.priority.split(",")]
     return best_of_n(c.ndcg, c.names, priority, cfg.strategy, REASONER, c.valid, c.edit, c.golden_cos)
-
-
-def align(c: Candidates, sel: Selection, method: str, reasoner: str | Path, out: str | Path,
-          sft: RGSFTConfig | None = None, cl: RGCLConfig | None = None, dpo: RGDPOConfig | None = None) -> Path:
-    """RG-SFT on the winners, then RG-CL (to e(q^w)) or RG-DPO (q^w over Q^l); returns the aligned reasoner."""
-    from rgalign.alignment.rg_cl_trainer import rg_cl
-    from rgalign.alignment.rg_dpo_trainer import rg_dpo
-    from rgalign.alignment.rg_sft_trainer import rg_sft
-    if len(sel.kept) == 0:
-        raise ValueError(f"best-of-N strategy {sel.strategy} kept no sample; use V1 or more samples")
-    out = Path(out)
-    sft_dir = rg_sft(reasoner, c.winners(sel), sft or RGSFTConfig(), out / "sft")
-    if method == "sft":
-        return sft_dir
-    if method == "sft-cl":
-        return rg_cl(sft_dir, c.winners(sel), c.winner_embeddings(sel), cl or RGCLConfig(), out / "cl")
-    dpo = dpo or RGDPOConfig()
-    return rg_dpo(sft_dir, c.preference_triples(sel, dpo.max_pairs_per_sample), dpo, out / "dpo")

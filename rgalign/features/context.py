@@ -7,6 +7,8 @@ both paths, training/serving skew cannot come from here.
 """
 from __future__ import annotations
 
+from rgalign.errors import MissingInputError
+
 import numpy as np
 import pandas as pd
 
@@ -50,7 +52,7 @@ def derive_request_features(df: pd.DataFrame, ts_col: str = "event_timestamp") -
     """
     missing = {ts_col, "status_updated_at", "region", "recent_intents", "recent_click_ts"} - set(df.columns)
     if missing:
-        raise KeyError(f"cannot derive request features: missing column(s) {sorted(missing)}; fetch the "
+        raise MissingInputError(f"cannot derive request features: missing column(s) {sorted(missing)}; fetch the "
                        "intent_ranking feature service from Feast first")
     out = df.copy()
     now = np.asarray(_epoch_seconds(out[ts_col]), np.int64)

@@ -8,6 +8,8 @@ out-of-vocabulary id ``n_intents + 1``; a missing number becomes the training me
 """
 from __future__ import annotations
 
+from rgalign.errors import MissingInputError
+
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -83,7 +85,7 @@ class FeatureSpec:
         click-age buckets; ``oov`` counts the fallbacks applied per feature.
         """
         if "user_id" not in df:
-            raise KeyError("feature frame lacks 'user_id'")
+            raise MissingInputError("feature frame lacks 'user_id'")
         B = len(df)
         now = ((pd.to_datetime(df["event_timestamp"], utc=True) - pd.Timestamp(0, tz="UTC"))
                // pd.Timedelta(seconds=1)).to_numpy() if "event_timestamp" in df else np.zeros(B, np.int64)
@@ -98,7 +100,7 @@ class FeatureSpec:
         ``encode(pd.DataFrame(rows))`` (tests/test_ranker.py)."""
         missing = [i for i, r in enumerate(rows) if "user_id" not in r]
         if missing:
-            raise KeyError(f"feature row {missing[0]} lacks 'user_id'")
+            raise MissingInputError(f"feature row {missing[0]} lacks 'user_id'")
         present = set().union(*rows) if rows else set()
 
         def matrix(cols):

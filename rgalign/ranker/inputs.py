@@ -1,8 +1,9 @@
 """Ranker inputs of a world: Feast training sets, verbalized contexts, query and intent-text embeddings.
 
-Everything expensive is cached under ``<artifacts>/cache/<world>/`` and keyed by what produced it (the
-feature service for the training set, the encoder's name for embeddings), so Stage 1, Stage 3 and the
-benchmarks reuse one another's work.
+Everything expensive is cached under ``<artifacts>/cache/<world>-<content digest>/`` and keyed by what
+produced it (the world's content, the feature service's definitions for the training set, the encoder's name
+or the reasoner's version and LTP settings for embeddings), so Stage 1, Stage 3 and the benchmarks reuse one
+another's work and never a stale copy.
 """
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ class RankerInputs:
     world: Path
     query_encoder: str = ""              # what encoded ``query``: a text encoder's name, or ltp-<reasoner version>
     intent_encoder: str = ""             # what encoded ``semantic``
+    train_clicks: np.ndarray | None = None  # (n_intents + 1,) clicks per intent id over *all* clicked sessions
+                                            # before the validation days (before any max_train subsample): the
+                                            # popularity floor every model is compared with
 
     @property
     def n_intents(self) -> int:
@@ -62,8 +66,24 @@ def intent_texts(kb: pd.DataFrame) -> list[str]:
     return (kb.title + ". " + kb.description).tolist()
 
 
+def world_digest(world: Path) -> str:
+    """Content digest of a world: its manifest's file digests (a world regenerated under the same name with
+    other knobs, or replaced with ``--force``, gets another digest, so no cache built on the old one is reused)."""
+    import hashlib
+    import json
+    files = json.loads((Path(world) / "manifest.json").read_text())["files"]
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def feature_service_digest(repo: Path) -> str:
+    """Digest of the Feast definitions the training set is read through (views, service, sources)."""
+    import hashlib
+    return hashlib.sha256((Path(repo) / "definitions.py").read_bytes()).hexdigest()[:12]
+
+
 def cache_dir(world: Path) -> Path:
-    d = Path(world).resolve().parent.parent / "cache" / Path(world).name
+    """``<worlds root>/../cache/<world name>-<content digest>``: every cached input of a world."""
+    d = Path(world).resolve().parent.parent / "cache" / f"{Path(world).name}-{world_digest(world)}"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -106,7 +126,7 @@ def load_ranker_inputs(world: str | Path, query_encoder: str = "hashing", query_
     world = Path(world)
     fs = FeatureStoreSession(world)
     cache = cache_dir(world)
-    ts_path = cache / f"training_set-{FEATURE_SERVICE}.parquet"
+    ts_path = cache / f"training_set-{FEATURE_SERVICE}-{feature_service_digest(fs.repo)}.parquet"
     if ts_path.is_file():
         full = pd.read_parquet(ts_path)
     else:
@@ -120,6 +140,7 @@ def load_ranker_inputs(world: str | Path, query_encoder: str = "hashing", query_
     clicked = full[(full.split == "train") & (full.clicked_intent > 0)]
     val = clicked[clicked.day >= train_days - val_days]
     train = clicked[clicked.day < train_days - val_days]
+    train_clicks = np.bincount(train.clicked_intent.to_numpy(), minlength=len(kb) + 1)
     if max_train_sessions is not None and len(train) > max_train_sessions:
         train = train.sample(max_train_sessions, random_state=seed).sort_values("session_id")
     ev = full[full.split == "eval"].merge(labels, on="session_id")
@@ -166,7 +187,7 @@ def load_ranker_inputs(world: str | Path, query_encoder: str = "hashing", query_
         query[split] = _cached_npy(cache / f"query-{key}-{split}-{signature(df)}.npy", lambda s=split: encode(s))
         texts.clear()  # one split's contexts in memory at a time
     return RankerInputs(frames["train"], frames["val"], frames["eval"], kb, semantic, query, world, query_encoder,
-                        intent_encoder)
+                        intent_encoder, train_clicks)
 
 
 def check_encoders(cfg, inputs: RankerInputs) -> None:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rgalign.ranker.data import CATEGORICAL, NUMERICAL
-from rgalign.ranker.towers import FieldEmbedding, IntentTower, QueryTower, UserTower
+from rgalign.ranker.towers import AutoIntMMoEUser, FieldEmbedding, IntentTower, QueryTower, UserTower
 from rgalign.features.metadata import FEATURES, MAX_RECENT
 
 
@@ -46,12 +46,15 @@ class QERec(nn.Module):
         intent_id_std: initial scale of the intent-ID embedding (see ``IntentTower``).
         families: (n_intents,) family id (>= 1) of each intent, or None for no family-ID embedding.
         intent_id_dropout: training-time probability of zeroing a candidate's z_id (see ``IntentTower``).
+        autoint_layers, n_experts: AutoInt interacting layers (both user towers' AutoInt) and MMoE experts
+            (the autoint-mmoe user tower), as the baseline's.
     """
 
     def __init__(self, n_intents: int, semantic: torch.Tensor, d_e: int, d: int = 64, w: float = 0.7,
-                 user_buckets: int = 50_000, dropout: float = 0.2, heads: int = 2, user_activation: str = "sigmoid",
-                 non_seq: str = "mlp", user_tower: str = "hierarchical", intent_id_std: float = 1.0,
-                 families: torch.Tensor | None = None, intent_id_dropout: float = 0.0):
+                 user_buckets: int = 50_000, dropout: float = 0.2, heads: int = 2, user_activation: str | None = None,
+                 non_seq: str | None = None, user_tower: str = "hierarchical", intent_id_std: float = 1.0,
+                 families: torch.Tensor | None = None, intent_id_dropout: float = 0.0, autoint_layers: int = 2,
+                 n_experts: int = 4):
         super().__init__()
         if not 0 <= w <= 1:
             raise ValueError(f"w must be within [0, 1], got {w}")
@@ -61,17 +64,22 @@ class QERec(nn.Module):
         if user_tower == "hierarchical":
             fields = FieldEmbedding([len(FEATURES[c].vocab) + 1 for c in CATEGORICAL], user_buckets, len(NUMERICAL), d)
             self.user_tower = UserTower(fields, n_intents, d, MAX_RECENT, heads=heads, dropout=dropout,
-                                        activation=user_activation, non_seq=non_seq)
+                                        activation=user_activation or "sigmoid", non_seq=non_seq or "mlp",
+                                        autoint_layers=autoint_layers)
+            user_activation = None  # applied inside the hierarchical tower
         elif user_tower == "autoint-mmoe":
-            from rgalign.ranker.baseline import AutoIntMMoEUser
-            self.user_tower = AutoIntMMoEUser(n_intents, d, 2, heads, 4, user_buckets, dropout)
+            if non_seq is not None:
+                raise ValueError("non_seq applies to the hierarchical user tower only")
+            self.user_tower = AutoIntMMoEUser(n_intents, d, autoint_layers, heads, n_experts, user_buckets, dropout)
         else:
             raise ValueError(f"user_tower={user_tower!r}; use 'hierarchical' or 'autoint-mmoe'")
+        self.sigma = UserTower.ACTIVATIONS[user_activation] if user_activation not in (None, "none") else None
         self.intent_tower = IntentTower(semantic, d, dropout, intent_id_std, families, intent_id_dropout)
         self.query_tower = QueryTower(d_e, d)
 
     def user(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.user_tower(x["cat"], x["user"], x["num"], x["seq"], x["seq_age"])
+        z_u = self.user_tower(x["cat"], x["user"], x["num"], x["seq"], x["seq_age"])
+        return z_u if self.sigma is None else self.sigma(z_u)
 
     def intent_index(self) -> torch.Tensor:
         """z_i of every intent, (n_intents, d): precomputed once and looked up at serving time."""

@@ -33,7 +33,7 @@ def build_model(cfg: RankerConfig, n_intents: int, semantic: torch.Tensor, famil
                                    cfg.user_buckets, cfg.dropout)
     return QERec(n_intents, semantic, d_e, cfg.d, cfg.w, cfg.user_buckets, cfg.dropout, cfg.heads,
                  cfg.user_activation, cfg.non_seq, cfg.user_tower, cfg.intent_id_std,
-                 families if cfg.intent_family else None, cfg.intent_id_dropout)
+                 families if cfg.intent_family else None, cfg.intent_id_dropout, cfg.autoint_layers, cfg.n_experts)
 
 
 @torch.inference_mode()

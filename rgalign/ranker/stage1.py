@@ -49,7 +49,7 @@ def _train_and_evaluate(cfg: RankerConfig, inputs: RankerInputs, progress: bool,
 
 def run_ranker(cfg: RankerConfig, world: str | Path, tracking: bool = True, tracking_uri: str | None = None,
                root: str | Path = "artifacts", inputs: RankerInputs | None = None, progress: bool = True,
-               label: str | None = None) -> RankerRun:
+               label: str | None = None, experiment_name: str = "rgalign-ranker") -> RankerRun:
     t0 = time.perf_counter()
     world = Path(world)
     manifest = load_manifest(world)
@@ -62,13 +62,13 @@ def run_ranker(cfg: RankerConfig, world: str | Path, tracking: bool = True, trac
     import mlflow
 
     from rgalign.tracking import experiment, log_ranker
-    exp = experiment("rgalign-ranker", tracking_uri, root)
+    exp = experiment(experiment_name, tracking_uri, root)
     with mlflow.start_run(experiment_id=exp, run_name=f"{cfg.model}-{world.name}") as run:
         # the encoders that built the inputs (a reasoner's LTP is not one of cfg's text encoders)
         built = {k: getattr(inputs, k) for k in ("query_encoder", "intent_encoder") if getattr(inputs, k)}
         mlflow.log_params({f"ranker.{k}": v for k, v in {**cfg.to_dict(), **built}.items()})
         mlflow.set_tags({"world": world.name, "world_digest": manifest["config_digest"],
-                         "feature_service": FEATURE_SERVICE, "stage": "1", "model": cfg.model})
+                         "feature_service": FEATURE_SERVICE, "stage": label, "model": cfg.model})
         mlflow.log_params({"train_sessions": len(inputs.train), "val_sessions": len(inputs.val),
                            "eval_sessions": len(inputs.eval), "query_dim": inputs.query["train"].shape[1]})
         result, table = _train_and_evaluate(cfg, inputs, progress,

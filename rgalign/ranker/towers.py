@@ -9,7 +9,11 @@ Example:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from rgalign.features.metadata import FEATURES
+from rgalign.ranker.data import CATEGORICAL, NUMERICAL
 
 
 def _check(name: str, x: torch.Tensor, shape: tuple) -> None:
@@ -42,6 +46,58 @@ class FieldEmbedding(nn.Module):
         return torch.cat([torch.stack(e, 1), num.unsqueeze(-1) * self.num_w + self.num_b], 1)
 
 
+class AutoIntLayer(nn.Module):
+    """Interacting layer: multi-head self-attention over fields with a residual projection. (B, F, d) -> same."""
+
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.res = nn.Linear(d, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, _ = self.attn(x, x, x, need_weights=False)
+        return F.relu(a + self.res(x))
+
+
+class MMoE(nn.Module):
+    """Dense multi-gate mixture of experts: ``n_experts`` MLP experts, one softmax gate per task.
+
+    Input (B, D_in). Output: list of ``n_tasks`` tensors (B, d_out).
+    """
+
+    def __init__(self, d_in: int, d_out: int, n_experts: int = 4, n_tasks: int = 1, dropout: float = 0.2):
+        super().__init__()
+        if n_experts < 1 or n_tasks < 1:
+            raise ValueError(f"need n_experts >= 1 and n_tasks >= 1, got {n_experts}, {n_tasks}")
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(d_in, 2 * d_out), nn.ReLU(), nn.Dropout(dropout),
+                                                   nn.Linear(2 * d_out, d_out)) for _ in range(n_experts))
+        self.gates = nn.ModuleList(nn.Linear(d_in, n_experts) for _ in range(n_tasks))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        e = torch.stack([ex(x) for ex in self.experts], 1)                     # (B, E, d_out)
+        return [torch.einsum("be,bed->bd", F.softmax(g(x), -1), e) for g in self.gates]
+
+
+class AutoIntMMoEUser(nn.Module):
+    """The production user encoder: field embeddings (+ the mean of the recent-intent embeddings as one more
+    field) -> AutoInt interacting layers -> dense MMoE. Input as ``UserTower``; output (B, d)."""
+
+    def __init__(self, n_intents: int, d: int = 64, n_layers: int = 2, heads: int = 2, n_experts: int = 4,
+                 user_buckets: int = 50_000, dropout: float = 0.2):
+        super().__init__()
+        self.fields = FieldEmbedding([len(FEATURES[c].vocab) + 1 for c in CATEGORICAL], user_buckets,
+                                     len(NUMERICAL), d)
+        self.seq_items = nn.Embedding(n_intents + 2, d, padding_idx=0)
+        self.autoint = nn.Sequential(*(AutoIntLayer(d, heads, dropout) for _ in range(n_layers)))
+        self.mmoe = MMoE((self.fields.n_fields + 1) * d, d, n_experts, 1, dropout)
+
+    def forward(self, cat, user, num, seq, seq_age=None) -> torch.Tensor:
+        f = self.fields(cat, user, num)
+        keep = (seq > 0).unsqueeze(-1).float()
+        pooled = (self.seq_items(seq) * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp(min=1)
+        return self.mmoe(self.autoint(torch.cat([f, pooled], 1)).flatten(1))[0]
+
+
 class UserTower(nn.Module):
     """z_u = sigma(MLP([v_non-seq; v_seq; v_grouped])), sigma = sigmoid as the paper writes it (``activation``).
 
@@ -59,7 +115,8 @@ class UserTower(nn.Module):
     ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "none": lambda x: x}
 
     def __init__(self, fields: FieldEmbedding, n_intents: int, d: int, max_len: int, n_age: int = 6,
-                 heads: int = 2, dropout: float = 0.2, activation: str = "sigmoid", non_seq: str = "mlp"):
+                 heads: int = 2, dropout: float = 0.2, activation: str = "sigmoid", non_seq: str = "mlp",
+                 autoint_layers: int = 2):
         super().__init__()
         if d % heads:
             raise ValueError(f"d={d} must be divisible by heads={heads}")
@@ -75,8 +132,8 @@ class UserTower(nn.Module):
         self.cross = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
         if non_seq not in ("autoint", "mlp"):
             raise ValueError(f"non_seq={non_seq!r}; use 'autoint' or 'mlp'")
-        from rgalign.ranker.baseline import AutoIntLayer  # the production baseline's field-interaction encoder
-        self.interact = (nn.Sequential(*(AutoIntLayer(d, heads, dropout) for _ in range(2))) if non_seq == "autoint"
+        self.interact = (nn.Sequential(*(AutoIntLayer(d, heads, dropout) for _ in range(autoint_layers)))
+                         if non_seq == "autoint"
                          else nn.Identity())
         self.non_seq = nn.Sequential(nn.Linear(fields.n_fields * d, 2 * d), nn.ReLU(), nn.Dropout(dropout),
                                      nn.Linear(2 * d, d))

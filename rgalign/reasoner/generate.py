@@ -22,8 +22,11 @@ def clean_query(text: str, max_words: int = 20) -> str:
 
 @torch.inference_mode()
 def generate_queries(encoder: LTPEncoder, contexts: list[str], sample: bool = False, temperature: float = 0.8,
-                     top_p: float = 0.95, max_new_tokens: int = 40, seed: int = 0, batch_size: int = 16) -> list[str]:
-    """One question per context: greedy (``sample=False``) or nucleus sampling, deterministic per seed."""
+                     top_p: float = 0.95, max_new_tokens: int | None = None, seed: int = 0,
+                     batch_size: int = 16) -> list[str]:
+    """One question per context: greedy (``sample=False``) or nucleus sampling, deterministic per seed;
+    ``max_new_tokens`` defaults to the encoder's (the reasoner's ``ReasonerConfig.max_new_tokens``)."""
+    max_new_tokens = max_new_tokens or encoder.max_new_tokens
     r = encoder.reasoner
     tok, model = r.tokenizer, r.model
     out = []

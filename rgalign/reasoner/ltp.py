@@ -59,11 +59,19 @@ class LTPEncoder:
     Args:
         reasoner: a loaded ``Reasoner``; its ``version`` keys the cache.
         max_prompt_tokens: longer prompts keep their last tokens (a warning; counted in ``truncated``).
+        batch_size: prompts per forward pass; max_new_tokens: generation budget of a query.
+            None (the default) takes the reasoner's own settings (``Reasoner.ltp_settings``, i.e. the
+            ``ReasonerConfig`` it was built with), else 512 / 32 / 40.
         cache: an ``LTPCache`` (or a path to one), or None.
     """
 
-    def __init__(self, reasoner: Reasoner, max_prompt_tokens: int = 512, batch_size: int = 32,
-                 cache: LTPCache | str | Path | None = None, prompt: ReasonerPrompt | None = None):
+    def __init__(self, reasoner: Reasoner, max_prompt_tokens: int | None = None, batch_size: int | None = None,
+                 cache: LTPCache | str | Path | None = None, prompt: ReasonerPrompt | None = None,
+                 max_new_tokens: int | None = None):
+        own = reasoner.ltp_settings if hasattr(reasoner, "ltp_settings") else {}
+        max_prompt_tokens = max_prompt_tokens or own.get("max_prompt_tokens", 512)
+        batch_size = batch_size or own.get("ltp_batch", 32)
+        self.max_new_tokens = max_new_tokens or own.get("max_new_tokens", 40)
         if max_prompt_tokens < 16:
             raise ValueError(f"max_prompt_tokens must be >= 16, got {max_prompt_tokens}")
         self.reasoner, self.max_prompt_tokens, self.batch_size = reasoner, max_prompt_tokens, batch_size
@@ -101,7 +109,8 @@ class LTPEncoder:
         return (prefix, suffix) if self._render_template(check) == prefix + check + suffix else ()
 
     def _key(self, prompt: str) -> str:
-        return hashlib.sha256(f"{self.reasoner.version}\x00{prompt}".encode()).hexdigest()
+        # the truncation length changes the LTP of a long prompt: it is part of the key
+        return hashlib.sha256(f"{self.reasoner.version}\x00{self.max_prompt_tokens}\x00{prompt}".encode()).hexdigest()
 
     def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         tok = self.reasoner.tokenizer

@@ -18,7 +18,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,13 @@ class Reasoner:
     tokenizer: object
     version: str
     path: Path | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def ltp_settings(self) -> dict:
+        """``max_prompt_tokens``, ``ltp_batch`` and ``max_new_tokens`` this reasoner was built with (its
+        ``ReasonerConfig``; aligned reasoners inherit their parent's): every ``LTPEncoder`` starts from them."""
+        return dict(self.meta.get("ltp") or {})
 
     @property
     def hidden_size(self) -> int:
@@ -141,10 +148,15 @@ def save_reasoner(model, tokenizer, path: str | Path, meta: dict) -> Path:
     return path
 
 
+def ltp_settings(cfg: ReasonerConfig) -> dict:
+    """The LTP / generation settings of ``cfg`` as stored in a reasoner's metadata (``Reasoner.ltp_settings``)."""
+    return {"max_prompt_tokens": cfg.max_prompt_tokens, "ltp_batch": cfg.ltp_batch, "max_new_tokens": cfg.max_new_tokens}
+
+
 def build_reasoner(cfg: ReasonerConfig, world: str | Path, out: str | Path, progress: bool = True) -> Path:
     """Build, pre-train and save a ``tiny`` / ``small`` reasoner (or convert ``smollm2``) to ``out``."""
     if cfg.source == "smollm2":
-        return convert_smollm2(out)
+        return convert_smollm2(out, ltp_settings(cfg))
     from rgalign.features.feast_io import FeatureStoreSession
     from rgalign.ranker.inputs import verbalize_frame
     from rgalign.reasoner.corpus import build_corpus
@@ -170,8 +182,9 @@ def build_reasoner(cfg: ReasonerConfig, world: str | Path, out: str | Path, prog
     model = build_model(cfg.source, len(tokenizer), cfg.seed)
     losses = pretrain(model, tokenizer, docs, cfg, progress)
     return save_reasoner(model, tokenizer, out, {
-        "source": cfg.source, "config": cfg.to_dict(), "world": world.name, "documents": len(docs),
+        "source": cfg.source, "config": cfg.to_dict(), "ltp": ltp_settings(cfg), "world": world.name, "documents": len(docs),
         "loss_first": losses[0] if losses else None, "loss_last": float(np.mean(losses[-20:])) if losses else None,
+        "losses": [round(float(x), 5) for x in losses],
         "seconds": round(time.perf_counter() - t0, 1)})
 
 
@@ -187,7 +200,7 @@ def smollm2_gguf() -> Path | None:
     return found[0] if found else None
 
 
-def convert_smollm2(out: str | Path) -> Path:
+def convert_smollm2(out: str | Path, ltp: dict | None = None) -> Path:
     """Dequantize SmolLM2-135M-Instruct (GGUF Q4_1) into a standard HF directory, once."""
     gguf = smollm2_gguf()
     if gguf is None:
@@ -206,7 +219,7 @@ def convert_smollm2(out: str | Path) -> Path:
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    return save_reasoner(model.eval(), tok, out, {"source": "smollm2", "gguf": gguf.name})
+    return save_reasoner(model.eval(), tok, out, {"source": "smollm2", "gguf": gguf.name, "ltp": ltp or {}})
 
 
 def load_reasoner(path_or_uri: str | Path) -> Reasoner:
@@ -238,4 +251,4 @@ def load_reasoner(path_or_uri: str | Path) -> Reasoner:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     meta = json.loads((path / META).read_text()) if (path / META).is_file() else {}
-    return Reasoner(model, tok, meta.get("digest") or _digest(path), path)
+    return Reasoner(model, tok, meta.get("digest") or _digest(path), path, meta)

@@ -1,0 +1,606 @@
+"""The training workflow, written once (paper sections 4.1-4.3): Stage 1 -> Stage 2 (RGA) -> Stage 3 -> gate
+-> registry. Every caller runs these functions: the KFP components (``components/``, one per step, checked
+against ``STEPS`` in a test), ``rgalign pipeline run|align|reproduce`` and the tests. No stage logic lives
+anywhere else.
+
+    prepare_features -> build_reasoner -> train_ranker (Stage 1, QE-Rec) + train_ranker (baseline)
+    -> teacher_queries -> reward_best_of_n -> rg_sft -> rg_refine (RG-CL | RG-DPO) -> train_ranker (Stage 3)
+    -> evaluation_gate -> register
+
+Each step reads folders written by earlier steps and writes one output folder (a KFP artifact's ``.path``);
+it returns the small metrics dict a component logs, and logs its parameters, metrics and curves to MLflow
+(experiment ``rgalign-workflow``, one run per step; ``register`` tags the registered versions with those
+runs). Folders are written atomically by the library, so a failed step leaves earlier ones intact.
+
+``run`` chains the steps in one process (what ``rgalign align`` and the tests call); the KFP pipeline runs
+the same functions one component at a time, so both give the same numbers for the same config.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from rgalign.config import (REPRODUCE_PRESETS, AlignmentConfig, RankerConfig, ReasonerConfig, WorldConfig, _Config,
+                            _f)
+from rgalign.metrics import METRICS, MetricValue, evaluate_ranks, format_table, paired_difference
+
+_CI = REPRODUCE_PRESETS["ci"]
+
+# the steps of the workflow, in order; the KFP pipeline has one task per entry (tests/test_workflow.py)
+STEPS = ("prepare-features", "build-reasoner", "train-ranker", "train-baseline", "teacher-queries",
+         "reward-best-of-n", "rg-sft", "rg-refine", "train-ranker-stage3", "evaluation-gate", "register-models")
+RGA_METHODS = ("sft-cl", "sft-dpo", "sft")
+WORKFLOW_EXPERIMENT = "rgalign-workflow"
+
+
+@dataclass
+class WorkflowConfig(_Config):
+    """The knobs of one training run (plain values: they are the KFP pipeline's ``config`` parameter and the
+    ``rgalign pipeline run`` / ``rgalign align`` flags). Each field reaches exactly one stage config
+    (``STAGE_FIELDS``) or the gate / registry; ``tests/test_settings.py`` walks them all."""
+    scale: str = _f("ci", "world scale: ci (~20k sessions), bench (~1M) or paper (~7.5M)")
+    world_seed: int = _f(0, "seed of the benchmark world")
+    reasoner_steps: int = _f(_CI["pretrain_steps"], "pre-training steps of the built tiny reasoner")
+    pretrain_batch: int = _f(_CI["pretrain_batch"], "pre-training sequences per step")
+    corpus_sessions: int = _f(_CI["corpus_sessions"], "training-week sessions in the reasoner's pre-training corpus")
+    max_prompt_tokens: int = _f(512, "LTP / generation: longer prompts are truncated from the left")
+    max_train: int = _f(0, "clicked training sessions of the rankers (0 = all)")
+    max_val: int = _f(0, "validation-day sessions (early stopping and the gate; 0 = all)")
+    max_eval: int = _f(_CI["max_eval"], "evaluation-week sessions reported (0 = all)")
+    ranker_epochs: int = _f(10, "maximum epochs of the Stage-1 / Stage-3 rankers and the baseline")
+    ranker_seed: int = _f(0, "seed of the rankers' initialisation, shuffling and negative sampling")
+    n_samples: int = _f(_CI["n_samples"], "Stage-2 contexts with candidate queries")
+    min_samples: int = _f(8, "fail Stage 2 if fewer contexts keep enough candidate queries")
+    strategy: str = _f("V2", "best-of-N strategy: V1, V2, V3 or V4")
+    rga_method: str = _f("sft-cl", "RGA method: sft-cl (RG-SFT then RG-CL), sft-dpo (RG-SFT then RG-DPO) or sft")
+    rounds: int = _f(1, "closed-loop rounds of Stage 2 + Stage 3 (the retrained ranker is the next reward model)")
+    sft_epochs: float = _f(_CI["sft_epochs"], "RG-SFT epochs")
+    cl_epochs: float = _f(_CI["cl_epochs"], "RG-CL epochs")
+    dpo_epochs: float = _f(_CI["dpo_epochs"], "RG-DPO epochs")
+    dpo_pairs: int = _f(_CI["dpo_pairs"], "RG-DPO preference pairs per context")
+    rga_max_length: int = _f(512, "RG-SFT / RG-CL / RG-DPO: prompt + query tokens (a longer prompt is an error)")
+    deepspeed: bool = _f(False, "train RG-SFT / RG-CL / RG-DPO with DeepSpeed ZeRO-3")
+    env: str = _f("dev", "registry environment: versions go to <env>.reasoner and <env>.ranker")
+    gate_metric: str = _f("MRR", "metric of the gate (validation days): GAUC, R@3, R@5, N@3, N@5 or MRR")
+    gate_margin: float = _f(0.005, "non-inferiority margin of promotion (absolute, e.g. 0.005 = 0.5 MRR points)")
+    register: bool = _f(True, "register the candidate when it passes the gate")
+    tracking: bool = _f(True, "log every step to MLflow")
+    artifacts: str = _f("artifacts", "root of the embedded MLflow store (SQLite) and its artifacts")
+    tracking_uri: str = _f("", "MLflow tracking URI (empty: SQLite under artifacts)")
+
+    def __post_init__(self):
+        # KFP passes dict parameters through protobuf Struct, where every number is a float: cast back
+        for f in fields(self):
+            v = getattr(self, f.name)
+            want = type(f.default)
+            if want is int and isinstance(v, float) and not isinstance(v, bool):
+                if not v.is_integer():
+                    raise ValueError(f"workflow parameter {f.name} must be an integer, got {v}")
+                setattr(self, f.name, int(v))
+            elif want is float and isinstance(v, int) and not isinstance(v, bool):
+                setattr(self, f.name, float(v))
+            elif not isinstance(getattr(self, f.name), want):
+                raise ValueError(f"workflow parameter {f.name} must be {want.__name__}, got {v!r}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.rga_method not in RGA_METHODS:
+            raise ValueError(f"rga_method={self.rga_method!r}; use one of {', '.join(RGA_METHODS)}")
+        if self.gate_metric not in METRICS:
+            raise ValueError(f"gate_metric={self.gate_metric!r}; use one of {', '.join(METRICS)}")
+        if self.gate_margin < 0:
+            raise ValueError(f"gate_margin must be >= 0, got {self.gate_margin}")
+        for name in ("max_train", "max_val", "max_eval"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = all sessions), got {getattr(self, name)}")
+        # every stage config validates its own fields (a bad value fails here, before any step runs)
+        self.world(), self.reasoner(), self.ranker(), self.alignment(), self.sft(), self.cl(), self.dpo()
+
+    # ---------------------------------------------------------------- the stage configs it makes
+    def _stage(self, stage: str) -> dict:
+        """The fields of ``stage`` (``rga`` fields go to all three RGA trainers)."""
+        rga = ("rga",) if stage in ("sft", "cl", "dpo") else ()
+        return {field: getattr(self, name) for name, (s, field) in STAGE_FIELDS.items() if s in (stage, *rga)}
+
+    def world(self) -> WorldConfig:
+        return WorldConfig(**self._stage("world"))
+
+    def reasoner(self) -> ReasonerConfig:
+        return ReasonerConfig(source="tiny", **self._stage("reasoner"))
+
+    def ranker(self, model: str = "qe-rec") -> RankerConfig:
+        kw = self._stage("ranker")
+        kw["max_train_sessions"] = kw["max_train_sessions"] or None
+        return RankerConfig(model=model, **kw)
+
+    def alignment(self) -> AlignmentConfig:
+        return AlignmentConfig(**self._stage("alignment"))
+
+    def sft(self):
+        from rgalign.alignment.rg_sft_config import RGSFTConfig
+        return RGSFTConfig(**self._stage("sft"), deepspeed=self.deepspeed)
+
+    def cl(self):
+        from rgalign.alignment.rg_cl_config import RGCLConfig
+        return RGCLConfig(**self._stage("cl"), deepspeed=self.deepspeed)
+
+    def dpo(self):
+        from rgalign.alignment.rg_dpo_config import RGDPOConfig
+        return RGDPOConfig(**self._stage("dpo"), deepspeed=self.deepspeed)
+
+    @property
+    def inputs_kw(self) -> dict:
+        """Session caps of every ranker's inputs (the same sessions for every model of a run)."""
+        return {"max_val_sessions": self.max_val or None, "max_eval_sessions": self.max_eval or None, "data_seed": 0}
+
+    @property
+    def root(self) -> str:
+        return self.artifacts or "artifacts"
+
+    @property
+    def uri(self) -> str | None:
+        return self.tracking_uri or None
+
+
+# workflow field -> (stage, field of that stage's config); the fields not named here act in the workflow itself
+# (rga_method, rounds, max_val / max_eval, deepspeed, the gate, the registry and tracking)
+STAGE_FIELDS: dict[str, tuple[str, str]] = {
+    "scale": ("world", "scale"), "world_seed": ("world", "seed"),
+    "reasoner_steps": ("reasoner", "pretrain_steps"), "pretrain_batch": ("reasoner", "pretrain_batch"),
+    "corpus_sessions": ("reasoner", "corpus_sessions"), "max_prompt_tokens": ("reasoner", "max_prompt_tokens"),
+    "max_train": ("ranker", "max_train_sessions"), "ranker_epochs": ("ranker", "epochs"),
+    "ranker_seed": ("ranker", "seed"),
+    "n_samples": ("alignment", "n_samples"), "min_samples": ("alignment", "min_samples"),
+    "strategy": ("alignment", "strategy"),
+    "sft_epochs": ("sft", "epochs"), "cl_epochs": ("cl", "epochs"), "rga_max_length": ("rga", "max_length"),
+    "dpo_epochs": ("dpo", "epochs"), "dpo_pairs": ("dpo", "max_pairs_per_sample"),
+}
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def inject_failure(step: str) -> None:
+    """Fault injection for tests and game days: ``RGALIGN_INJECT_FAILURE=<step>`` makes that step fail."""
+    if os.environ.get("RGALIGN_INJECT_FAILURE") == step:
+        raise RuntimeError(f"injected failure in step {step!r} (RGALIGN_INJECT_FAILURE)")
+
+
+def world_of(folder: str | Path) -> Path:
+    """The world directory inside a ``prepare_features`` output folder (or a world folder itself)."""
+    folder = Path(folder)
+    if (folder / "manifest.json").is_file():
+        return folder
+    found = [p.parent for p in folder.glob("*/manifest.json")]
+    if len(found) != 1:
+        raise FileNotFoundError(f"{folder} holds {len(found)} worlds; expected the output of prepare_features")
+    return found[0]
+
+
+def _meta(folder: str | Path, name: str) -> dict:
+    p = Path(folder) / name
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def log_step(cfg: WorkflowConfig, step: str, params: dict, metrics: dict, curves: dict[str, list] | None = None,
+             tags: dict | None = None, text: dict[str, str] | None = None) -> str | None:
+    """One MLflow run of ``step`` in the ``rgalign-workflow`` experiment: parameters, final metrics, curves
+    (``{name: [value per step]}``) and text artifacts. Returns the run id (None when tracking is off)."""
+    if not cfg.tracking:
+        return None
+    import mlflow
+
+    from rgalign.tracking import experiment
+    exp = experiment(WORKFLOW_EXPERIMENT, cfg.uri, cfg.root)
+    with mlflow.start_run(experiment_id=exp, run_name=step, nested=mlflow.active_run() is not None) as run:
+        mlflow.set_tags({"step": step, "env": cfg.env, **{k: str(v) for k, v in (tags or {}).items()}})
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in metrics.items()
+                            if isinstance(v, (int, float)) and np.isfinite(v)})
+        for name, values in (curves or {}).items():
+            for i, v in enumerate(values):
+                if v is not None and np.isfinite(v):
+                    mlflow.log_metric(name, float(v), step=i + 1)
+        for fname, body in (text or {}).items():
+            mlflow.log_text(body, fname)
+        return run.info.run_id
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def ltp_inputs(world: str | Path, reasoner: str | Path, cfg: RankerConfig, max_val_sessions: int | None = None,
+               max_eval_sessions: int | None = None, data_seed: int = 0, progress: bool = True, encoder=None):
+    """Ranker inputs whose query embedding e is the reasoner's LTP of each session's prompt (Eq. 2-3), cached
+    per reasoner version and LTP settings. ``data_seed`` fixes the session subsample, so every model of a
+    comparison sees the same sessions."""
+    from rgalign.ranker.inputs import load_ranker_inputs
+    from rgalign.reasoner.ltp import LTPEncoder
+    from rgalign.reasoner.sources import load_reasoner
+    encoder = encoder or LTPEncoder(load_reasoner(reasoner))
+    return load_ranker_inputs(world, f"ltp-{encoder.reasoner.version}-p{encoder.max_prompt_tokens}", 0,
+                              cfg.intent_encoder, cfg.val_days, cfg.max_train_sessions, data_seed, progress,
+                              query_fn=encoder.embed, max_val_sessions=max_val_sessions,
+                              max_eval_sessions=max_eval_sessions)
+
+
+def generated_query_inputs(world: str | Path, reasoner: str | Path, cfg: RankerConfig, sentence_encoder: str = "minilm",
+                           max_val_sessions: int | None = None, max_eval_sessions: int | None = None,
+                           data_seed: int = 0, progress: bool = True):
+    """The BGE-style alternative of Table 3: the reasoner *generates* a query, a frozen sentence encoder
+    embeds it (the encoder stays unaligned in Stage 2)."""
+    from rgalign.features.text_encoders import get_encoder
+    from rgalign.ranker.inputs import load_ranker_inputs
+    from rgalign.reasoner.generate import generate_queries
+    from rgalign.reasoner.ltp import LTPEncoder
+    from rgalign.reasoner.sources import load_reasoner
+    enc = LTPEncoder(load_reasoner(reasoner))
+    sentence = get_encoder(sentence_encoder)
+
+    def fn(contexts):
+        return sentence.encode(generate_queries(enc, contexts, batch_size=32))
+    return load_ranker_inputs(world, f"gen-{sentence_encoder}-{enc.reasoner.version}-p{enc.max_prompt_tokens}", 0,
+                              cfg.intent_encoder, cfg.val_days, cfg.max_train_sessions, data_seed, progress,
+                              query_fn=fn, max_val_sessions=max_val_sessions, max_eval_sessions=max_eval_sessions)
+
+
+# ------------------------------------------------------------------------------------------------ steps
+def prepare_features(cfg: WorkflowConfig, out: str | Path) -> dict:
+    """Embedded default: generate the world's parquet sources, then Feast apply + materialize + the
+    point-in-time training set (cached beside the world). On a cluster the sources already exist."""
+    from rgalign.features.feast_io import FeatureStoreSession
+    from rgalign.ranker.inputs import load_ranker_inputs
+    from rgalign.world.generate import generate_world
+    world = generate_world(cfg.world(), out, progress=False)
+    fs = FeatureStoreSession(world)
+    fs.apply()
+    fs.materialize()
+    inputs = load_ranker_inputs(world, "hashing", 16, "hashing", progress=False, max_val_sessions=1, max_eval_sessions=1)
+    return {"train_sessions": len(inputs.train), "world_digest": fs.manifest["config_digest"]}
+
+
+def build_reasoner(world_folder: str | Path, cfg: WorkflowConfig, out: str | Path) -> dict:
+    """The raw query reasoner: a tiny Qwen3 with its own tokenizer, pre-trained on the training weeks."""
+    from rgalign.reasoner.sources import build_reasoner as build
+    rcfg = cfg.reasoner()
+    path = build(rcfg, world_of(world_folder), out, progress=False)
+    meta = _meta(path, "rgalign_reasoner.json")
+    run_id = log_step(cfg, "build-reasoner", {f"reasoner.{k}": v for k, v in rcfg.to_dict().items()},
+                      {"loss_first": meta.get("loss_first") or 0.0, "loss_last": meta.get("loss_last") or 0.0,
+                       "seconds": meta.get("seconds", 0.0)}, {"pretrain_loss": meta.get("losses", [])},
+                      {"reasoner_digest": meta.get("digest")})
+    _add_meta(path, "rgalign_reasoner.json", {"mlflow_run_id": run_id})
+    return {"loss_last": meta.get("loss_last") or 0.0}
+
+
+def _add_meta(folder: str | Path, name: str, extra: dict) -> None:
+    p = Path(folder) / name
+    p.write_text(json.dumps({**_meta(folder, name), **extra}, indent=2))
+
+
+def train_ranker(world_folder: str | Path, reasoner: str | Path, cfg: WorkflowConfig, out: str | Path,
+                 label: str = "Stage 1", model: str = "qe-rec", progress: bool = False) -> dict:
+    """Stage 1 (raw reasoner), Stage 3 (aligned reasoner) or the production baseline (``model="baseline"``,
+    which reads no query) on the same sessions: trained with early stopping on the validation days, saved
+    as a checkpoint with its validation and evaluation-week ranks (what the gate compares), logged to MLflow."""
+    from rgalign.ranker.checkpoint import save_ranker
+    from rgalign.ranker.data import RankerData
+    from rgalign.ranker.ranker_trainer import model_ranks
+    from rgalign.ranker.stage1 import run_ranker
+    from rgalign.world.generate import popularity_ranks
+    inject_failure(f"train_ranker:{label}")
+    world = world_of(world_folder)
+    rcfg = cfg.ranker(model)
+    inputs = ltp_inputs(world, reasoner, rcfg, progress=progress, **cfg.inputs_kw)
+    run = run_ranker(rcfg, world, cfg.tracking, cfg.uri, cfg.root, inputs, progress, label=label,
+                     experiment_name=WORKFLOW_EXPERIMENT)
+    ranks, sessions = {}, {}
+    for split, target in (("val", "clicked_intent"), ("eval", "true_intent")):
+        frame = getattr(inputs, split)
+        data = RankerData.build(frame, run.result.spec, inputs.query[split], target)
+        ranks[split], sessions[split] = model_ranks(run.result.model, data), frame.session_id.to_numpy()
+        ranks[f"popularity_{split}"] = popularity_ranks(inputs.train_clicks, frame[target].to_numpy())
+        ranks[f"users_{split}"] = frame.user_id.to_numpy()
+    metrics = {f"{s}_{k}": v.value for s in ("val", "eval")
+               for k, v in evaluate_ranks(ranks[s], ranks[f"users_{s}"], inputs.n_intents).items()}
+    fam = inputs.kb.family.astype("category").cat.codes.to_numpy() + 1
+    rmeta = _meta(reasoner, "rgalign_reasoner.json")
+    save_ranker(run.result.model, run.result.spec, rcfg, inputs.semantic, fam, inputs.kb, out,
+                meta={"world": world.name, "reasoner_digest": rmeta.get("digest"), "label": label, "model": model,
+                      "eval": {k[5:]: v for k, v in metrics.items() if k.startswith("eval_")},
+                      "val": {k[4:]: v for k, v in metrics.items() if k.startswith("val_")},
+                      "mlflow_run_id": run.run_id, "train_sessions": len(inputs.train)})
+    np.savez(Path(out) / "ranks.npz", **ranks, **{f"sessions_{s}": v for s, v in sessions.items()})
+    return metrics
+
+
+def teacher_queries(world_folder: str | Path, reasoner: str | Path, cfg: WorkflowConfig, out: str | Path) -> dict:
+    """Multi-LLM sample generation: every teacher and the reasoner write one query per sampled context."""
+    from rgalign.alignment.stage2 import generate_candidates
+    from rgalign.reasoner.ltp import LTPEncoder
+    from rgalign.reasoner.sources import load_reasoner
+    from rgalign.ranker.inputs import load_ranker_inputs
+    world = world_of(world_folder)
+    enc = LTPEncoder(load_reasoner(reasoner))
+    rcfg = cfg.ranker()
+    # the training sessions of Stage 1 (same cap and draw); their LTP is not needed here (cheap hashed inputs)
+    inputs = load_ranker_inputs(world, "hashing", 16, "hashing", rcfg.val_days, rcfg.max_train_sessions, 0, False,
+                                max_val_sessions=1, max_eval_sessions=1)
+    p = generate_candidates(inputs.train, inputs.kb, enc, cfg.alignment())
+    p.save(out)
+    return {"samples": len(p.queries), **{f"dropped_{k}": v for k, v in p.dropped.items()}}
+
+
+def reward_best_of_n(world_folder: str | Path, reasoner: str | Path, ranker: str | Path, proposals: str | Path,
+                     cfg: WorkflowConfig, out: str | Path) -> dict:
+    """Score every proposal with the Stage-1 QE-Rec (NDCG of the clicked intent, Eq. 7 reward) and select
+    Q^w / Q^l by the best-of-N strategy."""
+    import pandas as pd
+
+    from rgalign.alignment.stage2 import Proposals, score_candidates, select
+    from rgalign.ranker.checkpoint import load_ranker
+    from rgalign.reasoner.ltp import LTPEncoder
+    from rgalign.reasoner.sources import load_reasoner
+    kb = pd.read_parquet(world_of(world_folder) / "kb.parquet")
+    model, spec, _, _ = load_ranker(ranker)
+    c = score_candidates(Proposals.load(proposals), kb, model, spec, LTPEncoder(load_reasoner(reasoner)))
+    sel = select(c, cfg.alignment())
+    c.save(out)
+    (Path(out) / "selection.json").write_text(json.dumps({"strategy": sel.strategy, "kept": sel.kept.tolist(),
+                                                          "winner": sel.winner.tolist(), "losers": sel.losers}))
+    table = c.teacher_table()
+    metrics = {"kept": int(len(sel.kept)), **{f"wins_{k}": v for k, v in sel.winner_counts(c.names).items()},
+               **{f"mean_ndcg_{t}": v for t, v in zip(table.teacher, table["mean NDCG"])}}
+    log_step(cfg, "reward-best-of-n", {"strategy": sel.strategy, "teachers": ",".join(c.names)}, metrics)
+    return metrics
+
+
+def load_selection(folder: str | Path):
+    """(Candidates, Selection) written by ``reward_best_of_n``."""
+    from rgalign.alignment.best_of_n import Selection
+    from rgalign.alignment.stage2 import Candidates
+    j = json.loads((Path(folder) / "selection.json").read_text())
+    return Candidates.load(folder), Selection(j["strategy"], np.array(j["kept"], int), np.array(j["winner"], int),
+                                              j["losers"])
+
+
+def _log_rga(cfg: WorkflowConfig, step: str, tcfg, path: Path, samples: int) -> dict:
+    meta = _meta(path, "rgalign_reasoner.json")
+    losses = [h["loss"] for h in meta.get("log_history", []) if "loss" in h]
+    run_id = log_step(cfg, step, {f"{step}.{k}": v for k, v in tcfg.to_dict().items()},
+                      {"train_loss": meta.get("train_loss") or 0.0, "samples": samples,
+                       "seconds": meta.get("seconds", 0.0)}, {"loss": losses},
+                      {"parent_digest": meta.get("parent_digest"), "reasoner_digest": meta.get("digest")})
+    _add_meta(path, "rgalign_reasoner.json", {"mlflow_run_id": run_id})
+    return {"train_loss": meta.get("train_loss") or 0.0, "samples": samples}
+
+
+def align(c, sel, reasoner: str | Path, cfg: WorkflowConfig, out: str | Path) -> Path:
+    """RG-SFT on the winners, then the refinement of ``cfg.rga_method``: RG-CL to e(q^w) or RG-DPO (q^w over
+    Q^l). Returns the aligned reasoner (``out/sft`` then ``out/cl`` or ``out/dpo``)."""
+    out = Path(out)
+    rg_sft(c, sel, reasoner, cfg, out / "sft")
+    return rg_refine(c, sel, out / "sft", cfg, out / {"sft-cl": "cl", "sft-dpo": "dpo", "sft": "final"}[cfg.rga_method])
+
+
+def rg_sft(c, sel, reasoner: str | Path, cfg: WorkflowConfig, out: str | Path) -> Path:
+    """RG-SFT (Eq. 8) on the best-of-N winners (C, q^w), LoRA merged."""
+    from rgalign.alignment.rg_sft_trainer import rg_sft as train
+    if len(sel.kept) == 0:
+        raise ValueError(f"best-of-N strategy {sel.strategy} kept no sample; use V1 or more samples (--n-samples)")
+    path = train(reasoner, c.winners(sel), cfg.sft(), out)
+    _log_rga(cfg, "rg-sft", cfg.sft(), path, len(sel.kept))
+    return path
+
+
+def rg_refine(c, sel, sft_reasoner: str | Path, cfg: WorkflowConfig, out: str | Path) -> Path:
+    """The second RGA step on the RG-SFT reasoner, by ``cfg.rga_method``: RG-CL (Eq. 11) or RG-DPO (Eq. 9-10);
+    ``sft`` keeps the RG-SFT reasoner as it is (copied, so every run has this step's output)."""
+    from rgalign.alignment.rg_cl_trainer import rg_cl
+    from rgalign.alignment.rg_dpo_trainer import rg_dpo
+    if cfg.rga_method == "sft-cl":
+        path = rg_cl(sft_reasoner, c.winners(sel), c.winner_embeddings(sel), cfg.cl(), out)
+        _log_rga(cfg, "rg-cl", cfg.cl(), path, len(sel.kept))
+    elif cfg.rga_method == "sft-dpo":
+        dpo = cfg.dpo()
+        triples = c.preference_triples(sel, dpo.max_pairs_per_sample)
+        path = rg_dpo(sft_reasoner, triples, dpo, out)
+        _log_rga(cfg, "rg-dpo", dpo, path, len(triples))
+    else:
+        path = Path(out)
+        if path.exists():
+            shutil.rmtree(path)
+        shutil.copytree(sft_reasoner, path)
+    return Path(path)
+
+
+def rga_step(step: str, candidates: str | Path, reasoner: str | Path, cfg: WorkflowConfig, out: str | Path) -> dict:
+    """The folder form of ``rg_sft`` / ``rg_refine`` (what the KFP components call)."""
+    c, sel = load_selection(candidates)
+    path = (rg_sft if step == "rg-sft" else rg_refine)(c, sel, reasoner, cfg, out)
+    meta = _meta(path, "rgalign_reasoner.json")
+    return {"train_loss": meta.get("train_loss") or 0.0, "samples": int(len(sel.kept))}
+
+
+# ------------------------------------------------------------------------------------------------ the gate
+@dataclass
+class GateDecision:
+    passed: bool
+    reasons: list[str]
+    val: dict[str, dict[str, MetricValue]]          # model -> metric on the validation days
+    val_diffs: dict[str, dict[str, MetricValue]]    # "candidate - X" -> paired difference
+    eval: dict[str, dict[str, MetricValue]]         # evaluation week (reported, never decided on)
+    metric: str
+    margin: float
+
+    def to_json(self) -> dict:
+        enc = lambda rows: {n: {m: vars(v) for m, v in r.items()} for n, r in rows.items()}  # noqa: E731
+        return {"passed": self.passed, "reasons": self.reasons, "metric": self.metric, "margin": self.margin,
+                "val": enc(self.val), "val_diffs": enc(self.val_diffs), "eval": enc(self.eval)}
+
+    def markdown(self) -> str:
+        return "\n".join([
+            f"# Evaluation gate: {'PASS' if self.passed else 'FAIL'}", "",
+            *[f"- {r}" for r in self.reasons], "",
+            format_table(self.val, "Validation days (logged clicks): what the gate decides on, 95% bootstrap CI"), "",
+            format_table(self.val_diffs, f"Candidate minus each row, paired bootstrap 95% CI (gate metric "
+                                         f"{self.metric})"), "",
+            format_table(self.eval, "Evaluation week (true intents): reported only; Bayes and the world's "
+                                    "popularity row cover the whole week"), ""])
+
+
+def evaluation_gate(world_folder: str | Path, candidate: str | Path, baseline: str | Path, stage1: str | Path,
+                    cfg: WorkflowConfig) -> GateDecision:
+    """The registration gate, decided on the validation days only: the candidate (Stage-3 QE-Rec) must beat
+    the popularity floor on ``cfg.gate_metric`` beyond the paired 95% interval. Its paired differences to the
+    production baseline and to Stage 1 (same sessions) are recorded: promotion to champion reads them
+    (``Registry.promote``). The evaluation week is reported beside it, with the world's Bayes ceiling."""
+    from rgalign.world.generate import headroom_rows, load_manifest
+    metric = cfg.gate_metric
+    r = {name: dict(np.load(Path(p) / "ranks.npz")) for name, p in
+         (("candidate", candidate), ("baseline", baseline), ("stage1", stage1))}
+    n = int(_meta(candidate, "meta.json")["n_intents"])
+    for name in ("baseline", "stage1"):
+        for s in ("val", "eval"):
+            if not np.array_equal(r[name][f"sessions_{s}"], r["candidate"][f"sessions_{s}"]):
+                raise ValueError(f"the {name} ranker was evaluated on other {s} sessions than the candidate: train "
+                                 "them in the same run (same max_val / max_eval)")
+    c = r["candidate"]
+    labels = {"candidate": "Candidate (Stage 3 QE-Rec)", "stage1": "QE-Rec (Stage 1)",
+              "baseline": "Baseline (AutoInt + MMoE)", "popularity": "Popularity (floor)"}
+
+    def rows(split):
+        out = {labels[k]: evaluate_ranks(r[k][split], c[f"users_{split}"], n) for k in ("candidate", "stage1", "baseline")}
+        out[labels["popularity"]] = evaluate_ranks(c[f"popularity_{split}"], c[f"users_{split}"], n)
+        return out
+    val = rows("val")
+    diffs = {f"candidate - {labels[k]}": paired_difference(c["val"], r[k]["val"] if k != "popularity" else
+                                                           c["popularity_val"]) for k in ("popularity", "baseline", "stage1")}
+    ev = {**rows("eval"), **{f"{k} (whole week)": v for k, v in headroom_rows(load_manifest(world_of(world_folder))).items()}}
+    if metric == "GAUC":   # GAUC has no per-session value, so no paired interval: the point values decide
+        d = val[labels["candidate"]][metric].value - val[labels["popularity"]][metric].value
+        lo = d
+    else:
+        lo = diffs[f"candidate - {labels['popularity']}"][metric].lo
+        d = diffs[f"candidate - {labels['popularity']}"][metric].value
+    passed = lo > 0
+    reasons = [f"{metric} on the validation days: candidate - popularity = {d * 100:+.2f} points, 95% CI lower "
+               f"bound {lo * 100:+.2f} -> {'beats the floor' if passed else 'does NOT beat the floor: nothing is registered'}"]
+    b = diffs[f"candidate - {labels['baseline']}"][metric] if metric != "GAUC" else None
+    if b is not None:
+        ok = b.lo >= -cfg.gate_margin
+        reasons.append(f"{metric} vs the production baseline: {b.value * 100:+.2f} [{b.lo * 100:+.2f}, {b.hi * 100:+.2f}]"
+                       f" -> {'non-inferior' if ok else 'inferior'} at margin {cfg.gate_margin * 100:.2f} points "
+                       "(promotion to champion without a champion requires non-inferiority)")
+    return GateDecision(passed, reasons, val, diffs, ev, metric, cfg.gate_margin)
+
+
+def gate_step(world_folder, candidate, baseline, stage1, cfg: WorkflowConfig, out: str | Path) -> GateDecision:
+    """``evaluation_gate`` written to ``out`` (gate.json + gate.md) and logged to MLflow."""
+    g = evaluation_gate(world_folder, candidate, baseline, stage1, cfg)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gate.json").write_text(json.dumps(g.to_json(), indent=1))
+    (out / "gate.md").write_text(g.markdown())
+    flat = {f"val.{model.split(' (')[0]}.{m}": v.value for model, row in g.val.items() for m, v in row.items()}
+    flat.update({f"diff.{k.split(' - ')[1].split(' (')[0]}.{m}.lo": v.lo for k, row in g.val_diffs.items()
+                 for m, v in row.items()})
+    flat["passed"] = float(g.passed)
+    log_step(cfg, "evaluation-gate", {"gate_metric": g.metric, "gate_margin": g.margin}, flat,
+             tags={"decision": "PASS" if g.passed else "FAIL"}, text={"gate.md": g.markdown()})
+    return g
+
+
+def register(reasoner: str | Path, ranker: str | Path, world_folder: str | Path, gate: str | Path,
+             cfg: WorkflowConfig, run_id: str) -> dict:
+    """Log and register the aligned reasoner and the Stage-3 ranker as ``candidate`` versions with lineage
+    (the MLflow runs of the steps that made them), their validation metrics and the gate's paired differences
+    to the run's baseline (what promotion to champion reads). Refuses a candidate the gate did not pass."""
+    from rgalign.features.feast_io import FEATURE_SERVICE
+    from rgalign.registry import Registry, log_reasoner_model
+    from rgalign.tracking import log_ranker_checkpoint
+    g = json.loads((Path(gate) / "gate.json").read_text())
+    if not g["passed"]:
+        raise ValueError("the evaluation gate did not pass: " + "; ".join(g["reasons"]))
+    world = world_of(world_folder)
+    digest = json.loads((world / "manifest.json").read_text())["config_digest"]
+    rmeta = _meta(reasoner, "rgalign_reasoner.json")
+    kmeta = _meta(ranker, "meta.json")
+    reg = Registry(cfg.uri, cfg.root)
+    lineage = {"pipeline_run_id": run_id, "world_digest": digest, "feature_service": FEATURE_SERVICE}
+    reasoner_uri = log_reasoner_model(reasoner, cfg.uri, cfg.root, lineage)   # logging first: no registry writes
+    ranker_uri = log_ranker_checkpoint(ranker, cfg.uri, cfg.root, lineage)
+    cand = "candidate - "
+    gate_tags = {f"gate.vs_{k[len(cand):].split(' (')[0].lower()}.{m.replace('@', '_at_')}.lo": f"{v['lo']:.6f}"
+                 for k, row in g["val_diffs"].items() for m, v in row.items()}
+    gate_tags.update({"gate.metric": g["metric"], "gate.margin": g["margin"], "rga_method": cfg.rga_method,
+                      "stage3_run_id": kmeta.get("mlflow_run_id"), "reasoner_run_id": rmeta.get("mlflow_run_id")})
+    val = {f"val.{m.replace('@', '_at_')}": f"{v:.6f}" for m, v in kmeta.get("val", {}).items()}
+    # both versions first, aliases last: a failure in between leaves no alias moved and no half pair
+    rv = reg.register("reasoner", cfg.env, reasoner_uri,
+                      {**lineage, "reasoner_digest": rmeta.get("digest"), "method": rmeta.get("source"),
+                       "parent_digest": rmeta.get("parent_digest"), "mlflow_run_id": rmeta.get("mlflow_run_id"),
+                       **gate_tags, **val}, kmeta["eval"], alias=None)
+    try:
+        inject_failure("register:ranker")
+        kv = reg.register("ranker", cfg.env, ranker_uri, {**lineage, "parent_reasoner": f"{cfg.env}.reasoner/{rv}",
+                                                          "reasoner_digest": kmeta.get("reasoner_digest"),
+                                                          **gate_tags, **val}, kmeta["eval"], alias=None)
+    except Exception:
+        reg.unregister("reasoner", cfg.env, rv, "the ranker of the same run failed to register")
+        raise
+    reg.promote(cfg.env, "reasoner", rv, "candidate")
+    reg.promote(cfg.env, "ranker", kv, "candidate")
+    return {"reasoner_version": rv, "ranker_version": kv}
+
+
+# ------------------------------------------------------------------------------------------------ in one process
+@dataclass
+class WorkflowResult:
+    folder: Path
+    world: Path
+    reasoner: Path                  # the aligned reasoner of the last round
+    stage1: Path
+    baseline: Path
+    stage3: Path
+    gate: GateDecision
+    registered: dict | None
+    rounds: list[dict]
+
+
+def run(cfg: WorkflowConfig, out: str | Path, world: str | Path | None = None, reasoner: str | Path | None = None,
+        run_id: str = "local", progress: bool = True) -> WorkflowResult:
+    """Every step in order in this process (``rgalign align`` and the tests; the KFP pipeline runs the same
+    functions as components). ``world`` / ``reasoner``: start from existing ones instead of building them.
+    ``cfg.rounds`` > 1 repeats Stage 2 + Stage 3 with the retrained ranker as the next reward model."""
+    out = Path(out)
+    say = (lambda m: print(f"[workflow] {m}", flush=True)) if progress else (lambda m: None)
+    if world is None:
+        say("prepare features (world, Feast apply + materialize, training set)")
+        prepare_features(cfg, out / "features")
+        world = world_of(out / "features")
+    world = Path(world)
+    if reasoner is None:
+        say(f"build reasoner ({cfg.reasoner_steps} pre-training steps)")
+        build_reasoner(world, cfg, out / "reasoner")
+        reasoner = out / "reasoner"
+    say("Stage 1: QE-Rec on the raw reasoner's LTP, and the production baseline")
+    train_ranker(world, reasoner, cfg, out / "stage1", "Stage 1", progress=progress)
+    train_ranker(world, reasoner, cfg, out / "baseline", "Baseline", model="baseline", progress=progress)
+    current, ranker, rounds = Path(reasoner), out / "stage1", []
+    for r in range(1, cfg.rounds + 1):
+        d = out / f"round{r}"
+        say(f"round {r}: teacher queries, reward + best-of-N ({cfg.strategy}), RGA ({cfg.rga_method}), Stage 3")
+        teacher_queries(world, current, cfg, d / "proposals")
+        reward_best_of_n(world, current, ranker, d / "proposals", cfg, d / "candidates")
+        rga_step("rg-sft", d / "candidates", current, cfg, d / "sft")
+        rga_step("rg-refine", d / "candidates", d / "sft", cfg, d / "aligned")
+        m = train_ranker(world, d / "aligned", cfg, d / "stage3", "Stage 3", progress=progress)
+        rounds.append({"round": r, "reasoner": str(d / "aligned"), "ranker": str(d / "stage3"), "metrics": m})
+        current, ranker = d / "aligned", d / "stage3"
+    say("evaluation gate (validation days)")
+    g = gate_step(world, ranker, out / "baseline", out / "stage1", cfg, out / "gate")
+    registered = None
+    if g.passed and cfg.register:
+        registered = register(current, ranker, world, out / "gate", cfg, run_id)
+    return WorkflowResult(out, world, current, out / "stage1", out / "baseline", Path(ranker), g, registered, rounds)

@@ -1,0 +1,209 @@
+"""The training workflow written once: the pipeline's tasks are its steps, the layers stay apart, the gate
+holds the popularity floor on the validation days, and (slow) a run that fails the gate registers nothing."""
+import ast
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from rgalign import workflow
+from rgalign.workflow import STEPS, WorkflowConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTER = ("components", "pipelines", "serving", "monitoring")
+ENTRY_POINTS = {"rgalign.cli"}   # the command line: allowed to import every layer
+
+
+def _tasks(dag: dict, components: dict) -> list[str]:
+    """Display names of the executed tasks of a compiled DAG, descending into exit handlers and conditions."""
+    out = []
+    for t in dag.get("tasks", {}).values():
+        comp = components[t["componentRef"]["name"]]
+        if "dag" in comp:
+            out += _tasks(comp["dag"], components)
+        else:
+            out.append(t["taskInfo"]["name"])
+    return out
+
+
+def test_the_pipelines_tasks_are_the_workflow_steps(tmp_path):
+    from pipelines.run import compile_pipeline
+    spec = next(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml", None).read_text()))
+    tasks = _tasks(spec["root"]["dag"], spec["components"])
+    # besides the steps: the exit handler (run status) and the manifests of what was registered
+    assert sorted(set(tasks) - {"record-run-status", "render-manifests"}) == sorted(STEPS)
+    assert len(tasks) == len(set(tasks)) == len(STEPS) + 2
+
+
+# ---------------------------------------------------------------------------------------------- layering
+def import_graph(root: Path, package: str = "rgalign") -> dict[str, set[str]]:
+    """Every module of ``package`` under ``root`` -> the modules it imports (top level or inside functions)."""
+    mods = {}
+    for p in sorted((root / package).rglob("*.py")):
+        name = ".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        mods[name] = p
+    graph = {}
+    for name, p in mods.items():
+        found = set()
+        for n in ast.walk(ast.parse(p.read_text())):
+            if isinstance(n, ast.Import):
+                found |= {a.name for a in n.names}
+            elif isinstance(n, ast.ImportFrom) and n.module and n.level == 0:
+                found |= {n.module} | {f"{n.module}.{a.name}" for a in n.names}
+        graph[name] = found
+    return graph
+
+
+def layer_violations(root: Path) -> list[str]:
+    """Core modules importing an outer layer, and import cycles among core modules."""
+    graph = import_graph(root)
+    bad = [f"{m} imports {i}" for m, imps in graph.items() if m not in ENTRY_POINTS
+           for i in sorted(imps) if i.split(".")[0] in OUTER]
+    core = {m: {i for i in imps if i in graph and i != m} for m, imps in graph.items()}
+    state: dict[str, int] = {}
+
+    def visit(m, path):
+        state[m] = 1
+        for n in sorted(core[m]):
+            if state.get(n) == 1:
+                bad.append("import cycle: " + " -> ".join(path[path.index(n):] + [n]))
+            elif n not in state:
+                visit(n, path + [n])
+        state[m] = 2
+    for m in sorted(core):
+        if m not in state:
+            visit(m, [m])
+    return bad
+
+
+def test_the_core_imports_no_outer_layer_and_has_no_import_cycle():
+    assert layer_violations(ROOT) == []
+
+
+def test_the_layering_check_catches_a_forbidden_import_and_a_cycle(tmp_path):
+    pkg = tmp_path / "rgalign"
+    (pkg / "ranker").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "ranker" / "__init__.py").write_text("")
+    (pkg / "ranker" / "a.py").write_text("def f():\n    from rgalign.ranker import b\n")
+    (pkg / "ranker" / "b.py").write_text("from rgalign.ranker.a import f\n")
+    (pkg / "steps.py").write_text("from serving.manifests import render\n")
+    (pkg / "cli.py").write_text("import pipelines.run\n")      # the entry point may
+    found = layer_violations(tmp_path)
+    assert "rgalign.steps imports serving.manifests" in found
+    assert any(v.startswith("import cycle") and "rgalign.ranker.a" in v and "rgalign.ranker.b" in v for v in found)
+    assert not any("rgalign.cli" in v for v in found)
+
+
+# ---------------------------------------------------------------------------------------------- the config
+def test_workflow_config_survives_protobuf_struct_and_checks_values():
+    assert WorkflowConfig(**{"max_train": 1000.0, "gate_margin": 0}).max_train == 1000
+    with pytest.raises(ValueError, match="max_train must be an integer"):
+        WorkflowConfig(max_train=10.5)
+    with pytest.raises(ValueError, match="strategy"):
+        WorkflowConfig(strategy="V7")
+    with pytest.raises(ValueError, match="rga_method"):
+        WorkflowConfig(rga_method="dpo")
+    with pytest.raises(ValueError, match="gate_metric"):
+        WorkflowConfig(gate_metric="AUC")
+
+
+# ---------------------------------------------------------------------------------------------- the gate
+def _ranker_folder(path: Path, val_ranks, pop_val, n=50, seed=0):
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True)
+    (path / "meta.json").write_text(json.dumps({"n_intents": n}))
+    m = len(val_ranks)
+    np.savez(path / "ranks.npz", val=np.asarray(val_ranks), eval=rng.integers(0, n, 40), popularity_val=np.asarray(pop_val),
+             popularity_eval=rng.integers(0, n, 40), users_val=np.arange(m) % 7, users_eval=np.arange(40) % 7,
+             sessions_val=np.arange(m), sessions_eval=np.arange(40))
+    return path
+
+
+def test_the_gate_holds_the_popularity_floor_on_the_validation_days(tmp_path, small_world):
+    rng = np.random.default_rng(0)
+    pop = rng.integers(0, 20, 400)
+    good = np.maximum(pop - rng.integers(2, 8, 400), 0)           # ranks the target higher in most sessions
+    cfg = WorkflowConfig(tracking=False)
+    base = _ranker_folder(tmp_path / "base", pop, pop)
+    g = workflow.evaluation_gate(small_world, _ranker_folder(tmp_path / "good", good, pop), base, base, cfg)
+    assert g.passed and "beats the floor" in g.reasons[0]
+    assert g.val_diffs["candidate - Popularity (floor)"]["MRR"].lo > 0
+    g = workflow.evaluation_gate(small_world, _ranker_folder(tmp_path / "same", pop, pop), base, base, cfg)
+    assert not g.passed and "nothing is registered" in g.reasons[0]
+    assert "Bayes-optimal (ceiling) (whole week)" in g.eval and "Evaluation gate: FAIL" in g.markdown()
+    # the gate metric and the margin act
+    r3 = workflow.evaluation_gate(small_world, tmp_path / "good", base, base, replace(cfg, gate_metric="R@3"))
+    assert r3.reasons[0].startswith("R@3") and r3.metric == "R@3"
+    assert "margin 0.50" in g.reasons[1] and "margin 5.00" in workflow.evaluation_gate(
+        small_world, tmp_path / "good", base, base, replace(cfg, gate_margin=0.05)).reasons[1]
+    other = _ranker_folder(tmp_path / "other", pop[:300], pop[:300])
+    with pytest.raises(ValueError, match="other val sessions"):
+        workflow.evaluation_gate(small_world, tmp_path / "good", other, base, cfg)
+
+
+def test_register_refuses_a_candidate_the_gate_did_not_pass(tmp_path):
+    (tmp_path / "gate").mkdir()
+    (tmp_path / "gate" / "gate.json").write_text(json.dumps({"passed": False, "reasons": ["MRR below the floor"]}))
+    with pytest.raises(ValueError, match="did not pass: MRR below the floor"):
+        workflow.register(tmp_path, tmp_path, tmp_path, tmp_path / "gate", WorkflowConfig(artifacts=str(tmp_path)),
+                          "run-1")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_run_chains_the_steps_in_order_and_every_round_aligns_the_last(monkeypatch, tmp_path):
+    """The orchestration alone (steps replaced by recorders): order, rounds, the gate, register on/off."""
+    calls = []
+
+    def rec(name, ret=None):
+        def f(*a, **k):
+            calls.append((name, [str(x) for x in a if isinstance(x, (str, Path))]))
+            return ret
+        return f
+    for name in ("prepare_features", "build_reasoner", "teacher_queries", "reward_best_of_n", "rga_step"):
+        monkeypatch.setattr(workflow, name, rec(name, {}))
+    monkeypatch.setattr(workflow, "train_ranker", lambda *a, **k: calls.append((f"train_ranker:{a[4]}", [str(a[1])])))
+    monkeypatch.setattr(workflow, "gate_step", lambda *a, **k: calls.append(("gate", [str(a[1])])) or
+                        workflow.GateDecision(True, [], {}, {}, {}, "MRR", 0.005))
+    monkeypatch.setattr(workflow, "register", rec("register", {"reasoner_version": "1", "ranker_version": "1"}))
+    res = workflow.run(WorkflowConfig(rounds=2), tmp_path, world=tmp_path, reasoner=tmp_path / "raw", progress=False)
+    names = [c[0] for c in calls]
+    assert names == ["train_ranker:Stage 1", "train_ranker:Baseline"] + [
+        "teacher_queries", "reward_best_of_n", "rga_step", "rga_step", "train_ranker:Stage 3"] * 2 + ["gate", "register"]
+    round2 = [c for c in calls if c[0] == "teacher_queries"][1]
+    assert str(tmp_path / "round1" / "aligned") in round2[1]                # round 2 aligns round 1's reasoner
+    assert calls[-2][1] == [str(tmp_path / "round2" / "stage3")] and res.registered
+    calls.clear()
+    res = workflow.run(WorkflowConfig(register=False), tmp_path, world=tmp_path, reasoner=tmp_path / "raw",
+                       progress=False)
+    assert "register" not in [c[0] for c in calls] and res.registered is None
+
+
+@pytest.mark.slow
+def test_a_run_that_fails_the_gate_registers_nothing_and_logs_every_step(ci_world, micro_reasoner, tmp_path):
+    """Two closed-loop rounds on a tiny training set (the micro reasoner, 1 epoch): every step leaves an MLflow
+    run, round 2 aligns round 1's reasoner, the gate fails on the validation days and nothing is registered."""
+    import mlflow
+
+    from rgalign.registry import Registry, RegistryError
+    from rgalign.tracking import experiment
+    cfg = WorkflowConfig(max_train=150, max_val=120, max_eval=100, ranker_epochs=1, n_samples=16, strategy="V1",
+                         rounds=2, sft_epochs=0.5, cl_epochs=1.0, rga_max_length=1024, artifacts=str(tmp_path))
+    res = workflow.run(cfg, tmp_path / "run", world=ci_world, reasoner=micro_reasoner, progress=False)
+    assert not res.gate.passed and res.registered is None
+    assert "does NOT beat the floor" in res.gate.reasons[0]
+    with pytest.raises(RegistryError, match="does not exist"):
+        Registry(root=tmp_path).versions("dev", "ranker")
+    meta = json.loads((res.reasoner / "rgalign_reasoner.json").read_text())
+    assert res.reasoner == tmp_path / "run" / "round2" / "aligned" and meta["source"] == "rg-cl"
+    assert "round1" in json.loads((Path(meta["parent"]) / "rgalign_reasoner.json").read_text())["parent"]
+    runs = mlflow.search_runs([experiment(workflow.WORKFLOW_EXPERIMENT, None, tmp_path)])
+    steps = runs["tags.step"].dropna().tolist() if "tags.step" in runs else []
+    labels = runs["tags.stage"].dropna().tolist() if "tags.stage" in runs else []
+    assert steps.count("rg-sft") == 2 and steps.count("rg-cl") == 2 and "evaluation-gate" in steps
+    assert sorted(labels) == ["Baseline", "Stage 1", "Stage 3", "Stage 3"]
+    cl = runs[runs["tags.step"] == "rg-cl"].iloc[0]
+    assert cl["params.rg-cl.epochs"] == "1.0" and np.isfinite(cl["metrics.train_loss"])
