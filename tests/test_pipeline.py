@@ -128,14 +128,17 @@ def _digest(path: Path) -> str:
 @pytest.mark.slow
 def test_full_pipeline_locally_then_a_failed_late_step_leaves_registry_and_features_intact(tmp_path, monkeypatch,
                                                                                          two_threads):
-    """The product's main job through kfp.local with RG-DPO (a smaller evaluation sample and fewer Stage-2
-    contexts than the default; the rankers' sessions are the default's, so the gate sees what a user's run
-    sees); then a re-run whose ranker registration fails."""
+    """The product's main job through kfp.local with RG-DPO (4 ranker epochs, 300 evaluation sessions, 48
+    Stage-2 contexts and LTP of the last 128 prompt tokens instead of 10 / 1,000 / 160 / 512, for time; the
+    rankers' training and validation sessions are the
+    default's, so the gate sees what a user's run sees: with 1,000 training sessions QE-Rec on this LTP fails
+    it); the same workflow in one process gives the same numbers; then a re-run whose registration fails."""
     from pipelines.run import run_local
     from rgalign.registry import Registry
     from rgalign.tracking import experiment
     from rgalign.workflow import WORKFLOW_EXPERIMENT
-    cfg = WorkflowConfig(max_train=1000, max_eval=300, n_samples=80, rga_method="sft-dpo", artifacts=str(tmp_path))
+    cfg = WorkflowConfig(ranker_epochs=4, max_eval=300, n_samples=48, max_prompt_tokens=128, rga_method="sft-dpo",
+                         artifacts=str(tmp_path))
     run_local(cfg)
     # the same workflow in one process (what `rgalign align` runs) from the pipeline's world and raw reasoner:
     # the same Stage-3 numbers, so the KFP components add nothing and lose nothing
