@@ -79,7 +79,12 @@ def log_ranker_checkpoint(ckpt: str | Path, uri: str | None = None, root: str | 
     with mlflow.start_run(experiment_id=exp, run_name=f"register {meta.get('label', 'ranker')}",
                           nested=mlflow.active_run() is not None):
         mlflow.set_tags({k: str(v) for k, v in (tags or {}).items()})
-        mlflow.log_metrics({f"eval_{k.replace('@', '_at_')}": v for k, v in (meta.get("eval") or {}).items()})
+        if meta.get("mlflow_run_id"):
+            mlflow.set_tag("training_run_id", meta["mlflow_run_id"])   # the run with the per-epoch curves
+        cfg = json.loads((Path(ckpt) / "config.json").read_text())
+        mlflow.log_params({f"ranker.{k}": str(v) for k, v in cfg.items()})
+        for split in ("eval", "val"):
+            mlflow.log_metrics({f"{split}_{k.replace('@', '_at_')}": v for k, v in (meta.get(split) or {}).items()})
         return _log_ranker_pyfunc(Path(ckpt))
 
 

@@ -316,3 +316,14 @@ def test_a_qe_rec_ranker_without_a_query_is_an_explicit_error(bundle):
     with pytest.raises(RequestError, match="query_embedding"):
         rec.rank(rows, None)
     assert rec.rank(rows, np.ones((1, rec.d_e), np.float32)).intent_ids.shape == (1, 3)
+
+
+def test_the_registered_rankers_run_records_its_config_and_validation_metrics(bundle, tmp_path):
+    """The run behind a registered ranker version shows what trained it (it used to show Parameters (0))."""
+    import mlflow
+
+    from rgalign.tracking import experiment, log_ranker_checkpoint
+    log_ranker_checkpoint(bundle["ranker"], None, tmp_path, {"pipeline_run_id": "r1"})
+    run = mlflow.search_runs([experiment("rgalign-ranker", None, tmp_path)]).iloc[0]
+    assert run["params.ranker.epochs"] == "1" and run["params.ranker.model"] == "qe-rec"
+    assert np.isfinite(run["metrics.val_MRR"]) and np.isfinite(run["metrics.eval_MRR"])
