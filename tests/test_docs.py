@@ -1,0 +1,52 @@
+"""Every `rgalign ...` command README.md and docs/ show exists: its subcommands and its --flags are in `rgalign --help`."""
+import argparse
+import re
+from pathlib import Path
+
+from rgalign.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def shown_commands(text: str) -> list[str]:
+    """``rgalign ...`` invocations in code spans and code blocks (up to a comment, a pipe or the span's end)."""
+    spans = re.findall(r"```.*?```", text, re.S) + re.findall(r"`([^`\n]+)`", text)
+    out = []
+    for span in spans:
+        for m in re.finditer(r"(?:^|\s|\()rgalign ((?:[a-z][\w-]*)(?: [^\n#|`)]*)?)", span):
+            out.append("rgalign " + m.group(1).strip().rstrip("\\").strip())
+    return out
+
+
+def check(command: str, parser: argparse.ArgumentParser) -> str | None:
+    """None when ``command`` names real subcommands and flags, else what is wrong."""
+    words = command.split()[1:]
+    p = parser
+    while words and isinstance(getattr(p, "_subparsers", None), argparse._ArgumentGroup):
+        subs = next((a for a in p._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if subs is None or words[0].startswith("-"):
+            break
+        if words[0] not in subs.choices:
+            return f"{command!r}: no subcommand {words[0]!r} (known: {', '.join(sorted(subs.choices))})"
+        p, words = subs.choices[words.pop(0)], words
+    known = {s for a in p._actions for s in a.option_strings}
+    for w in words:
+        flag = w.strip("[]").split("=")[0]
+        if flag.startswith("--") and flag not in known:
+            return f"{command!r}: no flag {flag} in `{p.prog} --help`"
+    return None
+
+
+def test_every_command_in_the_readme_and_docs_exists():
+    commands = [c for doc in DOCS for c in shown_commands(doc.read_text())]
+    assert len(commands) > 30 and any(c.startswith("rgalign pipeline run") for c in commands)
+    parser = build_parser()
+    assert [e for e in (check(c, parser) for c in commands) if e] == []
+
+
+def test_the_check_catches_a_renamed_command_and_flag():
+    parser = build_parser()
+    assert "no subcommand 'pipelines'" in check("rgalign pipelines run", parser)
+    assert "no flag --tolerance" in check("rgalign models promote --kind ranker --tolerance 0.01", parser)
+    assert check("rgalign models promote --kind ranker --version 3 --to champion --margin 0.01", parser) is None
