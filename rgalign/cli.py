@@ -557,7 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     al = sub.add_parser("align", help="the training workflow in this process on an existing world and reasoner: "
                                       "Stage 1 + baseline -> Stage 2 (teachers, reward, best-of-N, RG-SFT, RG-CL | "
                                       "RG-DPO) -> Stage 3 -> gate -> registry (the pipeline's steps, without kfp)")
-    add_config_args(al, WorkflowConfig, skip=("scale", "world_seed", "reasoner_steps", "pretrain_batch", "corpus_sessions"))
+    # the reasoner and the world exist already: their build settings would do nothing here
+    add_config_args(al, WorkflowConfig, skip=("scale", "world_seed", "reasoner_steps", "pretrain_batch", "corpus_sessions",
+                                              "max_prompt_tokens"))
     al.add_argument("--world", required=True, help="a generated world folder")
     al.add_argument("--reasoner", required=True, help="the raw reasoner directory (rgalign reasoner build)")
     al.add_argument("--out", default=None, help="run folder (default: <artifacts-root>/align/<reasoner name>)")
