@@ -145,5 +145,4 @@ def request_retraining(config: dict, reason: str) -> str:
     """Record the retraining request (and submit the training pipeline when KFP_HOST is set)."""
     from monitoring.jobs import request_retraining as step
     from rgalign.workflow import WorkflowConfig
-    cfg = WorkflowConfig(**config)
-    return step(reason, cfg, cfg.uri, cfg.root)
+    return step(reason, WorkflowConfig(**config))

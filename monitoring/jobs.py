@@ -131,7 +131,7 @@ def drift_gate_step(world_folder: str | Path, scenario: str, window: int, fail_o
     return g.fired, md
 
 
-def request_retraining(reason: str, cfg, tracking_uri: str | None, root: str | Path) -> str:
+def request_retraining(reason: str, cfg) -> str:
     """Record a retraining request in MLflow (experiment ``rgalign-monitoring``) and, when ``KFP_HOST`` is set,
     submit the compiled training pipeline (``RGALIGN_PIPELINE_PACKAGE``) with the workflow config ``cfg`` to it.
     Returns the MLflow run id."""
@@ -140,7 +140,7 @@ def request_retraining(reason: str, cfg, tracking_uri: str | None, root: str | P
     import mlflow
 
     from rgalign.tracking import experiment
-    exp = experiment("rgalign-monitoring", tracking_uri, root)
+    exp = experiment("rgalign-monitoring", cfg.uri, cfg.root)   # the store of the workflow config ``cfg``
     with mlflow.start_run(experiment_id=exp, run_name="retraining requested") as run:
         mlflow.set_tags({"action": "retraining-requested", "env": cfg.env, "reason": reason[:5000]})
         host = os.environ.get("KFP_HOST")

@@ -206,7 +206,7 @@ def _encoder(args):
     r = load_reasoner(args.reasoner)
     if getattr(args, "int8", False):
         from rgalign.reasoner.quantize import quantize_int8
-        r = Reasoner(quantize_int8(r.model), r.tokenizer, r.version + "-int8", r.path)
+        r = Reasoner(quantize_int8(r.model), r.tokenizer, r.version + "-int8", r.path, r.meta)
     return LTPEncoder(r, cache=getattr(args, "cache", None))
 
 

@@ -158,8 +158,8 @@ class Registry:
         key = metric.replace("@", "_at_")
         gate = {"gate_metric": metric, "margin": margin}
         if champion is not None:
-            new, old = self._metric(name, version, metric), self._metric(name, champion, metric)
-            gate.update(reference=f"champion v{champion}", candidate_value=new, champion_value=old)
+            split, new, old = self._paired_metric(name, version, champion, metric)
+            gate.update(reference=f"champion v{champion}", candidate_value=new, champion_value=old, split=split)
             if new is None or old is None:
                 gate.update(gate="no metric", why=f"or champion v{champion} has no {metric} tag to compare")
             elif new < old - margin:
@@ -276,11 +276,14 @@ class Registry:
             raise RegistryError(f"{name} has no version with alias {ref!r} (aliases: {dict(aliases) or 'none'})")
         return str(aliases[ref])
 
-    def _metric(self, name: str, version: str, metric: str) -> float | None:
-        """The validation-day figure (``val.<metric>``) of a version, else its evaluation-week tag."""
-        tags = self.client.get_model_version(name, version).tags
-        v = tags.get("val." + metric.replace("@", "_at_"), tags.get(metric_tag(metric)))
-        return float(v) if v is not None else None
+    def _paired_metric(self, name: str, a: str, b: str, metric: str) -> tuple[str, float | None, float | None]:
+        """``metric`` of versions ``a`` and ``b`` on the same split: the validation days (``val.<metric>``) when
+        both carry it, else the evaluation-week tag (``eval.<metric>``, versions registered before the gate)."""
+        ta, tb = (self.client.get_model_version(name, v).tags for v in (a, b))
+        val = "val." + metric.replace("@", "_at_")
+        key, split = (val, "val") if val in ta and val in tb else (metric_tag(metric), "eval")
+        get = lambda t: float(t[key]) if key in t else None  # noqa: E731
+        return split, get(ta), get(tb)
 
     def _audit(self, action: str, name: str, version, previous, alias: str, extra: dict) -> None:
         import mlflow

@@ -244,19 +244,25 @@ def generated_query_inputs(world: str | Path, reasoner: str | Path, cfg: RankerC
                               query_fn=fn, max_val_sessions=max_val_sessions, max_eval_sessions=max_eval_sessions)
 
 
+def session_frames(world: Path, val_days: int = 3, max_train: int | None = None):
+    """The split frames of the rankers' inputs (the Feast training set, cached beside the world) without their
+    query embeddings: cheap hashed text stands in, and validation / evaluation are cut to one session."""
+    from rgalign.ranker.inputs import load_ranker_inputs
+    return load_ranker_inputs(world, "hashing", 16, "hashing", val_days, max_train, 0, False, max_val_sessions=1,
+                              max_eval_sessions=1)
+
+
 # ------------------------------------------------------------------------------------------------ steps
 def prepare_features(cfg: WorkflowConfig, out: str | Path) -> dict:
     """Embedded default: generate the world's parquet sources, then Feast apply + materialize + the
     point-in-time training set (cached beside the world). On a cluster the sources already exist."""
     from rgalign.features.feast_io import FeatureStoreSession
-    from rgalign.ranker.inputs import load_ranker_inputs
     from rgalign.world.generate import generate_world
     world = generate_world(cfg.world(), out, progress=False)
     fs = FeatureStoreSession(world)
     fs.apply()
     fs.materialize()
-    inputs = load_ranker_inputs(world, "hashing", 16, "hashing", progress=False, max_val_sessions=1, max_eval_sessions=1)
-    return {"train_sessions": len(inputs.train), "world_digest": fs.manifest["config_digest"]}
+    return {"train_sessions": len(session_frames(world).train), "world_digest": fs.manifest["config_digest"]}
 
 
 def build_reasoner(world_folder: str | Path, cfg: WorkflowConfig, out: str | Path) -> dict:
@@ -319,13 +325,10 @@ def teacher_queries(world_folder: str | Path, reasoner: str | Path, cfg: Workflo
     from rgalign.alignment.stage2 import generate_candidates
     from rgalign.reasoner.ltp import LTPEncoder
     from rgalign.reasoner.sources import load_reasoner
-    from rgalign.ranker.inputs import load_ranker_inputs
     world = world_of(world_folder)
     enc = LTPEncoder(load_reasoner(reasoner))
     rcfg = cfg.ranker()
-    # the training sessions of Stage 1 (same cap and draw); their LTP is not needed here (cheap hashed inputs)
-    inputs = load_ranker_inputs(world, "hashing", 16, "hashing", rcfg.val_days, rcfg.max_train_sessions, 0, False,
-                                max_val_sessions=1, max_eval_sessions=1)
+    inputs = session_frames(world, rcfg.val_days, rcfg.max_train_sessions)   # Stage 1's training sessions
     p = generate_candidates(inputs.train, inputs.kb, enc, cfg.alignment())
     p.save(out)
     return {"samples": len(p.queries), **{f"dropped_{k}": v for k, v in p.dropped.items()}}
@@ -423,6 +426,15 @@ def rga_step(step: str, candidates: str | Path, reasoner: str | Path, cfg: Workf
 
 
 # ------------------------------------------------------------------------------------------------ the gate
+# the rows of the gate's tables: key (MLflow metric and registry tag names) -> label (what the table prints)
+GATE_ROWS = {"candidate": "Candidate (Stage 3 QE-Rec)", "stage1": "QE-Rec (Stage 1)",
+             "baseline": "Baseline (AutoInt + MMoE)", "popularity": "Popularity (floor)"}
+
+
+def diff_label(key: str) -> str:
+    """The row of the paired-difference table for the candidate minus ``key``."""
+    return f"candidate - {GATE_ROWS[key]}"
+
 @dataclass
 class GateDecision:
     passed: bool
@@ -466,27 +478,25 @@ def evaluation_gate(world_folder: str | Path, candidate: str | Path, baseline: s
                 raise ValueError(f"the {name} ranker was evaluated on other {s} sessions than the candidate: train "
                                  "them in the same run (same max_val / max_eval)")
     c = r["candidate"]
-    labels = {"candidate": "Candidate (Stage 3 QE-Rec)", "stage1": "QE-Rec (Stage 1)",
-              "baseline": "Baseline (AutoInt + MMoE)", "popularity": "Popularity (floor)"}
 
     def rows(split):
-        out = {labels[k]: evaluate_ranks(r[k][split], c[f"users_{split}"], n) for k in ("candidate", "stage1", "baseline")}
-        out[labels["popularity"]] = evaluate_ranks(c[f"popularity_{split}"], c[f"users_{split}"], n)
+        out = {GATE_ROWS[k]: evaluate_ranks(r[k][split], c[f"users_{split}"], n) for k in ("candidate", "stage1", "baseline")}
+        out[GATE_ROWS["popularity"]] = evaluate_ranks(c[f"popularity_{split}"], c[f"users_{split}"], n)
         return out
     val = rows("val")
-    diffs = {f"candidate - {labels[k]}": paired_difference(c["val"], r[k]["val"] if k != "popularity" else
+    diffs = {diff_label(k): paired_difference(c["val"], r[k]["val"] if k != "popularity" else
                                                            c["popularity_val"]) for k in ("popularity", "baseline", "stage1")}
     ev = {**rows("eval"), **{f"{k} (whole week)": v for k, v in headroom_rows(load_manifest(world_of(world_folder))).items()}}
     if metric == "GAUC":   # GAUC has no per-session value, so no paired interval: the point values decide
-        d = val[labels["candidate"]][metric].value - val[labels["popularity"]][metric].value
+        d = val[GATE_ROWS["candidate"]][metric].value - val[GATE_ROWS["popularity"]][metric].value
         lo = d
     else:
-        lo = diffs[f"candidate - {labels['popularity']}"][metric].lo
-        d = diffs[f"candidate - {labels['popularity']}"][metric].value
+        lo = diffs[diff_label("popularity")][metric].lo
+        d = diffs[diff_label("popularity")][metric].value
     passed = lo > 0
     reasons = [f"{metric} on the validation days: candidate - popularity = {d * 100:+.2f} points, 95% CI lower "
                f"bound {lo * 100:+.2f} -> {'beats the floor' if passed else 'does NOT beat the floor: nothing is registered'}"]
-    b = diffs[f"candidate - {labels['baseline']}"][metric] if metric != "GAUC" else None
+    b = diffs[diff_label("baseline")][metric] if metric != "GAUC" else None
     if b is not None:
         ok = b.lo >= -cfg.gate_margin
         reasons.append(f"{metric} vs the production baseline: {b.value * 100:+.2f} [{b.lo * 100:+.2f}, {b.hi * 100:+.2f}]"
@@ -502,9 +512,9 @@ def gate_step(world_folder, candidate, baseline, stage1, cfg: WorkflowConfig, ou
     out.mkdir(parents=True, exist_ok=True)
     (out / "gate.json").write_text(json.dumps(g.to_json(), indent=1))
     (out / "gate.md").write_text(g.markdown())
-    flat = {f"val.{model.split(' (')[0]}.{m}": v.value for model, row in g.val.items() for m, v in row.items()}
-    flat.update({f"diff.{k.split(' - ')[1].split(' (')[0]}.{m}.lo": v.lo for k, row in g.val_diffs.items()
-                 for m, v in row.items()})
+    flat = {f"val.{k}.{m}": v.value for k, label in GATE_ROWS.items() for m, v in g.val[label].items()}
+    flat.update({f"diff.{k}.{m}.lo": v.lo for k in GATE_ROWS if k != "candidate"
+                 for m, v in g.val_diffs[diff_label(k)].items()})
     flat["passed"] = float(g.passed)
     log_step(cfg, "evaluation-gate", {"gate_metric": g.metric, "gate_margin": g.margin}, flat,
              tags={"decision": "PASS" if g.passed else "FAIL"}, text={"gate.md": g.markdown()})
@@ -530,9 +540,8 @@ def register(reasoner: str | Path, ranker: str | Path, world_folder: str | Path,
     lineage = {"pipeline_run_id": run_id, "world_digest": digest, "feature_service": FEATURE_SERVICE}
     reasoner_uri = log_reasoner_model(reasoner, cfg.uri, cfg.root, lineage)   # logging first: no registry writes
     ranker_uri = log_ranker_checkpoint(ranker, cfg.uri, cfg.root, lineage)
-    cand = "candidate - "
-    gate_tags = {f"gate.vs_{k[len(cand):].split(' (')[0].lower()}.{m.replace('@', '_at_')}.lo": f"{v['lo']:.6f}"
-                 for k, row in g["val_diffs"].items() for m, v in row.items()}
+    gate_tags = {f"gate.vs_{k}.{m.replace('@', '_at_')}.lo": f"{v['lo']:.6f}" for k in GATE_ROWS if k != "candidate"
+                 for m, v in g["val_diffs"][diff_label(k)].items()}
     gate_tags.update({"gate.metric": g["metric"], "gate.margin": g["margin"], "rga_method": cfg.rga_method,
                       "stage3_run_id": kmeta.get("mlflow_run_id"), "reasoner_run_id": rmeta.get("mlflow_run_id")})
     val = {f"val.{m.replace('@', '_at_')}": f"{v:.6f}" for m, v in kmeta.get("val", {}).items()}

@@ -108,3 +108,16 @@ def test_copy_promotes_across_environments_with_lineage(reg, micro_reasoner):
     assert reg.show("dev", "reasoner", "champion")["version"] == v          # the source is untouched
     with pytest.raises(RegistryError, match="both 'dev'"):
         reg.copy("reasoner", "dev", v, "dev")
+
+
+def test_the_champion_gate_compares_both_versions_on_the_same_split(reg, micro_reasoner):
+    """A champion registered before the gate carries only eval.* tags: a candidate's val.* figure is not compared
+    with it (a different split); both are read from eval.*."""
+    v1 = _register(reg, micro_reasoner, 0.30)
+    reg.promote("dev", "reasoner", v1, "champion")
+    uri = log_reasoner_model(micro_reasoner, reg.uri, reg.root)
+    v2 = reg.register("reasoner", "dev", uri, {"pipeline_run_id": "r2", "val.MRR": "0.9"}, {"MRR": 0.10})
+    with pytest.raises(RegistryError, match="inferior to champion"):
+        reg.promote("dev", "reasoner", v2, "champion")
+    (refused,) = [a for a in reg.audit("dev", "reasoner") if a["action"] == "promote-refused"]
+    assert refused["split"] == "eval" and refused["candidate_value"] == "0.1"

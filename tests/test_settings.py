@@ -92,7 +92,7 @@ def small_inputs(ci_world):
                    query={s: inputs.query[s][:n] for s, n in cut.items()})
 
 
-def _scores(cfg, inputs, monkeypatch=None):
+def _scores(cfg, inputs):
     from rgalign.ranker.ranker_trainer import RankerTrainer, score_all
     t = RankerTrainer(cfg, inputs, progress=False)
     r = t.train()

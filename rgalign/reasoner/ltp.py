@@ -68,7 +68,7 @@ class LTPEncoder:
     def __init__(self, reasoner: Reasoner, max_prompt_tokens: int | None = None, batch_size: int | None = None,
                  cache: LTPCache | str | Path | None = None, prompt: ReasonerPrompt | None = None,
                  max_new_tokens: int | None = None):
-        own = reasoner.ltp_settings if hasattr(reasoner, "ltp_settings") else {}
+        own = reasoner.ltp_settings
         max_prompt_tokens = max_prompt_tokens or own.get("max_prompt_tokens", 512)
         batch_size = batch_size or own.get("ltp_batch", 32)
         self.max_new_tokens = max_new_tokens or own.get("max_new_tokens", 40)
