@@ -58,14 +58,14 @@ def main() -> None:
         if args.probe and n_params < 20e6:
             probes.append((path, r))
     if probes:
-        from rgalign.reasoner.ltp import linear_probe
+        from rgalign.reasoner.check import linear_probe
         from rgalign.reasoner.sources import build_model
         df = inputs.eval.head(args.probe)
         y = inputs.kb.set_index("intent_id").family.loc[df.true_intent].to_numpy()
         ctx = ctx_all[:args.probe]
 
         def probe(reasoner):
-            return linear_probe(LTPEncoder(reasoner), ctx, y)
+            return linear_probe(LTPEncoder(reasoner).embed(ctx), y)
         print(f"\nlinear probe, LTP -> true-intent family, {args.probe} evaluation sessions, 5-fold accuracy "
               f"(majority class {np.unique(y, return_counts=True)[1].max() / len(y):.3f}):")
         print("| reasoner | pre-trained | random init (same architecture) |")

@@ -31,7 +31,8 @@ def prepare_features(config: dict, world: Output[Dataset], metrics: Output[Metri
 
 @component
 def build_reasoner(config: dict, world: Input[Dataset], reasoner: Output[Model]):
-    """The raw query reasoner: a tiny Qwen3 with its own tokenizer, pre-trained on the world's training weeks."""
+    """The raw query reasoner: the registered base of the same settings and world, or a tiny Qwen3 built here
+    (LM loss + LTP distillation), checked (`rgalign reasoner check`) and registered as that base."""
     from rgalign.workflow import WorkflowConfig, build_reasoner as step
     reasoner.metadata.update(step(world.path, WorkflowConfig(**config), reasoner.path))
 

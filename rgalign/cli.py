@@ -16,7 +16,7 @@ import time
 import typing
 from pathlib import Path
 
-from rgalign.config import (REPRODUCE_PRESETS, SCALES, RankerConfig, ReasonerConfig, ReproduceConfig,
+from rgalign.config import (REPRODUCE_PRESETS, SCALES, RankerConfig, ReasonerCheckConfig, ReasonerConfig, ReproduceConfig,
                             WorldConfig)
 
 DEFAULT_ROOT = Path("artifacts")
@@ -220,6 +220,22 @@ def cmd_reasoner_embed(args) -> int:
     np.save(args.output, e)
     print(f"LTP {e.shape} -> {args.output}: {len(ctx) / dt:.1f} prompts/s, cache hits {enc.hits}, "
           f"misses {enc.misses}, truncated {enc.truncated}")
+    return 0
+
+
+def cmd_reasoner_check(args) -> int:
+    """Does the reasoner's LTP carry meaning: anisotropy, linear probe, query-only retrieval (exit 1 if not)."""
+    from rgalign.config import ReasonerCheckConfig
+    from rgalign.reasoner.check import check_reasoner
+    cfg = config_from_args(ReasonerCheckConfig, args)
+    report = check_reasoner(_encoder(args), Path(args.world), cfg, cache_dir=Path(args.artifacts) / "cache" / "check")
+    print(report.table())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.metrics(), indent=2))
+    if not report.passed:
+        print(f"reasoner check FAILED for {args.reasoner}: its latent query does not carry meaning "
+              "(rebuild it with distillation, e.g. `rgalign reasoner build --distil-teacher minilm`)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -552,6 +568,15 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--sample", action="store_true", help="nucleus sampling instead of greedy")
             c.add_argument("--seed", type=int, default=0)
         c.set_defaults(fn=fn)
+    c = rs.add_parser("check", help="does the LTP carry meaning: anisotropy, linear probe of the intent family, "
+                                    "query-only retrieval of held-out utterances vs MiniLM and TF-IDF (exit 1: no)")
+    c.add_argument("--reasoner", required=True, help="reasoner directory or MLflow URI (models:/dev.reasoner@champion)")
+    c.add_argument("--world", required=True, help="world whose evaluation week and KB are read")
+    c.add_argument("--int8", action="store_true", help="check the dynamic int8 variant served on CPU")
+    c.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    c.add_argument("--artifacts", default=str(DEFAULT_ROOT), help="artifacts root (cache of the reference encoders' scores)")
+    add_config_args(c, ReasonerCheckConfig)
+    c.set_defaults(fn=cmd_reasoner_check)
 
     from rgalign.workflow import WorkflowConfig
     al = sub.add_parser("align", help="the training workflow in this process on an existing world and reasoner: "
@@ -572,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
                       ("copy", "promote across environments: copy a version into <env>.<kind> as candidate")):
         c = mo.add_parser(name, help=hlp)
         c.add_argument("--env", default="dev", help="environment of the registered models (dev, staging, prod)")
-        c.add_argument("--kind", choices=["reasoner", "ranker"], required=name in ("show", "promote", "rollback", "copy"))
+        c.add_argument("--kind", choices=["reasoner", "ranker", "reasoner-base"], required=name in ("show", "promote", "rollback", "copy"))
         add_tracking_args(c, optional=False)
         if name in ("show", "promote", "copy"):
             c.add_argument("--version", required=True, help="version number or alias (e.g. candidate)")

@@ -174,10 +174,47 @@ class ReasonerConfig(_Config):
     max_new_tokens: int = _f(40, "generation budget of a query (the prompt asks for 10-20 words)")
     corpus_sessions: int = _f(20_000, "training-week sessions verbalized into the pre-training corpus")
     context_share: float = _f(0.7, "share of pre-training samples drawn from (context prompt, question) documents")
+    distil_teacher: str = _f("minilm", "sentence encoder whose (centred) embedding of a text the LTP of that text "
+                             "is trained towards next to the LM loss: minilm, lsa, hashing, or none (LM loss only)")
+    distil_weight: float = _f(30.0, "lambda of the LTP distillation loss (0 = LM loss only); large because the LM "
+                              "loss's gradients otherwise take the shared clip (lambda 3: family R@3 0.12, 30: 0.66)")
+    distil_batch: int = _f(32, "prompts per step of the distillation loss")
+    distil_texts: int = _f(4_000, "Bitext utterances among the distillation texts (besides KB texts and contexts)")
 
     def __post_init__(self):
         if self.pretrain_steps < 0 or self.max_prompt_tokens < 16:
             raise ValueError("pretrain_steps must be >= 0 and max_prompt_tokens >= 16")
+        if self.distil_teacher not in ("minilm", "lsa", "hashing", "none"):
+            raise ValueError(f"distil_teacher={self.distil_teacher!r}; use minilm, lsa, hashing or none")
+        if self.distil_weight < 0 or self.distil_batch < 1:
+            raise ValueError("distil_weight must be >= 0 and distil_batch >= 1")
+
+
+@dataclass
+class ReasonerCheckConfig(_Config):
+    """``rgalign reasoner check``: does the LTP carry meaning (``rgalign.reasoner.check``)."""
+    n_contexts: int = _f(1_000, "evaluation-week contexts for anisotropy and the linear probe")
+    n_utterances: int = _f(540, "held-out Bitext utterances for query-only retrieval (the same number per family)")
+    max_mean_cos: float = _f(0.9, "fail above this mean pairwise cosine of the LTP (near-constant vectors)")
+    min_effective_rank: float = _f(16.0, "fail below this effective rank of the centred LTP")
+    min_retrieval_ratio: float = _f(0.8, "fail when the reasoner's family R@3 is below this share of MiniLM's")
+    references: str = _f("minilm,tfidf", "reference encoders scored on the same utterances: minilm, tfidf")
+    probe_folds: int = _f(5, "cross-validation folds of the linear probe")
+    n_boot: int = _f(500, "bootstrap resamples of the retrieval intervals")
+    seed: int = _f(0, "seed of the context and utterance samples")
+
+    def __post_init__(self):
+        if self.n_contexts < 50 or self.n_utterances < 27:
+            raise ValueError("n_contexts must be >= 50 and n_utterances >= 27 (one per family)")
+        for r in self.reference_list:
+            if r not in ("minilm", "tfidf"):
+                raise ValueError(f"references: {r!r} is unknown; use minilm and/or tfidf")
+        if self.min_retrieval_ratio > 0 and "minilm" not in self.reference_list:
+            raise ValueError("min_retrieval_ratio compares with MiniLM: keep 'minilm' in references or set it to 0")
+
+    @property
+    def reference_list(self) -> list[str]:
+        return [r.strip() for r in self.references.split(",") if r.strip()]
 
 
 @dataclass
@@ -195,6 +232,9 @@ class AlignmentConfig(_Config):
     priority: str = _f("openai,kb-retrieval,playbook,follow-up,reasoner",
                        "tie order of best-of-N, best first (paper: CompassMax > Gemini > GPT-5 > Qwen3)")
     strategy: str = _f("V2", "best-of-N strategy: V1 full retention, V2 non-reasoner, V3 intersection, V4 union")
+    query_prompt: str = _f("context", "how the frozen reasoner reads a candidate query for e(q) (the reward's query "
+                           "embedding and RG-CL's e+): context = inside the section 3.2 prompt, where pre-training "
+                           "distils a sentence encoder into the LTP; chat = as a bare user turn")
     max_words: int = _f(40, "a candidate query with more words is over-long and dropped after retries")
     retries: int = _f(1, "retries of a teacher's empty or over-long answers")
     min_candidates: int = _f(2, "valid candidate queries a sample needs")
@@ -206,6 +246,8 @@ class AlignmentConfig(_Config):
             raise ValueError(f"strategy={self.strategy!r}; use V1, V2, V3 or V4")
         if self.n_samples < 8:
             raise ValueError(f"n_samples must be >= 8, got {self.n_samples}")
+        if self.query_prompt not in ("context", "chat"):
+            raise ValueError(f"query_prompt={self.query_prompt!r}; use context or chat")
         for t in self.teacher_list:
             if t not in ("kb-retrieval", "playbook", "follow-up", "openai") and not t.startswith("hf:"):
                 raise ValueError(f"teacher {t!r} is unknown; use kb-retrieval, playbook, follow-up, hf:DIR or openai")
@@ -219,10 +261,10 @@ class AlignmentConfig(_Config):
 
 # reproduction presets: what "--scale" means for every size knob that is left at None
 REPRODUCE_PRESETS: dict[str, dict] = {
-    "ci": dict(pretrain_steps=40, pretrain_batch=8, corpus_sessions=1_500, max_train=1_000, max_val=200,
+    "ci": dict(pretrain_steps=250, pretrain_batch=4, corpus_sessions=1_500, max_train=1_000, max_val=200,
                max_eval=1_000, n_samples=160, ranker_epochs=4, sft_epochs=1.0, cl_epochs=1.0, dpo_epochs=1.0,
                dpo_pairs=1),
-    "bench": dict(pretrain_steps=200, pretrain_batch=16, corpus_sessions=5_000, max_train=8_000, max_val=1_000,
+    "bench": dict(pretrain_steps=600, pretrain_batch=8, corpus_sessions=5_000, max_train=8_000, max_val=1_000,
                   max_eval=5_000, n_samples=800, ranker_epochs=6, sft_epochs=2.0, cl_epochs=2.0, dpo_epochs=1.0,
                   dpo_pairs=1),
 }

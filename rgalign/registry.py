@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ALIASES = ("candidate", "challenger", "champion")
-KINDS = ("reasoner", "ranker")
+KINDS = ("reasoner", "ranker", "reasoner-base")  # reasoner-base: pre-trained reasoners runs start from
 AUDIT_EXPERIMENT = "rgalign-registry-audit"
 
 
@@ -101,6 +101,22 @@ class Registry:
             out.append({"name": name, "version": str(mv.version), "aliases": sorted(by_version.get(str(mv.version), [])),
                         "source": mv.source, "created": mv.creation_timestamp, "tags": dict(mv.tags)})
         return sorted(out, key=lambda r: int(r["version"]))
+
+    def find(self, env: str, kind: str, tags: dict) -> dict | None:
+        """The newest version of ``<env>.<kind>`` whose tags include all of ``tags``; None when there is none
+        (or no such model yet)."""
+        import mlflow
+        try:
+            found = self.versions(env, kind)
+        except (RegistryError, mlflow.exceptions.MlflowException):
+            return None
+        match = [v for v in found if all(v["tags"].get(k) == str(t) for k, t in tags.items())]
+        return match[-1] if match else None
+
+    def download(self, env: str, kind: str, ref: str, marker: str) -> Path:
+        """Local folder (downloaded from the artifact store when remote) of a version, the one holding ``marker``."""
+        name = model_name(env, kind)
+        return Path(self._artifact(name, self._resolve(name, ref), marker)["dir"])
 
     def show(self, env: str, kind: str, ref: str) -> dict:
         """A version by number or alias."""

@@ -49,6 +49,13 @@ class WorkflowConfig(_Config):
     pretrain_batch: int = _f(_CI["pretrain_batch"], "pre-training sequences per step")
     corpus_sessions: int = _f(_CI["corpus_sessions"], "training-week sessions in the reasoner's pre-training corpus")
     max_prompt_tokens: int = _f(512, "LTP / generation: longer prompts are truncated from the left")
+    distil_teacher: str = _f("minilm", "sentence encoder distilled into the reasoner's LTP during pre-training "
+                             "(minilm, lsa, hashing; none = the LM loss only)")
+    reuse_base: bool = _f(True, "start from the registered <env>.reasoner-base built with the same reasoner settings "
+                          "on the same world when there is one; a new build that passes the check is registered as "
+                          "one (needs tracking: the base lives in the MLflow registry)")
+    check_reasoner: bool = _f(True, "run `rgalign reasoner check` on the built and the aligned reasoner (logged to "
+                              "MLflow); the gate fails when the aligned reasoner does not pass")
     max_train: int = _f(0, "clicked training sessions of the rankers (0 = all)")
     max_val: int = _f(0, "validation-day sessions (early stopping and the gate; 0 = all)")
     max_eval: int = _f(_CI["max_eval"], "evaluation-week sessions reported (0 = all)")
@@ -57,6 +64,8 @@ class WorkflowConfig(_Config):
     n_samples: int = _f(_CI["n_samples"], "Stage-2 contexts with candidate queries")
     min_samples: int = _f(8, "fail Stage 2 if fewer contexts keep enough candidate queries")
     strategy: str = _f("V2", "best-of-N strategy: V1, V2, V3 or V4")
+    query_prompt: str = _f("context", "how the frozen reasoner reads a candidate query for the reward and RG-CL's "
+                           "e+: context (inside the section 3.2 prompt) or chat (a bare user turn)")
     rga_method: str = _f("sft-cl", "RGA method: sft-cl (RG-SFT then RG-CL), sft-dpo (RG-SFT then RG-DPO) or sft")
     rounds: int = _f(1, "closed-loop rounds of Stage 2 + Stage 3 (the retrained ranker is the next reward model)")
     sft_epochs: float = _f(_CI["sft_epochs"], "RG-SFT epochs")
@@ -147,15 +156,16 @@ class WorkflowConfig(_Config):
 
 
 # workflow field -> (stage, field of that stage's config); the fields not named here act in the workflow itself
-# (rga_method, rounds, max_val / max_eval, deepspeed, the gate, the registry and tracking)
+# (rga_method, rounds, max_val / max_eval, deepspeed, reuse_base, check_reasoner, the gate, the registry and tracking)
 STAGE_FIELDS: dict[str, tuple[str, str]] = {
     "scale": ("world", "scale"), "world_seed": ("world", "seed"),
     "reasoner_steps": ("reasoner", "pretrain_steps"), "pretrain_batch": ("reasoner", "pretrain_batch"),
     "corpus_sessions": ("reasoner", "corpus_sessions"), "max_prompt_tokens": ("reasoner", "max_prompt_tokens"),
+    "distil_teacher": ("reasoner", "distil_teacher"),
     "max_train": ("ranker", "max_train_sessions"), "ranker_epochs": ("ranker", "epochs"),
     "ranker_seed": ("ranker", "seed"),
     "n_samples": ("alignment", "n_samples"), "min_samples": ("alignment", "min_samples"),
-    "strategy": ("alignment", "strategy"),
+    "strategy": ("alignment", "strategy"), "query_prompt": ("alignment", "query_prompt"),
     "sft_epochs": ("sft", "epochs"), "cl_epochs": ("cl", "epochs"), "rga_max_length": ("rga", "max_length"),
     "dpo_epochs": ("dpo", "epochs"), "dpo_pairs": ("dpo", "max_pairs_per_sample"),
 }
@@ -182,6 +192,11 @@ def world_of(folder: str | Path) -> Path:
 def _meta(folder: str | Path, name: str) -> dict:
     p = Path(folder) / name
     return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def _add_meta(folder: str | Path, name: str, extra: dict) -> None:
+    p = Path(folder) / name
+    p.write_text(json.dumps({**_meta(folder, name), **extra}, indent=2))
 
 
 def log_step(cfg: WorkflowConfig, step: str, params: dict, metrics: dict, curves: dict[str, list] | None = None,
@@ -265,23 +280,89 @@ def prepare_features(cfg: WorkflowConfig, out: str | Path) -> dict:
     return {"train_sessions": len(session_frames(world).train), "world_digest": fs.manifest["config_digest"]}
 
 
+CHECK_FILE = "rgalign_check.json"
+
+
+def check_step(reasoner: str | Path, world_folder: str | Path, cfg: WorkflowConfig, label: str) -> dict:
+    """``rgalign reasoner check`` of a reasoner folder, logged to MLflow as step ``reasoner-check`` (tag
+    ``label``: built / aligned). Returns ``{"passed", "failures", "metrics", "table", "digest"}``, {} when
+    ``cfg.check_reasoner`` is off; a check already written beside the same weights (``rgalign_check.json``,
+    same digest) is read instead of rerun."""
+    if not cfg.check_reasoner:
+        return {}
+    from rgalign.reasoner.check import check_reasoner
+    from rgalign.reasoner.ltp import LTPEncoder
+    from rgalign.reasoner.sources import load_reasoner
+    r = load_reasoner(reasoner)
+    done = _meta(reasoner, CHECK_FILE)
+    if done.get("digest") == r.version:
+        return done
+    report = check_reasoner(LTPEncoder(r), world_of(world_folder), cache_dir=Path(cfg.root) / "cache" / "check")
+    out = {"passed": report.passed, "failures": report.failures, "metrics": report.metrics(), "table": report.table(),
+           "digest": r.version}
+    log_step(cfg, "reasoner-check", {"reasoner": label}, report.metrics(),
+             tags={"reasoner_digest": r.version, "check": "PASS" if report.passed else "FAIL", "reasoner": label},
+             text={"reasoner_check.md": report.table()})
+    return out
+
+
+def base_key(rcfg: ReasonerConfig, world: Path) -> str:
+    """What a registered base reasoner must match to be reused: its build settings and the world's digest."""
+    import hashlib
+    digest = json.loads((world / "manifest.json").read_text())["config_digest"]
+    return hashlib.sha256(f"{rcfg.digest()}:{digest}".encode()).hexdigest()[:16]
+
+
+def register_base(reasoner: str | Path, world: Path, cfg: WorkflowConfig) -> str:
+    """Register a built reasoner as a version of ``<env>.reasoner-base`` (alias ``current``), tagged with the
+    ``base_key`` of ``cfg``'s reasoner settings and ``world``, which later runs look it up by."""
+    from rgalign.registry import Registry, log_reasoner_model
+    rcfg, meta, check = cfg.reasoner(), _meta(reasoner, "rgalign_reasoner.json"), _meta(reasoner, CHECK_FILE)
+    key = base_key(rcfg, world)
+    uri = log_reasoner_model(reasoner, cfg.uri, cfg.root, {"base_key": key})
+    figures = {k: f"{v:.6f}" for k, v in check.get("metrics", {}).items() if not k.endswith(".lo")}
+    return Registry(cfg.uri, cfg.root).register(
+        "reasoner-base", cfg.env, uri, {"base_key": key, "config_digest": rcfg.digest(), "reasoner_digest": meta.get("digest"),
+                                        "world_digest": json.loads((world / "manifest.json").read_text())["config_digest"],
+                                        "mlflow_run_id": meta.get("mlflow_run_id"), **figures}, alias="current")
+
+
 def build_reasoner(world_folder: str | Path, cfg: WorkflowConfig, out: str | Path) -> dict:
-    """The raw query reasoner: a tiny Qwen3 with its own tokenizer, pre-trained on the training weeks."""
+    """The raw query reasoner: the registered base of the same settings and world (``<env>.reasoner-base``)
+    when ``cfg.reuse_base`` finds one, else a tiny Qwen3 with its own tokenizer pre-trained here (LM loss +
+    LTP distillation), checked, and registered as the base the next runs start from."""
+    from rgalign.registry import Registry
     from rgalign.reasoner.sources import build_reasoner as build
-    rcfg = cfg.reasoner()
-    path = build(rcfg, world_of(world_folder), out, progress=False)
+    rcfg, world, out = cfg.reasoner(), world_of(world_folder), Path(out)
+    key, reg = base_key(rcfg, world), Registry(cfg.uri, cfg.root)
+    reuse = cfg.reuse_base and cfg.tracking   # the base lives in the MLflow registry
+    base = reg.find(cfg.env, "reasoner-base", {"base_key": key}) if reuse else None
+    if base is not None:
+        src = reg.download(cfg.env, "reasoner-base", base["version"], "rgalign_reasoner.json")
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(src, out)
+        path = out
+    else:
+        path = build(rcfg, world, out, progress=False)
+    checked = check_step(path, world, cfg, "built")
+    if checked:
+        (path / CHECK_FILE).write_text(json.dumps(checked, indent=1))
+    check = checked.get("metrics", {})
     meta = _meta(path, "rgalign_reasoner.json")
     run_id = log_step(cfg, "build-reasoner", {f"reasoner.{k}": v for k, v in rcfg.to_dict().items()},
                       {"loss_first": meta.get("loss_first") or 0.0, "loss_last": meta.get("loss_last") or 0.0,
-                       "seconds": meta.get("seconds", 0.0)}, {"pretrain_loss": meta.get("losses", [])},
-                      {"reasoner_digest": meta.get("digest")})
+                       "distil_last": meta.get("distil_last") or 0.0, "seconds": meta.get("seconds", 0.0), **check},
+                      {"pretrain_loss": meta.get("losses", []), "distil_loss": meta.get("distil_losses", [])},
+                      {"reasoner_digest": meta.get("digest"), "base_key": key,
+                       "reused_base": base["version"] if base else "",
+                       "check": "off" if not check else "PASS" if check["check.passed"] else "FAIL"},
+                      text={"reasoner_check.md": checked["table"]} if checked else None)
     _add_meta(path, "rgalign_reasoner.json", {"mlflow_run_id": run_id})
-    return {"loss_last": meta.get("loss_last") or 0.0}
-
-
-def _add_meta(folder: str | Path, name: str, extra: dict) -> None:
-    p = Path(folder) / name
-    p.write_text(json.dumps({**_meta(folder, name), **extra}, indent=2))
+    if base is None and reuse and check.get("check.passed", 1.0):
+        register_base(path, world, cfg)
+    return {"loss_last": meta.get("loss_last") or 0.0, "reused_base": float(base is not None),
+            **{k: v for k, v in check.items() if not k.endswith(".lo")}}
 
 
 def train_ranker(world_folder: str | Path, reasoner: str | Path, cfg: WorkflowConfig, out: str | Path,
@@ -298,6 +379,8 @@ def train_ranker(world_folder: str | Path, reasoner: str | Path, cfg: WorkflowCo
     world = world_of(world_folder)
     rcfg = cfg.ranker(model)
     inputs = ltp_inputs(world, reasoner, rcfg, progress=progress, **cfg.inputs_kw)
+    checked = check_step(reasoner, world, cfg, "aligned" if label.startswith("Stage 3") else "built") \
+        if model != "baseline" else {}
     run = run_ranker(rcfg, world, cfg.tracking, cfg.uri, cfg.root, inputs, progress, label=label,
                      experiment_name=WORKFLOW_EXPERIMENT)
     ranks, sessions = {}, {}
@@ -305,6 +388,8 @@ def train_ranker(world_folder: str | Path, reasoner: str | Path, cfg: WorkflowCo
         frame = getattr(inputs, split)
         data = RankerData.build(frame, run.result.spec, inputs.query[split], target)
         ranks[split], sessions[split] = model_ranks(run.result.model, data), frame.session_id.to_numpy()
+        if getattr(run.result.model, "d_e", 0):
+            ranks[f"query_{split}"] = model_ranks(run.result.model, data, query_half=True)
         ranks[f"popularity_{split}"] = popularity_ranks(inputs.train_clicks, frame[target].to_numpy())
         ranks[f"users_{split}"] = frame.user_id.to_numpy()
     metrics = {f"{s}_{k}": v.value for s in ("val", "eval")
@@ -315,7 +400,8 @@ def train_ranker(world_folder: str | Path, reasoner: str | Path, cfg: WorkflowCo
                 meta={"world": world.name, "reasoner_digest": rmeta.get("digest"), "label": label, "model": model,
                       "eval": {k[5:]: v for k, v in metrics.items() if k.startswith("eval_")},
                       "val": {k[4:]: v for k, v in metrics.items() if k.startswith("val_")},
-                      "mlflow_run_id": run.run_id, "train_sessions": len(inputs.train)})
+                      "mlflow_run_id": run.run_id, "train_sessions": len(inputs.train),
+                      "reasoner_check": {k: checked[k] for k in ("passed", "failures", "metrics") if k in checked}})
     np.savez(Path(out) / "ranks.npz", **ranks, **{f"sessions_{s}": v for s, v in sessions.items()})
     return metrics
 
@@ -346,15 +432,19 @@ def reward_best_of_n(world_folder: str | Path, reasoner: str | Path, ranker: str
     from rgalign.reasoner.sources import load_reasoner
     kb = pd.read_parquet(world_of(world_folder) / "kb.parquet")
     model, spec, _, _ = load_ranker(ranker)
-    c = score_candidates(Proposals.load(proposals), kb, model, spec, LTPEncoder(load_reasoner(reasoner)))
-    sel = select(c, cfg.alignment())
+    acfg = cfg.alignment()
+    c = score_candidates(Proposals.load(proposals), kb, model, spec, LTPEncoder(load_reasoner(reasoner)),
+                         acfg.query_prompt)
+    sel = select(c, acfg)
     c.save(out)
     (Path(out) / "selection.json").write_text(json.dumps({"strategy": sel.strategy, "kept": sel.kept.tolist(),
                                                           "winner": sel.winner.tolist(), "losers": sel.losers}))
     table = c.teacher_table()
     metrics = {"kept": int(len(sel.kept)), **{f"wins_{k}": v for k, v in sel.winner_counts(c.names).items()},
-               **{f"mean_ndcg_{t}": v for t, v in zip(table.teacher, table["mean NDCG"])}}
-    log_step(cfg, "reward-best-of-n", {"strategy": sel.strategy, "teachers": ",".join(c.names)}, metrics)
+               **{f"mean_ndcg_{t}": v for t, v in zip(table.teacher, table["mean NDCG"])},
+               **{f"pool_{k}": v for k, v in c.separability().items()}}
+    log_step(cfg, "reward-best-of-n", {"strategy": sel.strategy, "teachers": ",".join(c.names),
+                                       "query_prompt": acfg.query_prompt}, metrics)
     return metrics
 
 
@@ -431,6 +521,9 @@ GATE_ROWS = {"candidate": "Candidate (Stage 3 QE-Rec)", "stage1": "QE-Rec (Stage
              "baseline": "Baseline (AutoInt + MMoE)", "popularity": "Popularity (floor)"}
 
 
+QUERY_ROW = "Candidate's query half alone"
+
+
 def diff_label(key: str) -> str:
     """The row of the paired-difference table for the candidate minus ``key``."""
     return f"candidate - {GATE_ROWS[key]}"
@@ -481,6 +574,8 @@ def evaluation_gate(world_folder: str | Path, candidate: str | Path, baseline: s
 
     def rows(split):
         out = {GATE_ROWS[k]: evaluate_ranks(r[k][split], c[f"users_{split}"], n) for k in ("candidate", "stage1", "baseline")}
+        if f"query_{split}" in c:
+            out[QUERY_ROW] = evaluate_ranks(c[f"query_{split}"], c[f"users_{split}"], n)
         out[GATE_ROWS["popularity"]] = evaluate_ranks(c[f"popularity_{split}"], c[f"users_{split}"], n)
         return out
     val = rows("val")
@@ -502,6 +597,17 @@ def evaluation_gate(world_folder: str | Path, candidate: str | Path, baseline: s
         reasons.append(f"{metric} vs the production baseline: {b.value * 100:+.2f} [{b.lo * 100:+.2f}, {b.hi * 100:+.2f}]"
                        f" -> {'non-inferior' if ok else 'inferior'} at margin {cfg.gate_margin * 100:.2f} points "
                        "(promotion to champion without a champion requires non-inferiority)")
+    if "query_val" in c:
+        q = paired_difference(c["query_val"], c["popularity_val"])[metric] if metric != "GAUC" else None
+        if q is not None:
+            reasons.append(f"{metric} of the candidate's query half alone (cos(z_i, z_q), no user features) - "
+                           f"popularity: {q.value * 100:+.2f} [{q.lo * 100:+.2f}, {q.hi * 100:+.2f}] (reported)")
+    check = _meta(candidate, "meta.json").get("reasoner_check") or {}
+    if check:
+        ok = bool(check.get("passed"))
+        passed = passed and ok
+        reasons.append("reasoner check of the aligned reasoner: " + ("PASS" if ok else "FAIL (" + "; ".join(
+            check.get("failures", [])) + "): nothing is registered"))
     return GateDecision(passed, reasons, val, diffs, ev, metric, cfg.gate_margin)
 
 
@@ -515,6 +621,8 @@ def gate_step(world_folder, candidate, baseline, stage1, cfg: WorkflowConfig, ou
     flat = {f"val.{k}.{m}": v.value for k, label in GATE_ROWS.items() for m, v in g.val[label].items()}
     flat.update({f"diff.{k}.{m}.lo": v.lo for k in GATE_ROWS if k != "candidate"
                  for m, v in g.val_diffs[diff_label(k)].items()})
+    for split, rows in (("val", g.val), ("eval", g.eval)):
+        flat.update({f"{split}.query_half.{m}": v.value for m, v in rows.get(QUERY_ROW, {}).items()})
     flat["passed"] = float(g.passed)
     log_step(cfg, "evaluation-gate", {"gate_metric": g.metric, "gate_margin": g.margin}, flat,
              tags={"decision": "PASS" if g.passed else "FAIL"}, text={"gate.md": g.markdown()})

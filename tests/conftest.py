@@ -65,6 +65,23 @@ def build_micro_reasoner(out):
 
 
 @pytest.fixture(scope="session")
+def built_reasoner(ci_world, tmp_path_factory):
+    """The main job's raw reasoner on the ci world (its default settings: LM loss + MiniLM distillation,
+    checked): what ``rgalign pipeline run`` builds on a fresh machine, once per test session (~6 min)."""
+    import torch
+
+    from rgalign import workflow
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = tmp_path_factory.mktemp("built") / "reasoner"
+        workflow.build_reasoner(ci_world, workflow.WorkflowConfig(tracking=False), out)
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+@pytest.fixture(scope="session")
 def micro_reasoner(tmp_path_factory):
     return build_micro_reasoner(tmp_path_factory.mktemp("r") / "raw")
 

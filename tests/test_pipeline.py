@@ -127,23 +127,28 @@ def _digest(path: Path) -> str:
 
 @pytest.mark.slow
 def test_full_pipeline_locally_then_a_failed_late_step_leaves_registry_and_features_intact(tmp_path, monkeypatch,
-                                                                                         two_threads):
-    """The product's main job through kfp.local with RG-DPO (4 ranker epochs, 300 evaluation sessions, 48
-    Stage-2 contexts and LTP of the last 128 prompt tokens instead of 10 / 1,000 / 160 / 512, for time; the
-    rankers' training and validation sessions are the
-    default's, so the gate sees what a user's run sees: with 1,000 training sessions QE-Rec on this LTP fails
-    it); the same workflow in one process gives the same numbers; then a re-run whose registration fails."""
+                                                                                         two_threads, built_reasoner,
+                                                                                         ci_world):
+    """The product's main job through kfp.local with RG-DPO (4 ranker epochs, 300 evaluation sessions and 48
+    Stage-2 contexts instead of 10 / 1,000 / 160, for time; the rankers' training and validation sessions are the
+    default's, so the gate sees what a user's run sees), starting from the registered base reasoner (built
+    once per test session with the main job's settings: the build step finds it and copies it); the same
+    workflow in one process gives the same numbers; then a re-run whose registration fails."""
     from pipelines.run import run_local
+    from rgalign import workflow
     from rgalign.registry import Registry
     from rgalign.tracking import experiment
     from rgalign.workflow import WORKFLOW_EXPERIMENT
-    cfg = WorkflowConfig(ranker_epochs=4, max_eval=300, n_samples=48, max_prompt_tokens=128, rga_method="sft-dpo",
-                         artifacts=str(tmp_path))
+    cfg = WorkflowConfig(ranker_epochs=4, max_eval=300, n_samples=48, rga_method="sft-dpo", artifacts=str(tmp_path))
+    workflow.register_base(built_reasoner, ci_world, cfg)
     run_local(cfg)
     # the same workflow in one process (what `rgalign align` runs) from the pipeline's world and raw reasoner:
     # the same Stage-3 numbers, so the KFP components add nothing and lose nothing
-    from rgalign import workflow
     (run0,) = sorted((tmp_path / "kfp").glob("rgalign-training-*"))
+    raw = json.loads((run0 / "build-reasoner" / "reasoner" / "rgalign_reasoner.json").read_text())
+    assert raw["digest"] == json.loads((built_reasoner / "rgalign_reasoner.json").read_text())["digest"]  # the base
+    gate = json.loads((run0 / "evaluation-gate" / "gate" / "gate.json").read_text())
+    assert any(r.startswith("reasoner check of the aligned reasoner") for r in gate["reasons"])
     metas = {json.loads(p.read_text())["label"]: p.parent for p in run0.glob("*/ranker/meta.json")}
     local = workflow.run(dataclasses.replace(cfg, register=False, tracking=False), tmp_path / "inproc",
                          world=workflow.world_of(run0 / "prepare-features" / "world"),

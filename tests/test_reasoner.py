@@ -23,7 +23,8 @@ CONTEXTS = [
 def raw_reasoner(ci_world, tmp_path_factory):
     """A tiny reasoner with a trained tokenizer and a few pre-training steps (mechanics only)."""
     out = tmp_path_factory.mktemp("reasoners") / "tiny"
-    return build_reasoner(ReasonerConfig(pretrain_steps=3, corpus_sessions=300, seq_len=256), ci_world, out,
+    return build_reasoner(ReasonerConfig(pretrain_steps=3, corpus_sessions=300, seq_len=256,
+                                                       distil_teacher="hashing"), ci_world, out,
                           progress=False)
 
 
@@ -132,23 +133,26 @@ def test_generation_greedy_is_deterministic_and_clean(raw_reasoner):
 
 
 @pytest.mark.slow
-def test_pretrained_ltp_beats_random_init_on_a_linear_probe(ci_world, tmp_path, two_threads):
-    """Acceptance: the pre-trained tiny reasoner's LTP carries information a random-init one of equal size
-    does not. Probe: logistic regression from LTP to the family of the evaluation week's true intent."""
-    from rgalign.ranker.inputs import load_ranker_inputs, verbalize_frame
-    from rgalign.reasoner.ltp import linear_probe
-    from rgalign.reasoner.sources import build_model
-    path = build_reasoner(ReasonerConfig(pretrain_steps=100, corpus_sessions=3000), ci_world, tmp_path / "tiny",
-                          progress=False)
-    inputs = load_ranker_inputs(ci_world, progress=False)
-    df = inputs.eval.head(1500)
-    ctx = verbalize_frame(df, inputs.kb)
-    y = inputs.kb.set_index("intent_id").family.loc[df.true_intent].to_numpy()
-    r = load_reasoner(path)
-    rand = Reasoner(build_model("tiny", len(r.tokenizer), seed=123).eval(), r.tokenizer, "random")
-
-    trained, random_init = linear_probe(LTPEncoder(r), ctx, y), linear_probe(LTPEncoder(rand), ctx, y)
-    assert trained > random_init + 0.015, (trained, random_init)
+def test_reasoner_check_fails_on_random_init_and_passes_on_the_built_reasoner(built_reasoner, ci_world, tmp_path,
+                                                                              capsys, two_threads):
+    """Acceptance: `rgalign reasoner check` exits 1 with a clear line on a random-init twin (same architecture and
+    tokenizer) and 0 on the main job's built reasoner, whose LTP is spread (mean cosine <= 0.9, effective rank >= 16)
+    and retrieves KB intents for held-out utterances at >= 0.8 x all-MiniLM-L6-v2's family R@3."""
+    from rgalign.cli import main
+    from rgalign.reasoner.sources import build_model, save_reasoner
+    r = load_reasoner(built_reasoner)
+    rand = save_reasoner(build_model("tiny", len(r.tokenizer), seed=123).eval(), r.tokenizer, tmp_path / "random",
+                         {"source": "random-init"})
+    common = ["--world", str(ci_world), "--artifacts", str(tmp_path / "a")]
+    assert main(["reasoner", "check", "--reasoner", str(rand), *common, "--json", str(tmp_path / "rand.json")]) == 1
+    out = capsys.readouterr()
+    assert "reasoner check FAILED" in out.err and "FAIL:" in out.out
+    assert main(["reasoner", "check", "--reasoner", str(built_reasoner), *common, "--json", str(tmp_path / "b.json")]) == 0
+    assert "PASS" in capsys.readouterr().out
+    built, random_init = (json.loads((tmp_path / f).read_text()) for f in ("b.json", "rand.json"))
+    assert built["check.mean_cos"] <= 0.9 < random_init["check.mean_cos"] and built["check.effective_rank"] >= 16
+    assert built["check.reasoner.R@3"] >= 0.8 * built["check.minilm.R@3"] > random_init["check.reasoner.R@3"]
+    assert built["check.probe"] > random_init["check.probe"]
 
 
 @pytest.mark.slow

@@ -25,9 +25,11 @@ WORKFLOW_OWN = {
     "rga_method": None, "rounds": None, "register": None,          # tests/test_workflow.py (run's orchestration)
     "gate_metric": None, "gate_margin": None,                      # tests/test_workflow.py (the gate)
     "env": None, "tracking": None, "artifacts": None, "tracking_uri": None,   # test_log_step_* below
+    "reuse_base": None, "check_reasoner": None,                    # tests/test_workflow.py (the base, the check)
 }
 NEW = {int: lambda v: v + 3, float: lambda v: v + 0.5, bool: lambda v: not v,
-       str: lambda v: {"ci": "bench", "V2": "V1", "sft-cl": "sft-dpo", "MRR": "R@3"}.get(v, v + "-x")}
+       str: lambda v: {"ci": "bench", "V2": "V1", "sft-cl": "sft-dpo", "MRR": "R@3", "minilm": "lsa",
+                             "context": "chat"}.get(v, v + "-x")}
 
 
 def test_every_workflow_field_reaches_its_stage_config_or_the_workflow():
@@ -135,9 +137,9 @@ def test_every_ranker_setting_acts(field, small_inputs, ci_world, monkeypatch):
 
 # ------------------------------------------------------------------------------------------ the reasoner
 REASONER_PRETRAIN = {"pretrain_steps": 3, "pretrain_batch": 3, "pretrain_lr": 1e-2, "seq_len": 64, "seed": 1,
-                     "context_share": 0.2}
+                     "context_share": 0.2, "distil_weight": 0.3, "distil_batch": 3}
 REASONER_LTP = {"max_prompt_tokens": 24, "ltp_batch": 1, "max_new_tokens": 3}
-REASONER_BUILD = {"source": "nope", "corpus_sessions": 40}
+REASONER_BUILD = {"source": "nope", "corpus_sessions": 40, "distil_teacher": "lsa", "distil_texts": 60}
 
 
 def test_every_reasoner_field_has_a_probe():
@@ -151,11 +153,18 @@ def test_every_pretraining_setting_acts(field, micro_reasoner):
     docs = [("Where is my parcel?", " It is on its way."), ("", "Refunds take five days."),
             ("Can I cancel?", " Yes, before it ships.")] * 4
 
+    from rgalign.reasoner.ltp import LTPEncoder
+    from rgalign.reasoner.sources import Distillation
+
     def curve(cfg):
         r = load_reasoner(micro_reasoner)
+        enc = LTPEncoder(r)
+        texts = ["Where is my parcel?", "Refunds take five days.", "Can I cancel?"]
+        distil = Distillation.from_prompts(enc.token_ids([enc.render(t) for t in texts]),
+                                           torch.eye(3, r.hidden_size), enc.prefix)
         torch.manual_seed(0)
-        return pretrain(r.model, r.tokenizer, docs, cfg, progress=False)
-    base = ReasonerConfig(pretrain_steps=2, pretrain_batch=2, seq_len=8)
+        return pretrain(r.model, r.tokenizer, docs, cfg, progress=False, distil=distil)
+    base = ReasonerConfig(pretrain_steps=2, pretrain_batch=2, seq_len=8, distil_batch=2)
     assert curve(replace(base, **{field: REASONER_PRETRAIN[field]})) != curve(base), f"{field} changed nothing"
 
 
@@ -181,12 +190,19 @@ def test_the_build_settings_act(small_world, tmp_path):
     from rgalign.reasoner.sources import build_reasoner
     with pytest.raises(ValueError, match="source='nope'"):
         build_reasoner(ReasonerConfig(source="nope", pretrain_steps=0), small_world, tmp_path / "x", progress=False)
-    docs = []
-    for n in (20, REASONER_BUILD["corpus_sessions"]):
-        p = build_reasoner(ReasonerConfig(pretrain_steps=0, corpus_sessions=n), small_world, tmp_path / f"r{n}",
-                           progress=False)
-        docs.append(json.loads((p / "rgalign_reasoner.json").read_text())["documents"])
-    assert docs[0] != docs[1]
+    def meta(name, **kw):
+        base = dict(pretrain_steps=1, pretrain_batch=1, seq_len=32, corpus_sessions=20, distil_teacher="hashing",
+                    distil_texts=50, distil_batch=2)
+        p = build_reasoner(ReasonerConfig(**{**base, **kw}), small_world, tmp_path / name, progress=False)
+        return json.loads((p / "rgalign_reasoner.json").read_text())
+    base = meta("base")
+    for field, value in REASONER_BUILD.items():
+        if field == "source":
+            continue
+        m = meta(field, **{field: value})
+        key = {"corpus_sessions": "documents", "distil_texts": "distil_pairs", "distil_teacher": "distil_losses"}[field]
+        assert m[key] != base[key], f"{field} changed nothing"
+    assert meta("none", distil_teacher="none")["distil_pairs"] == 0
 
 
 # ------------------------------------------------------------------------------------------ Stage 2
@@ -244,8 +260,13 @@ def test_every_alignment_setting_reaches_the_teacher_pool_or_the_selection(monke
     assert stage2.select(c, replace(base, strategy="V1")).kept.tolist() != a.kept.tolist()
     flipped = stage2.select(c, replace(base, strategy="V1", priority="playbook,kb-retrieval,reasoner"))
     assert flipped.winner.tolist() != stage2.select(c, replace(base, strategy="V1")).winner.tolist()
+    # query_prompt acts in the reward's query embedding
+    from rgalign.alignment.reward import QueryEmbedder
+    q = ["Where is my parcel?"]
+    assert not np.allclose(QueryEmbedder(enc, base.query_prompt).embed(q),
+                           QueryEmbedder(enc, replace(base, query_prompt="chat").query_prompt).embed(q))
     covered = {"n_samples", "teachers", "teacher_url", "teacher_model", "teacher_key_env", "teacher_timeout_s",
-               "priority", "strategy", "max_words", "retries", "min_candidates", "min_samples", "seed"}
+               "priority", "strategy", "max_words", "retries", "min_candidates", "min_samples", "seed", "query_prompt"}
     assert covered == {f.name for f in dataclasses.fields(AlignmentConfig)}
 
 
@@ -383,3 +404,36 @@ def test_every_deploy_setting_changes_the_rendered_manifests(tmp_path):
         assert changed != ref, f"DeployConfig.{field} changed nothing in the manifests"
     split = [text(replace(base, challenger="challenger", canary_percent=p), f"split{p}") for p in (10, 30)]
     assert split[0] != split[1]
+
+
+# ------------------------------------------------------------------------------------------ the reasoner check
+def test_every_reasoner_check_setting_acts(small_world, micro_reasoner):
+    from rgalign.config import ReasonerCheckConfig
+    from rgalign.reasoner.check import CheckReport, check_reasoner
+    from rgalign.reasoner.ltp import LTPEncoder
+    from rgalign.reasoner.sources import load_reasoner
+    enc = LTPEncoder(load_reasoner(micro_reasoner))
+    base = ReasonerCheckConfig(n_contexts=60, n_utterances=54, references="tfidf", min_retrieval_ratio=0.0, n_boot=50)
+
+    def run(**kw):
+        r = check_reasoner(enc, small_world, replace(base, **kw))
+        return (r.n_contexts, r.n_utterances, round(r.probe, 6), r.mean_cos,
+                {e: {m: (v.lo, v.hi) for m, v in ms.items()} for e, ms in r.retrieval.items()})
+    ref = run()
+    probes = {"n_contexts": 80, "n_utterances": 81, "probe_folds": 3, "n_boot": 60, "seed": 1, "references": "tfidf,minilm"}
+    for field, value in probes.items():
+        assert run(**{field: value}) != ref, f"ReasonerCheckConfig.{field} changed nothing"
+    # the thresholds decide pass / fail on the same figures
+    mv = ref[4]["reasoner"]["R@3"]
+    from rgalign.metrics import MetricValue
+    retrieval = {"reasoner": {"R@3": MetricValue(0.5, *mv), "MRR": MetricValue(0.5, 0.4, 0.6)},
+                 "all-MiniLM-L6-v2": {"R@3": MetricValue(0.7, 0.6, 0.8), "MRR": MetricValue(0.7, 0.6, 0.8)}}
+    cfg = ReasonerCheckConfig()
+
+    def passed(**kw):
+        return CheckReport(0.8, 20.0, 128, 0.3, 0.2, retrieval, replace(cfg, **kw)).passed
+    assert passed(min_retrieval_ratio=0.7) and not passed(min_retrieval_ratio=0.8)
+    assert not passed(min_retrieval_ratio=0.7, max_mean_cos=0.7)
+    assert not passed(min_retrieval_ratio=0.7, min_effective_rank=25.0)
+    assert {*probes, "max_mean_cos", "min_effective_rank", "min_retrieval_ratio"} == {
+        f.name for f in dataclasses.fields(ReasonerCheckConfig)}

@@ -145,6 +145,49 @@ def test_the_gate_holds_the_popularity_floor_on_the_validation_days(tmp_path, sm
         workflow.evaluation_gate(small_world, tmp_path / "good", other, base, cfg)
 
 
+def test_the_gate_fails_when_the_aligned_reasoner_fails_its_check(tmp_path, small_world):
+    """A candidate that beats the floor is still refused when its reasoner's latent query carries no meaning
+    (the Stage-3 ranker carries the check of the reasoner it read); its query half is reported."""
+    rng = np.random.default_rng(0)
+    pop = rng.integers(0, 20, 400)
+    good = np.maximum(pop - rng.integers(2, 8, 400), 0)
+    cfg = WorkflowConfig(tracking=False)
+    base = _ranker_folder(tmp_path / "base", pop, pop)
+    cand = _ranker_folder(tmp_path / "good", good, pop)
+    r = dict(np.load(cand / "ranks.npz"))
+    np.savez(cand / "ranks.npz", **r, query_val=good, query_eval=r["eval"])
+    for passed in (True, False):
+        (cand / "meta.json").write_text(json.dumps({"n_intents": 50, "reasoner_check": {
+            "passed": passed, "failures": [] if passed else ["LTP mean pairwise cosine 0.9996 > 0.9 (near-constant)"]}}))
+        g = workflow.evaluation_gate(small_world, cand, base, base, cfg)
+        assert g.passed is passed and "beats the floor" in g.reasons[0]
+        assert any(x.startswith("reasoner check") and ("PASS" if passed else "near-constant") in x for x in g.reasons)
+        assert workflow.QUERY_ROW in g.val and workflow.QUERY_ROW in g.eval
+        assert any("query half alone" in x for x in g.reasons)
+
+
+def test_build_reasoner_registers_a_base_and_the_next_run_starts_from_it(tmp_path, small_world, monkeypatch):
+    """The first build registers <env>.reasoner-base (keyed by its settings and the world); the next run with
+    the same settings copies it instead of pre-training; other settings build anew; reuse_base=False never reads it."""
+    from rgalign.reasoner import sources
+    from rgalign.registry import Registry
+    cfg = WorkflowConfig(reasoner_steps=1, pretrain_batch=1, corpus_sessions=20, distil_teacher="hashing",
+                         check_reasoner=False, artifacts=str(tmp_path / "a"))
+    builds = []
+    real = sources.build_reasoner
+    monkeypatch.setattr(sources, "build_reasoner", lambda *a, **k: builds.append(a[0]) or real(*a, **k))
+    first = workflow.build_reasoner(small_world, cfg, tmp_path / "r1")
+    second = workflow.build_reasoner(small_world, cfg, tmp_path / "r2")
+    assert (first["reused_base"], second["reused_base"]) == (0.0, 1.0) and len(builds) == 1
+    digest = lambda p: json.loads((p / "rgalign_reasoner.json").read_text())["digest"]  # noqa: E731
+    assert digest(tmp_path / "r1") == digest(tmp_path / "r2")
+    (v,) = Registry(root=cfg.root).versions("dev", "reasoner-base")
+    assert v["aliases"] == ["current"] and v["tags"]["base_key"] == workflow.base_key(cfg.reasoner(), small_world)
+    assert workflow.build_reasoner(small_world, replace(cfg, reasoner_steps=2), tmp_path / "r3")["reused_base"] == 0.0
+    assert workflow.build_reasoner(small_world, replace(cfg, reuse_base=False), tmp_path / "r4")["reused_base"] == 0.0
+    assert len(builds) == 3 and len(Registry(root=cfg.root).versions("dev", "reasoner-base")) == 2
+
+
 def test_register_refuses_a_candidate_the_gate_did_not_pass(tmp_path):
     (tmp_path / "gate").mkdir()
     (tmp_path / "gate" / "gate.json").write_text(json.dumps({"passed": False, "reasons": ["MRR below the floor"]}))

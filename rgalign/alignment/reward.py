@@ -2,7 +2,9 @@
 
 Teachers' hidden states are not available, so every candidate query is mapped into one embedding space
 (the paper uses a Qwen3 embedding model with last-token pooling): here ``QueryEmbedder`` = last-token
-pooling of the *frozen Stage-1 reasoner* over the query text as a user turn. The Stage-1 ranker then scores
+pooling of the *frozen Stage-1 reasoner* over the query text, read inside the section 3.2 prompt (where the
+reasoner's pre-training distils a sentence encoder's embedding of a text into its LTP, so the query lands
+where the contexts that call for it do) or as a bare chat user turn. The Stage-1 ranker then scores
 every intent with z_q from that embedding (Eq. 4), and the reward of a candidate is NDCG of the clicked
 intent in the full ranking, 1 / log2(2 + rank) (one relevant intent, so the ideal DCG is 1).
 
@@ -18,10 +20,17 @@ import torch.nn.functional as F
 from rgalign.reasoner.ltp import LTPEncoder
 
 
-class QueryEmbedder:
-    """e(q): the frozen reasoner's last-token state over ``q`` as a chat user turn, (N, d) float32."""
+QUERY_PROMPTS = ("context", "chat")
 
-    def __init__(self, encoder: LTPEncoder):
+
+class QueryEmbedder:
+    """e(q): the frozen reasoner's last-token state over ``q``, (N, d) float32: ``prompt="context"`` reads q
+    in the section 3.2 prompt (as ``rgalign reasoner check`` reads utterances), ``"chat"`` as a bare user turn."""
+
+    def __init__(self, encoder: LTPEncoder, prompt: str = "context"):
+        if prompt not in QUERY_PROMPTS:
+            raise ValueError(f"query prompt {prompt!r}; use one of {QUERY_PROMPTS}")
+        self.prompt = prompt
         self.encoder = encoder
 
     @property
@@ -31,6 +40,8 @@ class QueryEmbedder:
     def render(self, text: str) -> str:
         if not text or not text.strip():
             raise ValueError("cannot embed an empty query")
+        if self.prompt == "context":
+            return self.encoder.render(text.strip())
         return self.encoder.reasoner.tokenizer.apply_chat_template(
             [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
 

@@ -111,6 +111,22 @@ class Candidates(Proposals):
                              "V1 wins": [share[n] / max(len(win.kept), 1) for n in self.names],
                              "dropped": [self.dropped.get(n, 0) for n in self.names]})
 
+    def separability(self) -> dict[str, float]:
+        """Can the reward tell the pool's candidates apart? Over contexts with >= 2 valid candidates: the mean
+        spread (max - min NDCG) among a context's candidates, and the share of contexts whose winner beats the
+        runner-up by more than one rank step at the winner's rank (1/log2(2+r) - 1/log2(3+r)), the smallest
+        change of the clicked intent's place; a smaller gap is a tie the reward cannot resolve."""
+        v = self.valid
+        rows = [np.sort(self.ndcg[s, v[s]])[::-1] for s in range(len(self.ndcg)) if v[s].sum() >= 2]
+        if not rows:
+            return {"contexts": 0, "ndcg_spread": float("nan"), "resolved_share": float("nan")}
+        best = np.array([r[0] for r in rows])
+        second = np.array([r[1] for r in rows])
+        rank = np.clip(2 ** (1 / np.maximum(best, 1e-9)) - 2, 0, None)   # NDCG = 1/log2(2 + r)
+        step = 1 / np.log2(2 + rank) - 1 / np.log2(3 + rank)
+        return {"contexts": len(rows), "ndcg_spread": float(np.mean([r[0] - r[-1] for r in rows])),
+                "resolved_share": float(np.mean(best - second > step * (1 - 1e-6)))}
+
     # the training sets of the three RGA trainers, from one best-of-N selection
     def winners(self, sel: Selection) -> list[tuple[str, str]]:
         """``(prompt, q^w)`` per kept sample (RG-SFT, RG-CL)."""
@@ -143,11 +159,13 @@ def generate_candidates(train_frame: pd.DataFrame, kb: pd.DataFrame, encoder: LT
                      res.names, res.queries, dict(res.dropped))
 
 
-def score_candidates(p: Proposals, kb: pd.DataFrame, ranker, spec, encoder: LTPEncoder) -> Candidates:
-    """The reward: embed every query with the frozen reasoner, NDCG of the clicked intent under the Stage-1
-    QE-Rec; plus the V3/V4 criteria (edit distance to the reasoner's query, cosine to the golden intent)."""
+def score_candidates(p: Proposals, kb: pd.DataFrame, ranker, spec, encoder: LTPEncoder,
+                     query_prompt: str = "context") -> Candidates:
+    """The reward: embed every query with the frozen reasoner (``QueryEmbedder``, read as ``query_prompt``),
+    NDCG of the clicked intent under the Stage-1 QE-Rec; plus the V3/V4 criteria (edit distance to the
+    reasoner's query, cosine to the golden intent)."""
     S, K = len(p.queries), len(p.names)
-    embedder = QueryEmbedder(encoder)
+    embedder = QueryEmbedder(encoder, query_prompt)
     flat = sorted({q for row in p.queries for q in row if q})
     vec = dict(zip(flat, embedder.embed(flat)))
     e = np.zeros((S, K, embedder.dim), np.float32)

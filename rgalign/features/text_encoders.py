@@ -103,16 +103,18 @@ class MiniLMEncoder:
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         import torch
-        out = []
+        out = np.zeros((len(texts), self.dim), np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")   # similar lengths per batch: little padding
         with torch.inference_mode():
             for i in range(0, len(texts), batch_size):
-                b = self.tokenizer(texts[i:i + batch_size], padding=True, truncation=True,
+                idx = order[i:i + batch_size]
+                b = self.tokenizer([texts[j] for j in idx], padding=True, truncation=True,
                                    max_length=self.max_length, return_tensors="pt")
                 h = self.model(**b).last_hidden_state
                 m = b["attention_mask"].unsqueeze(-1).to(h.dtype)
                 e = (h * m).sum(1) / m.sum(1).clamp(min=1)
-                out.append(torch.nn.functional.normalize(e, dim=-1).float().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+                out[idx] = torch.nn.functional.normalize(e, dim=-1).float().numpy()
+        return out
 
 
 TEXT_ENCODERS = {"hashing": HashingEncoder, "lsa": LSAEncoder, "minilm": MiniLMEncoder}

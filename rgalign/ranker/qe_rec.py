@@ -85,6 +85,12 @@ class QERec(nn.Module):
         """z_i of every intent, (n_intents, d): precomputed once and looked up at serving time."""
         return self.intent_tower(torch.arange(1, self.n_intents + 1, device=self.query_tower.proj.weight.device))
 
+    def query_half(self, e: torch.Tensor, intent_index: torch.Tensor | None = None) -> torch.Tensor:
+        """cos(z_i, z_q) (B, n_intents) of query embeddings ``e`` (B, d_e): Eq. 4's query term alone, how well
+        the latent query by itself ranks the KB (no user features read)."""
+        z_i = intent_index if intent_index is not None else self.intent_index()
+        return F.normalize(self.query_tower(e), dim=-1) @ F.normalize(z_i, dim=-1).T
+
     def forward(self, x: dict[str, torch.Tensor], e: torch.Tensor, candidates: torch.Tensor | None = None,
                 intent_index: torch.Tensor | None = None) -> torch.Tensor:
         """Scores (B, N) of ``candidates`` (B, N) intent ids, or (B, n_intents) of all intents when None

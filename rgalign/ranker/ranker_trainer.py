@@ -37,14 +37,16 @@ def build_model(cfg: RankerConfig, n_intents: int, semantic: torch.Tensor, famil
 
 
 @torch.inference_mode()
-def score_all(model: torch.nn.Module, data: RankerData, batch_size: int = 2048) -> np.ndarray:
-    """(B, n_intents) scores of every intent for every session (the intent index computed once)."""
+def score_all(model: torch.nn.Module, data: RankerData, batch_size: int = 2048, query_half: bool = False) -> np.ndarray:
+    """(B, n_intents) scores of every intent for every session (the intent index computed once);
+    ``query_half``: Eq. 4's cos(z_i, z_q) alone (``QERec.query_half``)."""
     model.eval()
     index = model.intent_index()
     out = []
     for i in range(0, len(data), batch_size):
         x = {k: v[i:i + batch_size] for k, v in data.inputs.items()}
-        out.append(model(x, data.query[i:i + batch_size], intent_index=index).numpy())
+        e = data.query[i:i + batch_size]
+        out.append((model.query_half(e, index) if query_half else model(x, e, intent_index=index)).numpy())
     return np.concatenate(out) if out else np.zeros((0, model.n_intents), np.float32)
 
 
@@ -162,9 +164,10 @@ class RankerTrainer:
                            seen / max(train_seconds, 1e-9), self.confidence)
 
 
-def model_ranks(model: torch.nn.Module, data: RankerData) -> np.ndarray:
-    """0-based rank of each session's target (``data.clicked``) among all intents under ``model``."""
-    return target_ranks(score_all(model, data), data.clicked.numpy())
+def model_ranks(model: torch.nn.Module, data: RankerData, query_half: bool = False) -> np.ndarray:
+    """0-based rank of each session's target (``data.clicked``) among all intents under ``model`` (or its
+    query half alone)."""
+    return target_ranks(score_all(model, data, query_half=query_half), data.clicked.numpy())
 
 
 def evaluate_model(model: torch.nn.Module, data: RankerData, n_boot: int = 200, seed: int = 0) -> dict[str, MetricValue]:

@@ -1,6 +1,7 @@
 """Pre-training text of a locally built reasoner: what the project ships or generates, never a label.
 
-- Bitext customer-support utterances and responses (real phrasings of user concerns);
+- Bitext customer-support utterances and responses (real phrasings of user concerns), less the held-out
+  utterances (``rgalign.world.kb.heldout_mask``) that ``rgalign reasoner check`` retrieves with;
 - KB intent titles and descriptions;
 - verbalized contexts of training-week sessions inside the section 3.2 prompt, each followed by a
   rule-of-thumb question written from the *observed* features only (order status, entry point, overdue
@@ -51,6 +52,34 @@ def rule_question(row: dict) -> str:
         days=days, late=max(days - expected, 0)).replace("my my", "my").replace("the my", "my")
 
 
+def pretraining_bitext(bitext: pd.DataFrame) -> pd.DataFrame:
+    """The Bitext rows a reasoner may learn from: all but the held-out utterances."""
+    from rgalign.world.kb import heldout_mask
+    return bitext[~heldout_mask(bitext)] if "instruction" in bitext else bitext
+
+
+def context_query(row: dict, titles: dict[int, str]) -> str:
+    """The latent query a context calls for, in words, from observed features only: the ``rule_question`` of
+    its order state, then what the user last asked about (the title of the most recent intent in its history),
+    when there is one."""
+    q = rule_question(row)
+    recent = [int(i) for i in (row.get("recent_intents") if row.get("recent_intents") is not None else []) if int(i) > 0]
+    return q + (f" Last time I asked: {titles[recent[-1]]}." if recent and recent[-1] in titles else "")
+
+
+def distil_pairs(bitext: pd.DataFrame, kb: pd.DataFrame, contexts: list[str], rows: list[dict], n_texts: int,
+                 seed: int) -> list[tuple[str, str]]:
+    """``(reasoner input, teacher text)`` pairs of the LTP distillation: up to ``n_texts`` Bitext utterances
+    and every KB intent text read as themselves, and every context read as the query it calls for
+    (``context_query``), so a context's latent query lands where the embedding of that query does."""
+    rng = np.random.default_rng(seed)
+    utt = pretraining_bitext(bitext)["instruction"].astype(str).drop_duplicates().tolist()
+    utt = [utt[i] for i in rng.permutation(len(utt))[:n_texts]]
+    kb_texts = (kb.title + ". " + kb.description).tolist()
+    titles = dict(zip(kb.intent_id.astype(int), kb.title))
+    return [(t, t) for t in utt + kb_texts] + [(c, context_query(r, titles)) for c, r in zip(contexts, rows)]
+
+
 def build_corpus(bitext: pd.DataFrame, kb: pd.DataFrame, contexts: list[str], rows: list[dict], seed: int,
                  tokenizer=None) -> list[tuple[str, str]]:
     """``(prompt, completion)`` documents for tokenizer training and pre-training, shuffled by ``seed``.
@@ -61,6 +90,7 @@ def build_corpus(bitext: pd.DataFrame, kb: pd.DataFrame, contexts: list[str], ro
     position, is trained to summarise the context into what the question needs.
     """
     prompt = ReasonerPrompt()
+    bitext = pretraining_bitext(bitext)
     docs = [("", t) for t in bitext["instruction"].astype(str)]
     if "response" in bitext:
         docs += [("", t) for t in bitext["response"].astype(str)]

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import sqlite3
 import threading
 import warnings
@@ -24,7 +25,54 @@ import numpy as np
 import torch
 
 from rgalign.features.prompt import ReasonerPrompt
-from rgalign.reasoner.sources import Reasoner
+
+
+def left_pad(tokenizer, ids: list[list[int]], multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Left-padded ``input_ids`` / ``attention_mask`` of token lists (width rounded up to ``multiple``), so the
+    last position of every row is its last real token: where LTP reads (Eq. 2-3)."""
+    return left_pad_ids(ids, tokenizer.pad_token_id, multiple)
+
+
+def left_pad_ids(ids: list[list[int]], pad: int, multiple: int = 1) -> dict[str, torch.Tensor]:
+    width = -(-max(len(x) for x in ids) // multiple) * multiple
+    return {"input_ids": torch.tensor([[pad] * (width - len(x)) + x for x in ids]),
+            "attention_mask": torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])}
+
+
+def last_token_state(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """e_LTP (B, d): the final-layer (post-norm) hidden state of the last token of a left-padded batch."""
+    base = getattr(model, "model", model)  # the decoder body: last_hidden_state is after the final norm
+    return base(**batch).last_hidden_state[:, -1]
+
+
+def shared_prefix(ids: list[list[int]]) -> int:
+    """Length of the token prefix every row shares, less one (so no row is left without a suffix token)."""
+    n = min(len(x) for x in ids) - 1
+    p = 0
+    while p < n and len({x[p] for x in ids}) == 1:
+        p += 1
+    return p
+
+
+def prefixed_last_token_state(model, prefix: list[int], suffixes: list[list[int]], pad_id: int,
+                              multiple: int = 1) -> torch.Tensor:
+    """e_LTP (B, d) of prompts ``prefix + suffix``, the shared prefix (the section 3.2 system prompt and the
+    template up to the context, ~110 tokens) run once and its key/value cache repeated over the batch; the
+    suffixes are right-padded (to a multiple of ``multiple``) and read at their own last token. Equal to ``last_token_state`` on the full
+    prompts (to float rounding) and differentiable, so pre-training and LTP extraction both use it."""
+    base = getattr(model, "model", model)
+    b, p = len(suffixes), len(prefix)
+    width = -(-max(len(x) for x in suffixes) // multiple) * multiple
+    device = next(base.parameters()).device
+    out = base(input_ids=torch.tensor([prefix], device=device), use_cache=True)
+    cache = out.get("cache") or out.get("past_key_values")   # transformers >= 5.24 names it "cache"
+    cache.batch_repeat_interleave(b)
+    ids = torch.tensor([x + [pad_id] * (width - len(x)) for x in suffixes], device=device)
+    mask = torch.tensor([[1] * (p + len(x)) + [0] * (width - len(x)) for x in suffixes], device=device)
+    pos = torch.arange(p, p + width, device=device).expand(b, -1)
+    name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    h = base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{name: cache}).last_hidden_state
+    return h[torch.arange(b, device=device), torch.tensor([len(x) for x in suffixes], device=device) - 1]
 
 
 class LTPCache:
@@ -57,17 +105,20 @@ class LTPEncoder:
     """Batched LTP extraction with left padding, left truncation and an optional cache.
 
     Args:
-        reasoner: a loaded ``Reasoner``; its ``version`` keys the cache.
+        reasoner: a loaded ``Reasoner`` (``rgalign.reasoner.sources.load_reasoner``); its ``version`` keys the cache.
         max_prompt_tokens: longer prompts keep their last tokens (a warning; counted in ``truncated``).
         batch_size: prompts per forward pass; max_new_tokens: generation budget of a query.
             None (the default) takes the reasoner's own settings (``Reasoner.ltp_settings``, i.e. the
             ``ReasonerConfig`` it was built with), else 512 / 32 / 40.
         cache: an ``LTPCache`` (or a path to one), or None.
+        prefix_cache: run the prompt prefix every context shares (system prompt, template head) once per
+            batch and reuse its key/value cache (``prefixed_last_token_state``; same LTP, ~2x faster on
+            utterances); False runs every prompt in full.
     """
 
-    def __init__(self, reasoner: Reasoner, max_prompt_tokens: int | None = None, batch_size: int | None = None,
+    def __init__(self, reasoner, max_prompt_tokens: int | None = None, batch_size: int | None = None,
                  cache: LTPCache | str | Path | None = None, prompt: ReasonerPrompt | None = None,
-                 max_new_tokens: int | None = None):
+                 max_new_tokens: int | None = None, prefix_cache: bool = True):
         own = reasoner.ltp_settings
         max_prompt_tokens = max_prompt_tokens or own.get("max_prompt_tokens", 512)
         batch_size = batch_size or own.get("ltp_batch", 32)
@@ -78,7 +129,9 @@ class LTPEncoder:
         self.cache = LTPCache(cache) if isinstance(cache, (str, Path)) else cache
         self.prompt = prompt or ReasonerPrompt()
         self.truncated = self.hits = self.misses = 0
+        self.prefix_cache = prefix_cache
         self._affix: tuple | None = None
+        self._prefix: list[int] | None = None
 
     @property
     def dim(self) -> int:
@@ -112,22 +165,41 @@ class LTPEncoder:
         # the truncation length changes the LTP of a long prompt: it is part of the key
         return hashlib.sha256(f"{self.reasoner.version}\x00{self.max_prompt_tokens}\x00{prompt}".encode()).hexdigest()
 
-    def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        tok = self.reasoner.tokenizer
-        ids = tok(prompts, add_special_tokens=False)["input_ids"]
+    def token_ids(self, prompts: list[str]) -> list[list[int]]:
+        """Token ids of rendered prompts, over-long ones cut from the left (a warning, counted in ``truncated``)."""
+        ids = self.reasoner.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         over = [len(x) > self.max_prompt_tokens for x in ids]
         if any(over):
             self.truncated += sum(over)
             warnings.warn(f"{sum(over)} prompt(s) longer than max_prompt_tokens={self.max_prompt_tokens} were "
                           f"truncated from the left ({self.truncated} so far)", stacklevel=3)
             ids = [x[-self.max_prompt_tokens:] for x in ids]
+        return ids
+
+    def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Left-padded batch of rendered prompts (what ``generate`` continues)."""
         # pad to a multiple of 32 tokens: a few distinct shapes keep the CPU kernels' per-shape set-up (seen as
         # 1-2 s latency tails when every request had a new length) out of the serving path; LTP is unchanged
-        width = -(-max(len(x) for x in ids) // 32) * 32
-        pad = tok.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-        return {"input_ids": input_ids, "attention_mask": mask}
+        return left_pad(self.reasoner.tokenizer, self.token_ids(prompts), 32)
+
+    @property
+    def prefix(self) -> list[int]:
+        """Token ids every rendered prompt starts with (system prompt and template up to the context), found
+        on two probe contexts; [] when the template shares none or ``prefix_cache`` is off."""
+        if self._prefix is None:
+            probes = self.reasoner.tokenizer([self.render("Order Status: probe"), self.render("User Profile: x")],
+                                             add_special_tokens=False)["input_ids"]
+            p = shared_prefix(probes) if self.prefix_cache else 0
+            self._prefix = probes[0][:p] if p >= 8 else []
+        return self._prefix
+
+    def _forward(self, ids: list[list[int]]) -> torch.Tensor:
+        model, pre = self.reasoner.model, self.prefix
+        if pre and all(x[:len(pre)] == pre and len(x) > len(pre) for x in ids):
+            # the suffixes padded to a multiple of 32 tokens, as in ``tokenize``
+            return prefixed_last_token_state(model, pre, [x[len(pre):] for x in ids],
+                                             self.reasoner.tokenizer.pad_token_id, 32)
+        return last_token_state(model, left_pad(self.reasoner.tokenizer, ids, 32))
 
     @torch.inference_mode()
     def embed_prompts(self, prompts: list[str]) -> np.ndarray:
@@ -138,12 +210,9 @@ class LTPEncoder:
         self.hits += sum(k in found for k in keys)
         self.misses += len(todo)
         new = {}
-        model = self.reasoner.model
-        base = getattr(model, "model", model)  # the decoder body: last_hidden_state is after the final norm
         for i in range(0, len(todo), self.batch_size):
             chunk = todo[i:i + self.batch_size]
-            b = self.tokenize([p for _, p in chunk])
-            h = base(**b).last_hidden_state[:, -1].float().numpy()
+            h = self._forward(self.token_ids([p for _, p in chunk])).float().numpy()
             new.update({k: v for (k, _), v in zip(chunk, h)})
         if self.cache is not None and new:
             self.cache.put_many(new)
@@ -153,14 +222,3 @@ class LTPEncoder:
     def embed(self, contexts: list[str]) -> np.ndarray:
         """LTP of verbalized contexts C, (N, d) float32."""
         return self.embed_prompts([self.render(c) for c in contexts])
-
-
-def linear_probe(encoder: LTPEncoder, contexts: list[str], labels, folds: int = 5, seed: int = 0) -> float:
-    """Cross-validated accuracy of a logistic regression from standardised LTP to ``labels``: how much of a
-    label the latent query embedding carries (issue acceptance: pre-trained beats random init)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    x = encoder.embed(contexts)
-    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-    cv = StratifiedKFold(folds, shuffle=False)
-    return float(cross_val_score(LogisticRegression(max_iter=3000, random_state=seed), x, labels, cv=cv).mean())

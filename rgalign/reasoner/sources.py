@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rgalign.config import REASONER_SIZES, ReasonerConfig
+from rgalign.reasoner.ltp import LTPEncoder, last_token_state, left_pad_ids, prefixed_last_token_state
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
@@ -98,32 +100,106 @@ def encode_docs(tokenizer, docs: list[tuple[str, str]], max_len: int) -> dict[st
             "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])}
 
 
-def pretrain(model, tokenizer, docs: list[tuple[str, str]], cfg: ReasonerConfig, progress: bool = True) -> list[float]:
-    """Causal-LM pre-training on ``(prompt, completion)`` docs, loss on completions only. Returns the curve."""
+@dataclass
+class Distillation:
+    """LTP distillation data: tokenized reasoner prompts (left truncated to the prompt budget) split into the
+    ``prefix`` they share (the section 3.2 head) and one ``suffix`` each, and their teacher targets (N, d),
+    unit vectors in the reasoner's hidden size (``teacher_targets``). A row that lost the prefix to
+    truncation keeps all its tokens as its suffix and is flagged in ``full``."""
+    prefix: list[int]
+    suffixes: list[list[int]]
+    full: list[bool]
+    targets: torch.Tensor
+
+    def __post_init__(self):
+        if not len(self.suffixes) == len(self.full) == len(self.targets):
+            raise ValueError(f"{len(self.suffixes)} prompts but {len(self.targets)} targets")
+
+    @classmethod
+    def from_prompts(cls, ids: list[list[int]], targets: torch.Tensor, prefix: list[int]) -> "Distillation":
+        p = len(prefix)
+        has = [len(x) > p > 0 and x[:p] == prefix for x in ids]
+        return cls(list(prefix), [x[p:] if h else x for x, h in zip(ids, has)], [not h for h in has], targets)
+
+    def loss(self, model, idx: list[int], pad_id: int, long: int = 128) -> torch.Tensor:
+        """mean(1 - cos(e_LTP, t)) over rows ``idx``; short and long suffixes run as separate batches (a
+        context is ~4x an utterance: one padded batch would spend most of its time on padding)."""
+        full = [i for i in idx if self.full[i]]
+        pre = [i for i in idx if not self.full[i]]
+        groups = [("full", full), ("short", [i for i in pre if len(self.suffixes[i]) <= long]),
+                  ("long", [i for i in pre if len(self.suffixes[i]) > long])]
+        total = 0.0
+        for kind, g in groups:
+            if not g:
+                continue
+            rows = [self.suffixes[i] for i in g]
+            e = last_token_state(model, left_pad_ids(rows, pad_id)) if kind == "full" else \
+                prefixed_last_token_state(model, self.prefix, rows, pad_id)
+            total = total + (1 - torch.nn.functional.cosine_similarity(e, self.targets[g], dim=-1)).sum()
+        return total / len(idx)
+
+
+def teacher_targets(texts: list[str], dim: int, teacher: str = "minilm", seed: int = 0,
+                    batch_size: int = 128) -> np.ndarray:
+    """Unit targets (N, dim) for the LTP: the teacher's sentence embeddings, centred (the shared direction
+    carries no meaning and is what left the LM-only LTP near-constant), then mapped to ``dim`` by their top
+    principal directions (dim < the teacher's size) or an isometric embedding (random orthonormal columns,
+    dim >= it), so cosines between targets are the teacher's centred cosines, as far as ``dim`` allows."""
+    from rgalign.features.text_encoders import get_encoder
+    uniq = sorted(set(texts))
+    enc = get_encoder(teacher)
+    if hasattr(enc, "fit"):
+        enc.fit(uniq)
+    emb = enc.encode(uniq, batch_size=batch_size)
+    emb = emb - emb.mean(0)
+    if dim < emb.shape[1]:
+        _, _, vt = np.linalg.svd(emb, full_matrices=False)
+        out = emb @ vt[:dim].T
+    else:
+        q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((dim, emb.shape[1])))
+        out = emb @ q.T
+    out /= np.linalg.norm(out, axis=1, keepdims=True) + 1e-9
+    pos = {t: i for i, t in enumerate(uniq)}
+    return out[[pos[t] for t in texts]].astype(np.float32)
+
+
+def pretrain(model, tokenizer, docs: list[tuple[str, str]], cfg: ReasonerConfig, progress: bool = True,
+             distil: Distillation | None = None) -> dict[str, list[float]]:
+    """Causal-LM pre-training on ``(prompt, completion)`` docs, loss on completions only, plus, with
+    ``distil``, the LTP distillation loss  L = L_LM + lambda * mean(1 - cos(e_LTP(x), t(x)))  on
+    ``cfg.distil_batch`` prompts a step (lambda = ``cfg.distil_weight``). Returns the curves ``lm`` and
+    ``distil`` (empty without distillation)."""
+    curves: dict[str, list[float]] = {"lm": [], "distil": []}
     if cfg.pretrain_steps == 0:
-        return []
+        return curves
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / cfg.pretrain_steps)))
     model.train()
-    losses = []
     bar = tqdm(range(cfg.pretrain_steps), desc="pre-train reasoner", unit="step", disable=None if progress else True)
     is_ctx = torch.tensor([bool(p) for p, _ in docs], dtype=torch.float32)
     share = cfg.context_share if 0 < is_ctx.sum() < len(docs) else 0.5
     weights = share * is_ctx / is_ctx.sum().clamp(min=1) + (1 - share) * (1 - is_ctx) / (1 - is_ctx).sum().clamp(min=1)
+    use_distil = distil is not None and cfg.distil_weight > 0 and len(distil.targets) > 0
     for _ in bar:
         idx = torch.multinomial(weights, cfg.pretrain_batch, replacement=True, generator=gen).tolist()
-        loss = model(**encode_docs(tokenizer, [docs[i] for i in idx], cfg.seq_len)).loss
+        loss = lm = model(**encode_docs(tokenizer, [docs[i] for i in idx], cfg.seq_len)).loss
+        if use_distil:
+            j = torch.randint(len(distil.targets), (cfg.distil_batch,), generator=gen).tolist()
+            d = distil.loss(model, j, tokenizer.pad_token_id)
+            loss = lm + cfg.distil_weight * d
+            curves["distil"].append(d.item())
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        curves["lm"].append(lm.item())
+        bar.set_postfix(loss=f"{np.mean(curves['lm'][-20:]):.3f}",
+                        **({"distil": f"{np.mean(curves['distil'][-20:]):.3f}"} if use_distil else {}))
     model.eval()
-    return losses
+    return curves
 
 
 def _digest(path: Path) -> str:
@@ -159,7 +235,7 @@ def build_reasoner(cfg: ReasonerConfig, world: str | Path, out: str | Path, prog
         return convert_smollm2(out, ltp_settings(cfg))
     from rgalign.features.feast_io import FeatureStoreSession
     from rgalign.ranker.inputs import verbalize_frame
-    from rgalign.reasoner.corpus import build_corpus
+    from rgalign.reasoner.corpus import build_corpus, distil_pairs
     from rgalign.world.kb import bitext_path
     import pandas as pd
     t0 = time.perf_counter()
@@ -180,11 +256,23 @@ def build_reasoner(cfg: ReasonerConfig, world: str | Path, out: str | Path, prog
     tokenizer = train_tokenizer([p + c for p, c in build_corpus(bitext, kb, contexts, rows, cfg.seed)], vocab)
     docs = build_corpus(bitext, kb, contexts, rows, cfg.seed, tokenizer)
     model = build_model(cfg.source, len(tokenizer), cfg.seed)
-    losses = pretrain(model, tokenizer, docs, cfg, progress)
+    distil = None
+    if cfg.distil_teacher != "none":
+        pairs = distil_pairs(bitext, kb, contexts, rows, cfg.distil_texts, cfg.seed)
+        enc = LTPEncoder(Reasoner(model, tokenizer, "building"), max_prompt_tokens=cfg.max_prompt_tokens)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # over-long contexts are cut as LTP cuts them
+            ids = enc.token_ids([enc.render(x) for x, _ in pairs])
+        targets = teacher_targets([t for _, t in pairs], model.config.hidden_size, cfg.distil_teacher, cfg.seed)
+        distil = Distillation.from_prompts(ids, torch.from_numpy(targets), enc.prefix)
+    curves = pretrain(model, tokenizer, docs, cfg, progress, distil)
+    losses, dl = curves["lm"], curves["distil"]
     return save_reasoner(model, tokenizer, out, {
-        "source": cfg.source, "config": cfg.to_dict(), "ltp": ltp_settings(cfg), "world": world.name, "documents": len(docs),
+        "source": cfg.source, "config": cfg.to_dict(), "config_digest": cfg.digest(), "ltp": ltp_settings(cfg),
+        "world": world.name, "documents": len(docs), "distil_pairs": len(distil.targets) if distil else 0,
         "loss_first": losses[0] if losses else None, "loss_last": float(np.mean(losses[-20:])) if losses else None,
-        "losses": [round(float(x), 5) for x in losses],
+        "distil_last": float(np.mean(dl[-20:])) if dl else None,
+        "losses": [round(float(x), 5) for x in losses], "distil_losses": [round(float(x), 5) for x in dl],
         "seconds": round(time.perf_counter() - t0, 1)})
 
 

@@ -113,6 +113,26 @@ def load_bitext(path: str | Path | None = None) -> pd.DataFrame:
     return df[["instruction", "intent", "category"]]
 
 
+HELDOUT_BUCKETS = 5  # one utterance in five is held out of every pre-training and alignment corpus
+
+
+def kb_utterances(bitext: pd.DataFrame) -> dict[str, str]:
+    """The one real phrasing per family that ``build_kb`` quotes in its intent descriptions."""
+    return {f: sorted((u for u in bitext.loc[bitext.intent == f, "instruction"] if len(u.split()) >= 4),
+                      key=lambda u: (len(u), u))[0] for f in FAMILIES}
+
+
+def heldout_mask(bitext: pd.DataFrame) -> np.ndarray:
+    """Boolean mask of the held-out Bitext utterances: a stable hash of the text puts one in
+    ``HELDOUT_BUCKETS`` aside (the same rows on every machine and seed), never one the KB quotes. No reasoner is
+    pre-trained or aligned on them; ``rgalign reasoner check`` retrieves KB intents for them."""
+    import hashlib
+    quoted = set(kb_utterances(bitext).values())
+    text = bitext["instruction"].astype(str)
+    return np.array([int(hashlib.sha1(t.encode()).hexdigest()[:8], 16) % HELDOUT_BUCKETS == 0 and t not in quoted
+                     for t in text])
+
+
 def build_kb(bitext: pd.DataFrame, seed: int, cold_start_frac: float = 0.03,
              zipf_s: float = 1.1) -> pd.DataFrame:
     """Build the KB table, one row per intent.
@@ -125,10 +145,10 @@ def build_kb(bitext: pd.DataFrame, seed: int, cold_start_frac: float = 0.03,
     rng = np.random.default_rng(seed)
     cat_of = bitext.groupby("intent")["category"].first()
     rows = []
+    quoted = kb_utterances(bitext)
     for family, (dims, title_t, desc_t, weight) in FAMILIES.items():
         # one real phrasing per family, the most typical (shortest with >= 4 words) for readability
-        utter = sorted((u for u in bitext.loc[bitext.intent == family, "instruction"] if len(u.split()) >= 4),
-                       key=lambda u: (len(u), u))[0]
+        utter = quoted[family]
         combos = list(itertools.product(*(range(1, len(SLOTS[d]) + 1) for d in dims)))
         # long tail inside the family: a random Zipf ranking of its slot combinations
         ranks = rng.permutation(len(combos))

@@ -1,0 +1,107 @@
+"""Does a reasoner's LTP carry meaning: the diagnostics of ``rgalign reasoner check``, the held-out utterances,
+the prefix-cached LTP, the distillation loss, and the reward's separability figures."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from rgalign.config import ReasonerConfig
+from rgalign.reasoner.check import anisotropy, family_retrieval, heldout_utterances
+from rgalign.reasoner.ltp import LTPEncoder
+from rgalign.reasoner.sources import Distillation, load_reasoner, pretrain
+
+
+def test_anisotropy_tells_a_constant_vector_from_spread_ones():
+    rng = np.random.default_rng(0)
+    const = np.ones((200, 32)) + 1e-3 * rng.standard_normal((200, 32))
+    cos, _ = anisotropy(const)
+    assert cos > 0.99
+    spread = rng.standard_normal((500, 32))
+    cos, rank = anisotropy(spread)
+    assert abs(cos) < 0.05 and rank > 25
+    line = np.outer(rng.standard_normal(300), rng.standard_normal(32))
+    assert anisotropy(line)[1] < 1.5          # every row on one line: effective rank 1
+
+
+def test_family_retrieval_counts_the_first_intent_of_the_right_family():
+    fam = np.array(["a", "a", "b", "c", "d"])
+    scores = np.array([[5, 4, 3, 2, 1],      # first hit at rank 0
+                       [5, 4, 3, 2, 1],      # family c: rank 3, outside the top 3
+                       [1, 2, 3, 4, 5]])     # family d: rank 0
+    out = family_retrieval(scores, fam, np.array(["a", "c", "d"]))
+    assert out["R@3"].tolist() == [1, 0, 1]
+    assert out["MRR"].tolist() == pytest.approx([1, 1 / 4, 1])
+
+
+def test_held_out_utterances_never_reach_a_pretraining_corpus():
+    from rgalign.reasoner.corpus import build_corpus, distil_pairs
+    from rgalign.world.kb import build_kb, heldout_mask, kb_utterances, load_bitext
+    b = load_bitext()
+    held = heldout_mask(b)
+    assert 0.1 < held.mean() < 0.3 and np.array_equal(held, heldout_mask(b.sample(frac=1, random_state=1).sort_index()))
+    assert not set(b.instruction[held]) & set(kb_utterances(b).values())     # the KB quotes none of them
+    kb = build_kb(b, seed=0)
+    texts = {t for _, t in build_corpus(b, kb, [], [], 0)} | {x for x, _ in distil_pairs(b, kb, [], [], 10_000, 0)}
+    assert not set(b.instruction[held]) & texts
+    u = heldout_utterances(54)
+    assert len(u) == 54 and u.family.value_counts().eq(2).all() and set(u.instruction) <= set(b.instruction[held])
+
+
+def test_prefix_cached_ltp_equals_the_full_prompt(micro_reasoner):
+    from conftest import MICRO_CTX
+    r = load_reasoner(micro_reasoner)
+    texts = [MICRO_CTX, "Where is my parcel now?", "refund", MICRO_CTX + " and more " * 30]
+    fast, full = LTPEncoder(r), LTPEncoder(r, prefix_cache=False)
+    assert len(fast.prefix) >= 8 and full.prefix == []
+    np.testing.assert_allclose(fast.embed(texts), full.embed(texts), atol=1e-5)
+
+
+def test_distillation_moves_the_ltp_towards_its_targets(micro_reasoner):
+    """L_LM + lambda * (1 - cos(e_LTP, t)): a few steps raise the cosine of each prompt's LTP to its target,
+    and lambda = 0 leaves the distillation out (the weights then follow the LM loss alone)."""
+    from conftest import MICRO_CTX
+    r = load_reasoner(micro_reasoner)
+    enc = LTPEncoder(r)
+    texts = [MICRO_CTX, "Where is my parcel now?", "I want a refund for my order.", "Track my order"]
+    ids = enc.token_ids([enc.render(t) for t in texts])
+    targets = torch.nn.functional.normalize(torch.randn(4, r.hidden_size, generator=torch.Generator().manual_seed(0)), dim=-1)
+    d = Distillation.from_prompts(ids, targets, enc.prefix)
+    assert not any(d.full)
+
+    def cos():
+        return float(torch.nn.functional.cosine_similarity(torch.from_numpy(LTPEncoder(r).embed(texts)), targets).mean())
+    before = cos()
+    cfg = ReasonerConfig(pretrain_steps=30, pretrain_batch=2, seq_len=32, pretrain_lr=1e-2, distil_batch=4)
+    curves = pretrain(r.model, r.tokenizer, [("", "Where is my parcel?")] * 4, cfg, progress=False, distil=d)
+    assert len(curves["distil"]) == 30 and curves["distil"][-1] < curves["distil"][0]
+    assert cos() > before + 0.3
+    off = pretrain(r.model, r.tokenizer, [("", "Where is my parcel?")] * 4,
+                   dataclasses.replace(cfg, distil_weight=0.0), progress=False, distil=d)
+    assert off["distil"] == []
+
+
+def test_truncated_rows_keep_their_own_tokens(micro_reasoner):
+    """A prompt cut from the left has lost the shared prefix: it runs in full, with the same LTP."""
+    r = load_reasoner(micro_reasoner)
+    enc = LTPEncoder(r)
+    ids = enc.token_ids([enc.render("Where is my parcel now?")])
+    cut = [ids[0][20:]]
+    d = Distillation.from_prompts(ids + cut, torch.zeros(2, r.hidden_size), enc.prefix)
+    assert d.full == [False, True] and d.suffixes[1] == cut[0]
+    assert torch.isfinite(d.loss(r.model, [0, 1], r.tokenizer.pad_token_id))
+
+
+def test_separability_counts_winners_beyond_one_rank_step():
+    import pandas as pd
+
+    from rgalign.alignment.stage2 import Candidates
+    ndcg = np.array([[1 / np.log2(2), 1 / np.log2(3), 0.1],      # rank 0 vs rank 1: resolved
+                     [0.5, 0.5, 0.5],                             # a tie: not resolved
+                     [0.3, -1, -1]])                              # one valid candidate: not counted
+    c = Candidates(pd.DataFrame({"session_id": [1, 2, 3]}), ["p"] * 3, ["a", "b", "reasoner"],
+                   [["x", "y", "z"], ["x", "y", "z"], ["x", "", ""]], {}, e=np.zeros((3, 3, 2)), ndcg=ndcg, edit=np.zeros((3, 3)),
+                   golden_cos=np.zeros((3, 3)))
+    s = c.separability()
+    assert s["contexts"] == 2 and s["resolved_share"] == 0.5
+    assert s["ndcg_spread"] == pytest.approx(((1 - 0.1) + 0) / 2)
