@@ -320,7 +320,7 @@ def register_base(reasoner: str | Path, world: Path, cfg: WorkflowConfig) -> str
     rcfg, meta, check = cfg.reasoner(), _meta(reasoner, "rgalign_reasoner.json"), _meta(reasoner, CHECK_FILE)
     key = base_key(rcfg, world)
     uri = log_reasoner_model(reasoner, cfg.uri, cfg.root, {"base_key": key})
-    figures = {k: f"{v:.6f}" for k, v in check.get("metrics", {}).items() if not k.endswith(".lo")}
+    figures = {k.replace("@", "_at_"): f"{v:.6f}" for k, v in check.get("metrics", {}).items() if not k.endswith(".lo")}
     return Registry(cfg.uri, cfg.root).register(
         "reasoner-base", cfg.env, uri, {"base_key": key, "config_digest": rcfg.digest(), "reasoner_digest": meta.get("digest"),
                                         "world_digest": json.loads((world / "manifest.json").read_text())["config_digest"],
@@ -360,7 +360,11 @@ def build_reasoner(world_folder: str | Path, cfg: WorkflowConfig, out: str | Pat
                       text={"reasoner_check.md": checked["table"]} if checked else None)
     _add_meta(path, "rgalign_reasoner.json", {"mlflow_run_id": run_id})
     if base is None and reuse and check.get("check.passed", 1.0):
-        register_base(path, world, cfg)
+        try:
+            register_base(path, world, cfg)
+        except Exception as e:  # the base only saves the next run's build: this run goes on without it
+            import warnings
+            warnings.warn(f"could not register the base reasoner ({e}); the next run will build again", stacklevel=2)
     return {"loss_last": meta.get("loss_last") or 0.0, "reused_base": float(base is not None),
             **{k: v for k, v in check.items() if not k.endswith(".lo")}}
 

@@ -183,9 +183,13 @@ def test_build_reasoner_registers_a_base_and_the_next_run_starts_from_it(tmp_pat
     assert digest(tmp_path / "r1") == digest(tmp_path / "r2")
     (v,) = Registry(root=cfg.root).versions("dev", "reasoner-base")
     assert v["aliases"] == ["current"] and v["tags"]["base_key"] == workflow.base_key(cfg.reasoner(), small_world)
+    # a checked build carries its figures as tags (MLflow tag keys allow no '@')
+    (tmp_path / "r1" / workflow.CHECK_FILE).write_text(json.dumps({"metrics": {"check.reasoner.R@3": 0.5}}))
+    v2 = workflow.register_base(tmp_path / "r1", small_world, cfg)
+    assert Registry(root=cfg.root).show("dev", "reasoner-base", v2)["tags"]["check.reasoner.R_at_3"] == "0.500000"
     assert workflow.build_reasoner(small_world, replace(cfg, reasoner_steps=2), tmp_path / "r3")["reused_base"] == 0.0
     assert workflow.build_reasoner(small_world, replace(cfg, reuse_base=False), tmp_path / "r4")["reused_base"] == 0.0
-    assert len(builds) == 3 and len(Registry(root=cfg.root).versions("dev", "reasoner-base")) == 2
+    assert len(builds) == 3 and len(Registry(root=cfg.root).versions("dev", "reasoner-base")) == 3
 
 
 def test_register_refuses_a_candidate_the_gate_did_not_pass(tmp_path):
