@@ -584,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "RG-DPO) -> Stage 3 -> gate -> registry (the pipeline's steps, without kfp)")
     # the reasoner and the world exist already: their build settings would do nothing here
     add_config_args(al, WorkflowConfig, skip=("scale", "world_seed", "reasoner_steps", "pretrain_batch", "corpus_sessions",
-                                              "max_prompt_tokens"))
+                                              "max_prompt_tokens", "distil_teacher", "reuse_base"))
     al.add_argument("--world", required=True, help="a generated world folder")
     al.add_argument("--reasoner", required=True, help="the raw reasoner directory (rgalign reasoner build)")
     al.add_argument("--out", default=None, help="run folder (default: <artifacts-root>/align/<reasoner name>)")
