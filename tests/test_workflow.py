@@ -238,7 +238,8 @@ def test_a_run_that_fails_the_gate_registers_nothing_and_logs_every_step(ci_worl
     from rgalign.registry import Registry, RegistryError
     from rgalign.tracking import experiment
     cfg = WorkflowConfig(max_train=150, max_val=120, max_eval=100, ranker_epochs=1, n_samples=16, strategy="V1",
-                         rounds=2, sft_epochs=0.5, cl_epochs=1.0, rga_max_length=1024, artifacts=str(tmp_path))
+                         rounds=2, sft_epochs=0.5, cl_epochs=1.0, rga_max_length=1024, artifacts=str(tmp_path),
+                         check_reasoner=False)   # orchestration only: the check's own tests are test_reasoner*
     res = workflow.run(cfg, tmp_path / "run", world=ci_world, reasoner=micro_reasoner, progress=False)
     assert not res.gate.passed and res.registered is None
     assert "does NOT beat the floor" in res.gate.reasons[0]
