@@ -568,7 +568,8 @@ def evaluation_gate(world_folder: str | Path, candidate: str | Path, baseline: s
     metric = cfg.gate_metric
     r = {name: dict(np.load(Path(p) / "ranks.npz")) for name, p in
          (("candidate", candidate), ("baseline", baseline), ("stage1", stage1))}
-    n = int(_meta(candidate, "meta.json")["n_intents"])
+    cmeta = _meta(candidate, "meta.json")
+    n = int(cmeta["n_intents"])
     for name in ("baseline", "stage1"):
         for s in ("val", "eval"):
             if not np.array_equal(r[name][f"sessions_{s}"], r["candidate"][f"sessions_{s}"]):
@@ -606,7 +607,7 @@ def evaluation_gate(world_folder: str | Path, candidate: str | Path, baseline: s
         if q is not None:
             reasons.append(f"{metric} of the candidate's query half alone (cos(z_i, z_q), no user features) - "
                            f"popularity: {q.value * 100:+.2f} [{q.lo * 100:+.2f}, {q.hi * 100:+.2f}] (reported)")
-    check = _meta(candidate, "meta.json").get("reasoner_check") or {}
+    check = cmeta.get("reasoner_check") or {}
     if check:
         ok = bool(check.get("passed"))
         passed = passed and ok

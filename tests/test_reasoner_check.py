@@ -66,8 +66,8 @@ def test_distillation_moves_the_ltp_towards_its_targets(micro_reasoner):
     texts = [MICRO_CTX, "Where is my parcel now?", "I want a refund for my order.", "Track my order"]
     ids = enc.token_ids([enc.render(t) for t in texts])
     targets = torch.nn.functional.normalize(torch.randn(4, r.hidden_size, generator=torch.Generator().manual_seed(0)), dim=-1)
-    d = Distillation.from_prompts(ids, targets, enc.prefix)
-    assert not any(d.full)
+    d = Distillation(ids, targets, enc.prefix)
+    assert all(x[:len(d.prefix)] == d.prefix for x in d.ids)       # every row takes the prefix-cached path
 
     def cos():
         return float(torch.nn.functional.cosine_similarity(torch.from_numpy(LTPEncoder(r).embed(texts)), targets).mean())
@@ -82,14 +82,21 @@ def test_distillation_moves_the_ltp_towards_its_targets(micro_reasoner):
 
 
 def test_truncated_rows_keep_their_own_tokens(micro_reasoner):
-    """A prompt cut from the left has lost the shared prefix: it runs in full, with the same LTP."""
+    """A prompt cut from the left has lost the shared prefix: it runs in full, with the same LTP, next to a
+    row that takes the prefix-cached path, each in its own place of the batch."""
+    from rgalign.reasoner.ltp import last_token_state, left_pad, ltp_of_ids
     r = load_reasoner(micro_reasoner)
     enc = LTPEncoder(r)
     ids = enc.token_ids([enc.render("Where is my parcel now?")])
-    cut = [ids[0][20:]]
-    d = Distillation.from_prompts(ids + cut, torch.zeros(2, r.hidden_size), enc.prefix)
-    assert d.full == [False, True] and d.suffixes[1] == cut[0]
-    assert torch.isfinite(d.loss(r.model, [0, 1], r.tokenizer.pad_token_id))
+    rows = [ids[0][20:], ids[0]]
+    assert rows[0][:len(enc.prefix)] != enc.prefix
+    pad = r.tokenizer.pad_token_id
+    with torch.no_grad():
+        mixed = ltp_of_ids(r.model, rows, enc.prefix, pad)
+        alone = torch.cat([last_token_state(r.model, left_pad([x], pad)) for x in rows])
+    torch.testing.assert_close(mixed, alone, atol=1e-5, rtol=0)
+    d = Distillation(rows, torch.zeros(2, r.hidden_size), enc.prefix)
+    assert torch.isfinite(d.loss(r.model, [0, 1], pad))
 
 
 def test_separability_counts_winners_beyond_one_rank_step():

@@ -160,7 +160,7 @@ def test_every_pretraining_setting_acts(field, micro_reasoner):
         r = load_reasoner(micro_reasoner)
         enc = LTPEncoder(r)
         texts = ["Where is my parcel?", "Refunds take five days.", "Can I cancel?"]
-        distil = Distillation.from_prompts(enc.token_ids([enc.render(t) for t in texts]),
+        distil = Distillation(enc.token_ids([enc.render(t) for t in texts]),
                                            torch.eye(3, r.hidden_size), enc.prefix)
         torch.manual_seed(0)
         return pretrain(r.model, r.tokenizer, docs, cfg, progress=False, distil=distil)

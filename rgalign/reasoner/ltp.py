@@ -14,6 +14,7 @@ Example:
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import sqlite3
@@ -27,13 +28,9 @@ import torch
 from rgalign.features.prompt import ReasonerPrompt
 
 
-def left_pad(tokenizer, ids: list[list[int]], multiple: int = 1) -> dict[str, torch.Tensor]:
+def left_pad(ids: list[list[int]], pad: int, multiple: int = 1) -> dict[str, torch.Tensor]:
     """Left-padded ``input_ids`` / ``attention_mask`` of token lists (width rounded up to ``multiple``), so the
     last position of every row is its last real token: where LTP reads (Eq. 2-3)."""
-    return left_pad_ids(ids, tokenizer.pad_token_id, multiple)
-
-
-def left_pad_ids(ids: list[list[int]], pad: int, multiple: int = 1) -> dict[str, torch.Tensor]:
     width = -(-max(len(x) for x in ids) // multiple) * multiple
     return {"input_ids": torch.tensor([[pad] * (width - len(x)) + x for x in ids]),
             "attention_mask": torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])}
@@ -70,9 +67,31 @@ def prefixed_last_token_state(model, prefix: list[int], suffixes: list[list[int]
     ids = torch.tensor([x + [pad_id] * (width - len(x)) for x in suffixes], device=device)
     mask = torch.tensor([[1] * (p + len(x)) + [0] * (width - len(x)) for x in suffixes], device=device)
     pos = torch.arange(p, p + width, device=device).expand(b, -1)
-    name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-    h = base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{name: cache}).last_hidden_state
+    h = base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+             **{_cache_kwarg(type(base)): cache}).last_hidden_state
     return h[torch.arange(b, device=device), torch.tensor([len(x) for x in suffixes], device=device) - 1]
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg(cls) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def ltp_of_ids(model, ids: list[list[int]], prefix: list[int], pad_id: int, multiple: int = 1) -> torch.Tensor:
+    """e_LTP (B, d) of tokenized prompts, in their order: rows that start with ``prefix`` (and go past it) through
+    ``prefixed_last_token_state``, the others (no prefix, or one cut away by left truncation) in full."""
+    p = len(prefix)
+    has = [p > 0 and len(x) > p and x[:p] == prefix for x in ids]
+    pre = [i for i, h in enumerate(has) if h]
+    rest = [i for i, h in enumerate(has) if not h]
+    parts = []
+    if pre:
+        parts.append(prefixed_last_token_state(model, prefix, [ids[i][p:] for i in pre], pad_id, multiple))
+    if rest:
+        parts.append(last_token_state(model, left_pad([ids[i] for i in rest], pad_id, multiple)))
+    if not rest or not pre:
+        return parts[0]
+    return torch.cat(parts)[torch.argsort(torch.tensor(pre + rest))]
 
 
 class LTPCache:
@@ -180,7 +199,7 @@ class LTPEncoder:
         """Left-padded batch of rendered prompts (what ``generate`` continues)."""
         # pad to a multiple of 32 tokens: a few distinct shapes keep the CPU kernels' per-shape set-up (seen as
         # 1-2 s latency tails when every request had a new length) out of the serving path; LTP is unchanged
-        return left_pad(self.reasoner.tokenizer, self.token_ids(prompts), 32)
+        return left_pad(self.token_ids(prompts), self.reasoner.tokenizer.pad_token_id, 32)
 
     @property
     def prefix(self) -> list[int]:
@@ -193,13 +212,6 @@ class LTPEncoder:
             self._prefix = probes[0][:p] if p >= 8 else []
         return self._prefix
 
-    def _forward(self, ids: list[list[int]]) -> torch.Tensor:
-        model, pre = self.reasoner.model, self.prefix
-        if pre and all(x[:len(pre)] == pre and len(x) > len(pre) for x in ids):
-            # the suffixes padded to a multiple of 32 tokens, as in ``tokenize``
-            return prefixed_last_token_state(model, pre, [x[len(pre):] for x in ids],
-                                             self.reasoner.tokenizer.pad_token_id, 32)
-        return last_token_state(model, left_pad(self.reasoner.tokenizer, ids, 32))
 
     @torch.inference_mode()
     def embed_prompts(self, prompts: list[str]) -> np.ndarray:
@@ -212,7 +224,9 @@ class LTPEncoder:
         new = {}
         for i in range(0, len(todo), self.batch_size):
             chunk = todo[i:i + self.batch_size]
-            h = self._forward(self.token_ids([p for _, p in chunk])).float().numpy()
+            # padded to a multiple of 32 tokens, as in ``tokenize``
+            h = ltp_of_ids(self.reasoner.model, self.token_ids([p for _, p in chunk]), self.prefix,
+                           self.reasoner.tokenizer.pad_token_id, 32).float().numpy()
             new.update({k: v for (k, _), v in zip(chunk, h)})
         if self.cache is not None and new:
             self.cache.put_many(new)

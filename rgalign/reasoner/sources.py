@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rgalign.config import REASONER_SIZES, ReasonerConfig
-from rgalign.reasoner.ltp import LTPEncoder, last_token_state, left_pad_ids, prefixed_last_token_state
+from rgalign.reasoner.ltp import LTPEncoder, ltp_of_ids
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
@@ -102,40 +102,27 @@ def encode_docs(tokenizer, docs: list[tuple[str, str]], max_len: int) -> dict[st
 
 @dataclass
 class Distillation:
-    """LTP distillation data: tokenized reasoner prompts (left truncated to the prompt budget) split into the
-    ``prefix`` they share (the section 3.2 head) and one ``suffix`` each, and their teacher targets (N, d),
-    unit vectors in the reasoner's hidden size (``teacher_targets``). A row that lost the prefix to
-    truncation keeps all its tokens as its suffix and is flagged in ``full``."""
-    prefix: list[int]
-    suffixes: list[list[int]]
-    full: list[bool]
+    """LTP distillation data: tokenized reasoner prompts (left truncated to the prompt budget), the ``prefix``
+    the section 3.2 head gives them (rows that lost it to truncation run in full: ``ltp_of_ids``), and their
+    teacher targets (N, d), unit vectors in the reasoner's hidden size (``teacher_targets``)."""
+    ids: list[list[int]]
     targets: torch.Tensor
+    prefix: list[int]
 
     def __post_init__(self):
-        if not len(self.suffixes) == len(self.full) == len(self.targets):
-            raise ValueError(f"{len(self.suffixes)} prompts but {len(self.targets)} targets")
-
-    @classmethod
-    def from_prompts(cls, ids: list[list[int]], targets: torch.Tensor, prefix: list[int]) -> "Distillation":
-        p = len(prefix)
-        has = [len(x) > p > 0 and x[:p] == prefix for x in ids]
-        return cls(list(prefix), [x[p:] if h else x for x, h in zip(ids, has)], [not h for h in has], targets)
+        if len(self.ids) != len(self.targets):
+            raise ValueError(f"{len(self.ids)} prompts but {len(self.targets)} targets")
 
     def loss(self, model, idx: list[int], pad_id: int, long: int = 128) -> torch.Tensor:
-        """mean(1 - cos(e_LTP, t)) over rows ``idx``; short and long suffixes run as separate batches (a
-        context is ~4x an utterance: one padded batch would spend most of its time on padding)."""
-        full = [i for i in idx if self.full[i]]
-        pre = [i for i in idx if not self.full[i]]
-        groups = [("full", full), ("short", [i for i in pre if len(self.suffixes[i]) <= long]),
-                  ("long", [i for i in pre if len(self.suffixes[i]) > long])]
+        """mean(1 - cos(e_LTP, t)) over rows ``idx``; prompts at most ``long`` tokens past the prefix and longer
+        ones run as separate batches (a context is ~4x an utterance: one padded batch would spend most of its
+        time on padding)."""
+        p = len(self.prefix)
         total = 0.0
-        for kind, g in groups:
-            if not g:
-                continue
-            rows = [self.suffixes[i] for i in g]
-            e = last_token_state(model, left_pad_ids(rows, pad_id)) if kind == "full" else \
-                prefixed_last_token_state(model, self.prefix, rows, pad_id)
-            total = total + (1 - torch.nn.functional.cosine_similarity(e, self.targets[g], dim=-1)).sum()
+        for g in ([i for i in idx if len(self.ids[i]) - p <= long], [i for i in idx if len(self.ids[i]) - p > long]):
+            if g:
+                e = ltp_of_ids(model, [self.ids[i] for i in g], self.prefix, pad_id)
+                total = total + (1 - torch.nn.functional.cosine_similarity(e, self.targets[g], dim=-1)).sum()
         return total / len(idx)
 
 
@@ -264,7 +251,7 @@ def build_reasoner(cfg: ReasonerConfig, world: str | Path, out: str | Path, prog
             warnings.simplefilter("ignore")  # over-long contexts are cut as LTP cuts them
             ids = enc.token_ids([enc.render(x) for x, _ in pairs])
         targets = teacher_targets([t for _, t in pairs], model.config.hidden_size, cfg.distil_teacher, cfg.seed)
-        distil = Distillation.from_prompts(ids, torch.from_numpy(targets), enc.prefix)
+        distil = Distillation(ids, torch.from_numpy(targets), enc.prefix)
     curves = pretrain(model, tokenizer, docs, cfg, progress, distil)
     losses, dl = curves["lm"], curves["distil"]
     return save_reasoner(model, tokenizer, out, {
