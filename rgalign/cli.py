@@ -239,6 +239,18 @@ def cmd_reasoner_check(args) -> int:
     return 0
 
 
+def cmd_reasoner_base(args) -> int:
+    """Rebuild the main job's base reasoner of a world from scratch and say whether it matches the shipped one."""
+    from rgalign.workflow import WorkflowConfig, build_base
+    res = build_base(args.world, config_from_args(WorkflowConfig, args), args.out, args.threads)
+    print(f"base reasoner {res['key']} -> {res['path']} (digest {res['digest']})")
+    if res["shipped_digest"] is None:
+        print("no base is shipped for this key (settings or world differ from the main job's defaults)")
+    else:
+        print(f"shipped base digest {res['shipped_digest']}: " + ("the rebuild matches" if res["matches"] else "DIFFERS"))
+    return 0
+
+
 def cmd_reasoner_generate(args) -> int:
     from rgalign.reasoner.generate import generate_queries
     enc = _encoder(args)
@@ -388,8 +400,28 @@ def cmd_pipeline(args) -> int:
         if gate and "Evaluation gate: FAIL" in gate:
             print("\nnothing registered by this run: the candidate did not pass the gate (see above)")
             return 6
+        hint = _next_steps(Path(cfg.root).resolve(), cfg.env) if cfg.register else None
+        if hint:
+            print(hint)
         return rc
     return 0
+
+
+def _next_steps(root: Path, env: str) -> str | None:
+    """The commands that serve and watch what the newest local pipeline run registered, with its real paths."""
+    runs = sorted((root / "kfp").glob("rgalign-training-*"), key=lambda p: p.stat().st_mtime)
+    for run in reversed(runs):
+        worlds = sorted((run / "prepare-features" / "world").glob("*/manifest.json"))
+        if worlds:
+            w = worlds[0].parent
+            f = run / "prepare-features" / "feast" / w.name
+            a, ws = f"--artifacts {root}", root / "evidently"
+            return ("\nNext: serve the candidate, replay an A/B week against the popularity list, open the dashboard\n"
+                    f"  rgalign serve --env {env} --alias candidate --world {w} --feast-dir {f} {a}\n"
+                    f"  rgalign monitor ab --env {env} --world {w} --feast-dir {f} --champion candidate "
+                    f"--challenger popularity --days 7 --workspace {ws} {a}\n"
+                    f"  rgalign ui --workspace {ws}   (then open http://127.0.0.1:8000)")
+    return None
 
 
 def _ui_hint(args) -> int:
@@ -578,7 +610,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(c, ReasonerCheckConfig)
     c.set_defaults(fn=cmd_reasoner_check)
 
-    from rgalign.workflow import WorkflowConfig
+    from rgalign.workflow import STAGE_FIELDS, WorkflowConfig
+    c = rs.add_parser("base", help="rebuild the main job's base reasoner of a world (the pipeline's reasoner settings), "
+                                   "check it, and compare it with the base shipped in the package")
+    add_config_args(c, WorkflowConfig, skip=tuple(f.name for f in dataclasses.fields(WorkflowConfig)
+                                                  if STAGE_FIELDS.get(f.name, ("",))[0] != "reasoner"
+                                                  and f.name != "check_reasoner"))
+    c.add_argument("--world", required=True, help="a generated world folder (the main job's: ci scale, seed 0)")
+    c.add_argument("--out", default=None, help="output directory (default: replace the shipped copy in the package, "
+                                               "rgalign/reasoner/bases/<base_key>)")
+    c.add_argument("--threads", type=int, default=2, help="torch threads of the build: builds are bit-identical at the "
+                                                          "same count only (the shipped base used 2)")
+    c.set_defaults(fn=cmd_reasoner_base)
     al = sub.add_parser("align", help="the training workflow in this process on an existing world and reasoner: "
                                       "Stage 1 + baseline -> Stage 2 (teachers, reward, best-of-N, RG-SFT, RG-CL | "
                                       "RG-DPO) -> Stage 3 -> gate -> registry (the pipeline's steps, without kfp)")

@@ -76,7 +76,7 @@ def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
     from rgalign.ranker.ranker_trainer import RankerTrainer, evaluate_model
     from rgalign.reasoner.ltp import LTPEncoder
     from rgalign.reasoner.sources import build_reasoner, load_reasoner
-    from rgalign.workflow import align, generated_query_inputs, ltp_inputs
+    from rgalign.workflow import align, base_key, generated_query_inputs, ltp_inputs, shipped_base
     from rgalign.world.generate import generate_world, headroom_rows, load_manifest
 
     t0 = time.perf_counter()
@@ -95,7 +95,12 @@ def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
     world = generate_world(wcfg.world(), out / "worlds", progress=progress)
     raw = Path(cfg.reasoner) if cfg.reasoner else out / "reasoners" / "raw"
     if not cfg.reasoner and not (raw / "config.json").is_file():
-        build_reasoner(wcfg.reasoner(), world, raw, progress)
+        shipped = shipped_base(base_key(wcfg.reasoner(), world))   # the main job's base (ci scale, default seed)
+        if shipped is not None:
+            import shutil
+            shutil.copytree(shipped, raw)
+        else:
+            build_reasoner(wcfg.reasoner(), world, raw, progress)
     t = tick("world + raw reasoner", t)
 
     rcfg = wcfg.ranker("qe-rec")

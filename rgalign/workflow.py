@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -313,6 +313,45 @@ def base_key(rcfg: ReasonerConfig, world: Path) -> str:
     return hashlib.sha256(f"{rcfg.digest()}:{digest}".encode()).hexdigest()[:16]
 
 
+SHIPPED_BASES = Path(__file__).parent / "reasoner" / "bases"
+
+
+def shipped_base(key: str) -> Path | None:
+    """The base reasoner shipped inside the package for ``key`` (``rgalign/reasoner/bases/<base_key>``: the
+    main job's reasoner settings on the default ci world, so a fresh machine skips the ~7-minute first build),
+    or None. ``rgalign reasoner base`` rebuilds it and says whether the rebuild matches."""
+    path = SHIPPED_BASES / key
+    return path if (path / "model.safetensors").is_file() else None
+
+
+def build_base(world_folder: str | Path, cfg: WorkflowConfig, out: str | Path | None = None, threads: int = 2) -> dict:
+    """Build the base reasoner of ``cfg``'s reasoner settings on a world from scratch (no registry, no shipped
+    copy), check it, and compare it with the shipped base of the same key. Writes to ``out`` (default: the
+    package's ``bases/<base_key>``, replacing the shipped copy). A build is bit-identical at the same number of
+    torch ``threads`` (the shipped base: 2), not across them. Returns ``{"key", "path", "digest",
+    "shipped_digest", "matches"}``."""
+    import torch
+    world = world_of(world_folder)
+    key = base_key(cfg.reasoner(), world)
+    shipped = shipped_base(key)
+    was = _meta(shipped, "rgalign_reasoner.json").get("digest") if shipped else None
+    out = Path(out) if out else SHIPPED_BASES / key
+    tmp = out.with_name(out.name + ".building")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        build_reasoner(world, replace(cfg, reuse_base=False, tracking=False), tmp)
+    finally:
+        torch.set_num_threads(before)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    digest = _meta(out, "rgalign_reasoner.json")["digest"]
+    return {"key": key, "path": str(out), "digest": digest, "shipped_digest": was, "matches": was == digest}
+
+
 def register_base(reasoner: str | Path, world: Path, cfg: WorkflowConfig) -> str:
     """Register a built reasoner as a version of ``<env>.reasoner-base`` (alias ``current``), tagged with the
     ``base_key`` of ``cfg``'s reasoner settings and ``world``, which later runs look it up by."""
@@ -337,8 +376,9 @@ def build_reasoner(world_folder: str | Path, cfg: WorkflowConfig, out: str | Pat
     key, reg = base_key(rcfg, world), Registry(cfg.uri, cfg.root)
     reuse = cfg.reuse_base and cfg.tracking   # the base lives in the MLflow registry
     base = reg.find(cfg.env, "reasoner-base", {"base_key": key}) if reuse else None
-    if base is not None:
-        src = reg.download(cfg.env, "reasoner-base", base["version"], "rgalign_reasoner.json")
+    shipped = shipped_base(key) if cfg.reuse_base and base is None else None
+    src = reg.download(cfg.env, "reasoner-base", base["version"], "rgalign_reasoner.json") if base else shipped
+    if src is not None:
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(src, out)
@@ -355,7 +395,7 @@ def build_reasoner(world_folder: str | Path, cfg: WorkflowConfig, out: str | Pat
                        "distil_last": meta.get("distil_last") or 0.0, "seconds": meta.get("seconds", 0.0), **check},
                       {"pretrain_loss": meta.get("losses", []), "distil_loss": meta.get("distil_losses", [])},
                       {"reasoner_digest": meta.get("digest"), "base_key": key,
-                       "reused_base": base["version"] if base else "",
+                       "reused_base": base["version"] if base else "shipped" if shipped else "",
                        "check": "off" if not check else "PASS" if check["check.passed"] else "FAIL"},
                       text={"reasoner_check.md": checked["table"]} if checked else None)
     _add_meta(path, "rgalign_reasoner.json", {"mlflow_run_id": run_id})
@@ -365,7 +405,7 @@ def build_reasoner(world_folder: str | Path, cfg: WorkflowConfig, out: str | Pat
         except Exception as e:  # the base only saves the next run's build: this run goes on without it
             import warnings
             warnings.warn(f"could not register the base reasoner ({e}); the next run will build again", stacklevel=2)
-    return {"loss_last": meta.get("loss_last") or 0.0, "reused_base": float(base is not None),
+    return {"loss_last": meta.get("loss_last") or 0.0, "reused_base": float(src is not None),
             **{k: v for k, v in check.items() if not k.endswith(".lo")}}
 
 

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -67,15 +68,23 @@ def build_micro_reasoner(out):
 @pytest.fixture(scope="session")
 def built_reasoner(ci_world, tmp_path_factory):
     """The main job's raw reasoner on the ci world (its default settings: LM loss + MiniLM distillation,
-    checked): what ``rgalign pipeline run`` builds on a fresh machine, once per test session (~6 min)."""
+    checked): what ``rgalign pipeline run`` starts from on a fresh machine, i.e. the base the package ships for
+    these settings (``test_workflow.py`` checks that it ships one and that builds are deterministic). Built
+    here (~6 min) only when the package ships none."""
+    import shutil
+
     import torch
 
     from rgalign import workflow
+    cfg = workflow.WorkflowConfig(tracking=False)
+    out = tmp_path_factory.mktemp("built") / "reasoner"
+    shipped = workflow.shipped_base(workflow.base_key(cfg.reasoner(), ci_world))
+    if shipped is not None:
+        return Path(shutil.copytree(shipped, out))
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        out = tmp_path_factory.mktemp("built") / "reasoner"
-        workflow.build_reasoner(ci_world, workflow.WorkflowConfig(tracking=False), out)
+        workflow.build_reasoner(ci_world, cfg, out)
     finally:
         torch.set_num_threads(before)
     return out

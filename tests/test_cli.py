@@ -60,3 +60,17 @@ def test_user_errors_are_one_line_and_internal_errors_keep_their_traceback(monke
     monkeypatch.setattr(cli, "cmd_world_show", lambda args: {}["a bug"])
     with pytest.raises(KeyError, match="a bug"):
         main(["world", "show", str(small_world)])
+
+
+def test_the_next_steps_a_pipeline_run_prints_name_its_folders_and_real_commands(tmp_path):
+    from rgalign.cli import _next_steps, build_parser
+    from test_docs import check
+    assert _next_steps(tmp_path, "dev") is None                      # no run yet: nothing to point at
+    pf = tmp_path / "kfp" / "rgalign-training-2026-12-01" / "prepare-features"
+    (pf / "world" / "ci-s0").mkdir(parents=True)
+    (pf / "world" / "ci-s0" / "manifest.json").write_text("{}")
+    text = _next_steps(tmp_path, "staging")
+    commands = [line.strip().split("   (")[0] for line in text.splitlines() if line.strip().startswith("rgalign ")]
+    assert len(commands) == 3 and all(check(c, build_parser()) is None for c in commands)
+    assert f"--world {pf / 'world' / 'ci-s0'} --feast-dir {pf / 'feast' / 'ci-s0'}" in commands[0]
+    assert "--env staging --alias candidate" in commands[0]

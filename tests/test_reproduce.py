@@ -24,12 +24,12 @@ def test_improvement_rows_follow_the_paper_definitions():
 
 
 @pytest.mark.slow
-def test_reproduce_ci_end_to_end(tmp_path, two_threads, half_ci_sizes):
+def test_reproduce_ci_end_to_end(tmp_path, two_threads, half_ci_sizes, built_reasoner):
     from rgalign.cli import main
-    # ci scale at half its sizes, 2 seeds (the least that has a seed spread) and a 40-step reasoner (mechanics;
-    # the built reasoner's quality is tests/test_reasoner.py's): every step and row, in half the time
-    small = ["--seeds", "2", "--pretrain-steps", "40",
-             *(a for k, v in half_ci_sizes.items() for a in (f"--{k.replace('_', '-')}", str(v)))]
+    # ci scale from the main job's base reasoner at a quarter of its sizes, 2 ranker epochs and 2 seeds (the least
+    # that has a seed spread): every step and row (mechanics; the figures are the README's bench-scale run's)
+    small = ["--seeds", "2", "--reasoner", str(built_reasoner), "--ranker-epochs", "2",
+             *(a for k, v in half_ci_sizes.items() for a in (f"--{k.replace('_', '-')}", str(v // 2)))]
     assert main(["reproduce", "--scale", "ci", "--out", str(tmp_path), *small]) == 0
     md = (tmp_path / "reproduce.md").read_text()
     for row in ("| Baseline |", "| QE-Rec |", "RGAlign-Rec (Full)", "RGAlign-Rec (SFT&DPO)", "BGE-style",

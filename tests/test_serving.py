@@ -34,7 +34,7 @@ def bundle(tmp_path_factory, micro_reasoner):
     world = generate_world(WorldConfig(scale="ci", n_users=300), root / "worlds", progress=False)
     ranker = root / "ranker"
     train_ranker(world.parent, micro_reasoner, WorkflowConfig(max_train=200, max_val=50, max_eval=50, ranker_epochs=1,
-                                                              tracking=False), ranker)
+                                                              tracking=False, check_reasoner=False), ranker)
     FeatureStoreSession(world).materialize()
     return {"world": world, "ranker": ranker, "reasoner": Path(micro_reasoner)}
 

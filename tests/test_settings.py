@@ -407,12 +407,13 @@ def test_every_deploy_setting_changes_the_rendered_manifests(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ the reasoner check
-def test_every_reasoner_check_setting_acts(small_world, micro_reasoner):
+def test_every_reasoner_check_setting_acts(small_world, micro_reasoner, tmp_path):
     from rgalign.config import ReasonerCheckConfig
     from rgalign.reasoner.check import CheckReport, check_reasoner
     from rgalign.reasoner.ltp import LTPEncoder
     from rgalign.reasoner.sources import load_reasoner
-    enc = LTPEncoder(load_reasoner(micro_reasoner))
+    # an LTP cache: the probes re-embed the same texts, which then cost nothing (the check's figures are the same)
+    enc = LTPEncoder(load_reasoner(micro_reasoner), max_prompt_tokens=128, cache=tmp_path / "ltp")
     base = ReasonerCheckConfig(n_contexts=60, n_utterances=54, references="tfidf", min_retrieval_ratio=0.0, n_boot=50)
 
     def run(**kw):

@@ -192,6 +192,45 @@ def test_build_reasoner_registers_a_base_and_the_next_run_starts_from_it(tmp_pat
     assert len(builds) == 3 and len(Registry(root=cfg.root).versions("dev", "reasoner-base")) == 3
 
 
+def test_a_shipped_base_is_rebuilt_identically_then_copied_and_registered_instead_of_built(tmp_path, small_world,
+                                                                                           monkeypatch):
+    """``rgalign reasoner base`` writes the package's shipped base for a key and says whether a rebuild matches it;
+    a fresh machine (empty registry) copies the shipped base instead of pre-training and registers it."""
+    from rgalign.reasoner import sources
+    from rgalign.registry import Registry
+    monkeypatch.setattr(workflow, "SHIPPED_BASES", tmp_path / "bases")
+    cfg = WorkflowConfig(reasoner_steps=2, pretrain_batch=1, corpus_sessions=20, distil_teacher="hashing",
+                         check_reasoner=False, artifacts=str(tmp_path / "a"))
+    first = workflow.build_base(small_world, cfg)
+    key = workflow.base_key(cfg.reasoner(), small_world)
+    assert first["shipped_digest"] is None and first["path"] == str(tmp_path / "bases" / key)
+    again = workflow.build_base(small_world, cfg)
+    assert again["matches"] and again["shipped_digest"] == first["digest"]      # the build is deterministic
+    builds = []
+    real = sources.build_reasoner
+    monkeypatch.setattr(sources, "build_reasoner", lambda *a, **k: builds.append(a[0]) or real(*a, **k))
+    res = workflow.build_reasoner(small_world, cfg, tmp_path / "r1")
+    assert res["reused_base"] == 1.0 and not builds
+    assert json.loads((tmp_path / "r1" / "rgalign_reasoner.json").read_text())["digest"] == first["digest"]
+    (v,) = Registry(root=cfg.root).versions("dev", "reasoner-base")
+    assert v["tags"]["base_key"] == key and v["tags"]["reasoner_digest"] == first["digest"]
+    assert workflow.build_reasoner(small_world, replace(cfg, reasoner_steps=3), tmp_path / "r2")["reused_base"] == 0.0
+    assert len(builds) == 1                                                     # other settings: no shipped base
+
+
+def test_the_package_ships_the_main_jobs_base_reasoner_for_the_default_world(ci_world):
+    cfg = WorkflowConfig()
+    key = workflow.base_key(cfg.reasoner(), ci_world)
+    shipped = workflow.shipped_base(key)
+    assert shipped is not None, (f"no shipped base for key {key}: the main job's reasoner settings changed; rebuild it "
+                                 f"with `rgalign reasoner base --world <ci world>` and commit rgalign/reasoner/bases/{key}")
+    meta = json.loads((shipped / "rgalign_reasoner.json").read_text())
+    check = json.loads((shipped / workflow.CHECK_FILE).read_text())
+    assert meta["config_digest"] == cfg.reasoner().digest() and meta["world"] == ci_world.name
+    assert check["passed"] and check["digest"] == meta["digest"]          # checked, and the check is of these weights
+    assert sorted(p.name for p in workflow.SHIPPED_BASES.iterdir() if p.is_dir()) == [key]   # nothing stale ships
+
+
 def test_register_refuses_a_candidate_the_gate_did_not_pass(tmp_path):
     (tmp_path / "gate").mkdir()
     (tmp_path / "gate" / "gate.json").write_text(json.dumps({"passed": False, "reasons": ["MRR below the floor"]}))
