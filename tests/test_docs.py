@@ -50,3 +50,21 @@ def test_the_check_catches_a_renamed_command_and_flag():
     assert "no subcommand 'pipelines'" in check("rgalign pipelines run", parser)
     assert "no flag --tolerance" in check("rgalign models promote --kind ranker --tolerance 0.01", parser)
     assert check("rgalign models promote --kind ranker --version 3 --to champion --margin 0.01", parser) is None
+
+
+def test_every_relative_link_and_image_in_the_docs_exists():
+    missing = []
+    for doc in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if "://" in target or target.startswith("#"):
+                continue
+            if not (doc.parent / target.split("#")[0]).exists():
+                missing.append(f"{doc.relative_to(ROOT)} -> {target}")
+    assert missing == []
+
+
+def test_user_docs_carry_no_development_history():
+    """No issue numbers or work sessions in what users read: a claim names its command and machine instead."""
+    pattern = re.compile(r"issue #\d|\bsession \d|\(session|an earlier session|scratch screen", re.I)
+    hits = [f"{doc.relative_to(ROOT)}: {m.group(0)!r}" for doc in DOCS for m in pattern.finditer(doc.read_text())]
+    assert hits == []
