@@ -112,6 +112,9 @@ class RankerConfig(_Config):
     intent_id_dropout: float = _f(0.0, "qe-rec: in training, zero a candidate's intent-ID embedding with this "
                                         "probability (as if the intent were new), so the text path learns to rank "
                                         "on its own")
+    query_loss_weight: float = _f(0.25, "qe-rec: weight of a second Eq. 5 term on the query half alone, cos(z_i, z_q) "
+                                       "(deep supervision beyond the paper: the query tower learns to rank by itself, "
+                                       "so the reward can read it); 0 = the paper's loss only")
     confidence: bool = _f(True, "qe-rec: weight samples by the learned confidence predictor (Eq. 5)")
     confidence_floor: float = _f(0.5, "minimum per-sample weight, keeps the weights from collapsing")
     confidence_span: float = _f(0.0, "bound on the confidence predictor's logits (s * tanh): one sample weighs at most "
@@ -143,6 +146,8 @@ class RankerConfig(_Config):
             raise ValueError(f"d={self.d} must be divisible by heads={self.heads}")
         if self.intent_id_std <= 0:
             raise ValueError(f"intent_id_std must be > 0, got {self.intent_id_std}")
+        if self.query_loss_weight < 0:
+            raise ValueError(f"query_loss_weight must be >= 0 (0 = the paper's loss only), got {self.query_loss_weight}")
         if self.confidence_span < 0:
             raise ValueError(f"confidence_span must be >= 0 (0 = unbounded), got {self.confidence_span}")
         if not 0 <= self.intent_id_dropout < 1:

@@ -77,7 +77,7 @@ RANKER = {
     "batch_size": (64, "scores", {}), "n_neg": (5, "scores", {}), "user_tower": ("hierarchical", "scores", {}),
     "non_seq": ("autoint", "scores", {"user_tower": "hierarchical"}), "user_activation": ("tanh", "scores", {}),
     "intent_id_std": (0.01, "scores", {}), "intent_family": (True, "scores", {}),
-    "intent_id_dropout": (0.5, "scores", {}), "confidence": (False, "scores", {}),
+    "intent_id_dropout": (0.5, "scores", {}), "query_loss_weight": (0.0, "scores", {}), "confidence": (False, "scores", {}),
     "confidence_floor": (0.1, "scores", {}), "confidence_span": (0.5, "scores", {}),
     "user_buckets": (1000, "scores", {}), "seed": (1, "scores", {}),
     "query_encoder": ("lsa", "refused", {}), "query_dim": (128, "refused", {}), "intent_encoder": ("hashing", "refused", {}),

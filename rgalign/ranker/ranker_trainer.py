@@ -106,12 +106,15 @@ class RankerTrainer:
         cand, y, mask = candidate_lists(batch.clicked, batch.shown, self.cfg.n_neg, self.neg_probs, gen)
         x = batch.inputs
         if self.cfg.model == "qe-rec":
-            z_u = self.model.user(x)
-            s = qe_score(z_u, self.model.intent_tower(cand), self.model.query_tower(batch.query), self.model.w)
+            z_u, z_i, z_q = self.model.user(x), self.model.intent_tower(cand), self.model.query_tower(batch.query)
+            s = qe_score(z_u, z_i, z_q, self.model.w)
             wts = self.confidence(z_u, batch.click_pos) if self.confidence is not None else None
         else:
             s, wts = self.model(x, None, cand), None
         loss = weighted_intent_loss(s, y, wts, mask)
+        if self.cfg.model == "qe-rec" and self.cfg.query_loss_weight > 0:
+            # Eq. 5 once more on the query term alone (qe_score at w = 0 is cos(z_i, z_q)): deep supervision
+            loss = loss + self.cfg.query_loss_weight * weighted_intent_loss(qe_score(z_u, z_i, z_q, 0.0), y, wts, mask)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self._params(), self.cfg.grad_clip)

@@ -1,0 +1,104 @@
+"""The query half of QE-Rec: how well cos(z_i, z_q) ranks alone, by the weight of its own loss term.
+
+Trains the Stage-1 QE-Rec (the pipeline's settings, ``WorkflowConfig``) on a reasoner's LTP at each
+``--weights`` value of ``RankerConfig.query_loss_weight`` and each ``--seeds`` seed, on the sessions the
+pipeline uses, and reports validation-day MRR (what a choice may read) and evaluation-week MRR (reported)
+of the full model and of its query half alone, each next to the popularity floor: a paired bootstrap interval
+per seed and a Student-t interval over the seeds (``rgalign.metrics.across_seeds``).
+
+    python bench/query_half.py --run artifacts/kfp/<run> --reasoner build-reasoner/reasoner --seeds 0,1,2
+
+``--run`` is a local pipeline run folder (its world and reasoner are read); ~30 s a model on 2 cores at ci
+scale once the LTP cache exists. Writes query_half.{md,json} to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from rgalign import workflow
+from rgalign.metrics import across_seeds, evaluate_ranks, paired_difference
+from rgalign.ranker.data import RankerData
+from rgalign.ranker.ranker_trainer import model_ranks
+from rgalign.ranker.stage1 import run_ranker
+from rgalign.world.generate import popularity_ranks
+
+
+def measure(run: Path, reasoner: Path, weight: float, seed: int, out: Path) -> dict:
+    world = next((run / "prepare-features" / "world").glob("*/manifest.json")).parent
+    cfg = workflow.WorkflowConfig(tracking=False)
+    rcfg = replace(cfg.ranker("qe-rec"), query_loss_weight=weight, seed=seed)
+    inputs = workflow.ltp_inputs(world, reasoner, rcfg, progress=False, **cfg.inputs_kw)
+    res = run_ranker(rcfg, world, False, None, out, inputs, False, label=f"lambda={weight}")
+    row = {"weight": weight, "seed": seed, "best_epoch": res.result.best_epoch}
+    for split, target in (("val", "clicked_intent"), ("eval", "true_intent")):
+        frame = getattr(inputs, split)
+        data = RankerData.build(frame, res.result.spec, inputs.query[split], target)
+        pop = popularity_ranks(inputs.train_clicks, frame[target].to_numpy())
+        for name, ranks in (("full", model_ranks(res.result.model, data)),
+                            ("query", model_ranks(res.result.model, data, query_half=True))):
+            mrr = evaluate_ranks(ranks, frame.user_id.to_numpy(), inputs.n_intents)["MRR"]
+            d = paired_difference(ranks, pop)["MRR"]
+            row[f"{split}_{name}"] = mrr.value
+            row[f"{split}_{name}_vs_pop"] = [d.value, d.lo, d.hi]
+        row[f"{split}_pop"] = evaluate_ranks(pop, frame.user_id.to_numpy(), inputs.n_intents)["MRR"].value
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    def pct(x):
+        return f"{100 * x:.2f}"
+
+    def ci(v):
+        return f"{100 * v[0]:+.2f} [{100 * v[1]:+.2f}, {100 * v[2]:+.2f}]"
+    out = ["| lambda | seed | val MRR full | val MRR query half | query half - popularity (val) | eval MRR full | "
+           "eval MRR query half | query half - popularity (eval) |", "|---:|---|---:|---:|---|---:|---:|---|"]
+    for r in rows:
+        out.append(f"| {r['weight']} | {r['seed']} | {pct(r['val_full'])} | {pct(r['val_query'])} | "
+                   f"{ci(r['val_query_vs_pop'])} | {pct(r['eval_full'])} | {pct(r['eval_query'])} | "
+                   f"{ci(r['eval_query_vs_pop'])} |")
+    for w in sorted({r["weight"] for r in rows}):
+        rs = [r for r in rows if r["weight"] == w]
+        if len(rs) > 1:
+            cells = []
+            for k in ("val_full", "val_query", "val_query_vs_pop", "eval_full", "eval_query", "eval_query_vs_pop"):
+                m = across_seeds([r[k][0] if isinstance(r[k], list) else r[k] for r in rs])
+                cells.append(f"{100 * m.value:+.2f} [{100 * m.lo:+.2f}, {100 * m.hi:+.2f}]" if k.endswith("pop")
+                             else f"{100 * m.value:.2f} ± {100 * (m.hi - m.value):.2f}")
+            out.append(f"| {w} | mean of {len(rs)} | " + " | ".join(cells) + " |")
+    pop = rows[0]
+    out.append(f"\npopularity floor: val MRR {pct(pop['val_pop'])}, eval MRR {pct(pop['eval_pop'])} (same sessions)")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", required=True, help="a local pipeline run folder (artifacts/kfp/rgalign-training-...)")
+    ap.add_argument("--reasoner", default="build-reasoner/reasoner", help="reasoner folder inside --run (the raw one "
+                                                                          "Stage 1 reads) or an absolute path")
+    ap.add_argument("--weights", default="0,0.25,0.5", help="query_loss_weight values")
+    ap.add_argument("--seeds", default="0", help="ranker seeds")
+    ap.add_argument("--out", default="artifacts/bench/query_half")
+    args = ap.parse_args()
+    run, out = Path(args.run), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    reasoner = run / args.reasoner if not Path(args.reasoner).is_absolute() else Path(args.reasoner)
+    rows = []
+    for w in (float(x) for x in args.weights.split(",")):
+        for s in (int(x) for x in args.seeds.split(",")):
+            rows.append(measure(run, reasoner, w, s, out))
+            print(f"lambda={w} seed={s}: val full {100 * rows[-1]['val_full']:.2f} query {100 * rows[-1]['val_query']:.2f}",
+                  flush=True)
+    md = table(rows)
+    (out / "query_half.md").write_text(md + "\n")
+    (out / "query_half.json").write_text(json.dumps(rows, indent=1, default=float))
+    print(md)
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()
