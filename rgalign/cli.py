@@ -472,15 +472,18 @@ def cmd_deploy(args) -> int:
     return 0
 
 
-def _arm(ref: str, args):
+def _arm(ref: str, args, other: str = "champion"):
     """An A/B arm: a recommend endpoint URL, ``popularity`` (the floor), or a registry alias/version served in
-    process."""
+    process. The popularity arm reads its list through the other arm's registry version (``other``) when that
+    is one, else through the champion."""
     if ref.startswith(("http://", "https://")):
         return ref
     from rgalign.recommend import Recommender
     from rgalign.registry import Registry
+    if ref == "popularity":
+        other = other if other != "popularity" and not other.startswith(("http://", "https://")) else "champion"
     rec = Recommender.from_registry(Registry(args.tracking_uri, args.artifacts), args.env,
-                                    "champion" if ref == "popularity" else ref, args.world, args.feast_dir)
+                                    other if ref == "popularity" else ref, args.world, args.feast_dir)
     return rec.popularity if ref == "popularity" else rec.recommend
 
 
@@ -495,7 +498,8 @@ def cmd_monitor(args) -> int:
             client = ChatClient(args.judge_url, args.judge_model, max_tokens=8)
             client.check("judge", "--judge-url")
             judge = IntentJudge(client, pd.read_parquet(Path(args.world) / "kb.parquet"))
-        res = jobs.run_ab(args.world, _arm(args.champion, args), _arm(args.challenger, args), args.share, args.days,
+        res = jobs.run_ab(args.world, _arm(args.champion, args, args.challenger), _arm(args.challenger, args, args.champion),
+                          args.share, args.days,
                           args.max_sessions, args.out, args.workspace, judge=judge)
         print(res["table"])
         if args.out:

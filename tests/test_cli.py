@@ -74,3 +74,19 @@ def test_the_next_steps_a_pipeline_run_prints_name_its_folders_and_real_commands
     assert len(commands) == 3 and all(check(c, build_parser()) is None for c in commands)
     assert f"--world {pf / 'world' / 'ci-s0'} --feast-dir {pf / 'feast' / 'ci-s0'}" in commands[0]
     assert "--env staging --alias candidate" in commands[0]
+
+
+def test_the_popularity_arm_reads_through_the_other_arms_version_so_a_candidate_needs_no_champion(monkeypatch):
+    import argparse
+
+    import rgalign.cli as cli
+    from rgalign.recommend import Recommender
+    asked = []
+
+    class Fake:
+        popularity, recommend = "popularity-list", "ranked"
+    monkeypatch.setattr(Recommender, "from_registry", classmethod(lambda cls, reg, env, ref, *a: asked.append(ref) or Fake))
+    args = argparse.Namespace(tracking_uri=None, artifacts="unused", env="dev", world="w", feast_dir=None)
+    assert cli._arm("popularity", args, "candidate") == "popularity-list" and asked == ["candidate"]
+    assert cli._arm("popularity", args, "http://127.0.0.1:8081/v1/models/recommend:predict") == "popularity-list"
+    assert cli._arm("candidate", args, "popularity") == "ranked" and asked[1:] == ["champion", "candidate"]
