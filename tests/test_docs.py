@@ -68,3 +68,22 @@ def test_user_docs_carry_no_development_history():
     pattern = re.compile(r"issue #\d|\bsession \d|\(session|an earlier session|scratch screen", re.I)
     hits = [f"{doc.relative_to(ROOT)}: {m.group(0)!r}" for doc in DOCS for m in pattern.finditer(doc.read_text())]
     assert hits == []
+
+
+def test_generated_result_blocks_match_their_sources_and_go_stale_when_a_source_changes(tmp_path):
+    import importlib.util
+    import shutil
+    spec = importlib.util.spec_from_file_location("docs_results", ROOT / "scripts" / "docs_results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert len(mod.BLOCK.findall((ROOT / "docs" / "results.md").read_text())) >= 2
+    assert mod.main(["--check"]) == 0                       # the committed pages are what their sources say
+    docs = tmp_path / "docs"
+    shutil.copytree(ROOT / "docs", docs)
+    src = docs / "results" / "query_half.md"
+    src.write_text(src.read_text().replace("| ltp |", "| LTP |", 1) + "\nanother row\n")
+    assert mod.main(["--check", "--docs", str(docs)]) == 1
+    assert mod.main(["--docs", str(docs)]) == 0 and "another row" in (docs / "results.md").read_text()
+    assert mod.main(["--check", "--docs", str(docs)]) == 0
+    (docs / "results" / "query_half.md").unlink()
+    assert mod.main(["--check", "--docs", str(docs)]) == 2  # a missing source names the command that writes it
