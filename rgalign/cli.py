@@ -545,6 +545,7 @@ def cmd_ui(args) -> int:
                                 "(rgalign monitor ab|drift|publish --workspace DIR)")
     cmd = [str(exe), "ui", "--workspace", str(args.workspace), "--host", args.host, "--port", str(args.port)]
     print(" ".join(cmd), flush=True)
+    print(f"Evidently UI on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
     os.execv(cmd[0], cmd)
     return 0
 
@@ -655,7 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--gate-metric", default="MRR", help="offline metric compared with the champion")
             c.add_argument("--margin", type=float, default=0.005, help="non-inferiority margin of the gate metric "
                                                                         "(absolute; 0.005 = 0.5 points)")
-            c.add_argument("--override", action="store_true", help="promote despite the gate (recorded)")
+            c.add_argument("--override", action="store_true", help="promote despite the gate (recorded; needs --reason)")
         if name in ("promote", "rollback"):
             c.add_argument("--reason", default=None, help="why (kept in the audit trail)")
         c.set_defaults(fn=cmd_models)
@@ -697,7 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--challenger", required=True, help="recommend endpoint URL (V1), registry alias/version, or popularity")
     ab.add_argument("--share", type=float, default=0.5, help="challenger traffic share (sticky per user)")
     ab.add_argument("--days", type=int, default=2, help="days of the evaluation week to replay")
-    ab.add_argument("--max-sessions", type=int, default=2000)
+    ab.add_argument("--max-sessions", type=int, default=2000, help="cap on replayed sessions (a seeded sample of the "
+                                                                  "replayed days)")
     ab.add_argument("--out", default=None, help="session log parquet (never overwritten)")
     ab.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint of the intent-hit LLM judge")
     ab.add_argument("--judge-model", default="gpt-5-mini", help="the judge's model name")

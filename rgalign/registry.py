@@ -146,10 +146,15 @@ class Registry:
             raise RegistryError(f"alias={alias!r}; use one of {ALIASES}")
         if margin < 0:
             raise RegistryError(f"margin must be >= 0, got {margin}")
+        if override and not (reason or "").strip():
+            raise RegistryError("--override needs --reason '...': why the gate is set aside (kept in the audit trail)")
         name = model_name(env, kind)
         client = self.client
         version = self._resolve(name, ref)
         current = client.get_registered_model(name).aliases.get(alias)
+        if current is not None and str(current) == version:   # nothing moves: said, not audited as a change
+            return {"model": name, "version": version, "alias": alias, "previous": version, "changed": False,
+                    "note": f"{name} v{version} already holds '{alias}': nothing changed"}
         gate = {}
         if alias == "champion" and str(current) != version:
             gate = self._champion_gate(name, version, None if current is None else str(current), gate_metric, margin)
@@ -166,7 +171,7 @@ class Registry:
             client.set_model_version_tag(name, version, "gate_override", json.dumps({**gate, "reason": reason or ""}))
         self._audit("promote", name, version, current, alias, {**gate, "override": override, "reason": reason or ""})
         return {"model": name, "version": version, "alias": alias, "previous": None if current is None else str(current),
-                **gate}
+                "changed": True, **gate}
 
     def _champion_gate(self, name: str, version: str, champion: str | None, metric: str, margin: float) -> dict:
         """The non-inferiority check of a promotion to champion (see ``promote``); ``gate`` is passed, refused

@@ -47,6 +47,14 @@ def test_gate_refuses_a_regression_then_override_is_recorded_and_rollback_restor
     assert actions == [("register", v1), ("promote", v1), ("register", v2), ("promote-refused", v2),
                        ("promote", v2), ("rollback", v1)]
     assert [a for a in reg.audit() if a["action"] == "promote" and a["version"] == v2][0]["override"] == "True"
+    # a no-op promotion says so and writes no audit line; an override needs a reason
+    again = reg.promote("dev", "reasoner", v1, "champion")
+    assert again["changed"] is False and "already holds 'champion'" in again["note"]
+    assert len(reg.audit("dev", "reasoner")) == len(actions)
+    for reason in (None, "  "):
+        with pytest.raises(RegistryError, match="--override needs --reason"):
+            reg.promote("dev", "reasoner", v2, "champion", override=True, reason=reason)
+    assert reg.show("dev", "reasoner", "champion")["version"] == v1 and len(reg.audit("dev", "reasoner")) == len(actions)
 
 
 def test_without_a_champion_the_runs_baseline_is_the_reference(reg, micro_reasoner):
