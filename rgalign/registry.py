@@ -235,6 +235,8 @@ class Registry:
             raise RegistryError(f"{name} has no champion to roll back")
         prev = client.get_model_version(name, str(current)).tags.get("previous_champion")
         if not prev:
+            self._audit("rollback-refused", name, str(current), current, "champion",
+                        {"reason": reason or "", "why": "replaced no earlier champion"})
             raise RegistryError(f"{name} champion v{current} replaced no earlier champion; nothing to roll back to")
         self._require_version(name, prev)
         client.set_registered_model_alias(name, "champion", prev)

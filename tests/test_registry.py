@@ -55,6 +55,10 @@ def test_gate_refuses_a_regression_then_override_is_recorded_and_rollback_restor
         with pytest.raises(RegistryError, match="--override needs --reason"):
             reg.promote("dev", "reasoner", v2, "champion", override=True, reason=reason)
     assert reg.show("dev", "reasoner", "champion")["version"] == v1 and len(reg.audit("dev", "reasoner")) == len(actions)
+    with pytest.raises(RegistryError, match="replaced no earlier champion"):   # v1 was the first champion
+        reg.rollback("dev", "reasoner", reason="try")
+    assert [(a["action"], a["version"]) for a in reg.audit("dev", "reasoner")][-1] == ("rollback-refused", v1)
+    assert reg.show("dev", "reasoner", "champion")["version"] == v1
 
 
 def test_without_a_champion_the_runs_baseline_is_the_reference(reg, micro_reasoner):
