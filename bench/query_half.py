@@ -26,11 +26,8 @@ import numpy as np
 
 from rgalign import workflow
 from rgalign.metrics import across_seeds, evaluate_ranks, paired_difference
-from rgalign.ranker.data import RankerData
 from rgalign.ranker.inputs import load_ranker_inputs
-from rgalign.ranker.ranker_trainer import model_ranks
 from rgalign.ranker.stage1 import run_ranker
-from rgalign.world.generate import popularity_ranks
 
 
 def measure(run: Path, reasoner: Path, weight: float, seed: int, out: Path, query: str = "ltp") -> dict:
@@ -48,19 +45,16 @@ def measure(run: Path, reasoner: Path, weight: float, seed: int, out: Path, quer
                                     rcfg.max_train_sessions, kw["data_seed"], False,
                                     max_val_sessions=kw["max_val_sessions"], max_eval_sessions=kw["max_eval_sessions"])
     res = run_ranker(rcfg, world, False, None, out, inputs, False, label=f"lambda={weight}")
+    r = workflow.split_ranks(res.result.model, res.result.spec, inputs)    # the ranks the pipeline's gate reads
     row = {"query": query, "weight": weight, "seed": seed, "best_epoch": res.result.best_epoch, "ranks": {}}
-    for split, target in (("val", "clicked_intent"), ("eval", "true_intent")):
-        frame = getattr(inputs, split)
-        data = RankerData.build(frame, res.result.spec, inputs.query[split], target)
-        pop = popularity_ranks(inputs.train_clicks, frame[target].to_numpy())
-        for name, ranks in (("full", model_ranks(res.result.model, data)),
-                            ("query", model_ranks(res.result.model, data, query_half=True))):
-            mrr = evaluate_ranks(ranks, frame.user_id.to_numpy(), inputs.n_intents)["MRR"]
+    for split in ("val", "eval"):
+        pop, users = r[f"popularity_{split}"], r[f"users_{split}"]
+        for name, ranks in (("full", r[split]), ("query", r[f"query_{split}"])):
             d = paired_difference(ranks, pop)["MRR"]
-            row[f"{split}_{name}"] = mrr.value
+            row[f"{split}_{name}"] = evaluate_ranks(ranks, users, inputs.n_intents)["MRR"].value
             row["ranks"][f"{split}_{name}"] = ranks
             row[f"{split}_{name}_vs_pop"] = [d.value, d.lo, d.hi]
-        row[f"{split}_pop"] = evaluate_ranks(pop, frame.user_id.to_numpy(), inputs.n_intents)["MRR"].value
+        row[f"{split}_pop"] = evaluate_ranks(pop, users, inputs.n_intents)["MRR"].value
     return row
 
 

@@ -351,10 +351,14 @@ def _pipeline_config(args):
     return config_from_args(WorkflowConfig, args)
 
 
+def _runs_newest_first(root: Path) -> list[Path]:
+    """The local training-pipeline run folders under ``root``, newest first."""
+    return sorted((root / "kfp").glob("rgalign-training-*"), key=lambda p: p.stat().st_mtime)[::-1]
+
+
 def _gate_report(root: Path) -> str | None:
     """The gate report of the newest local pipeline run under ``root``."""
-    runs = sorted((root / "kfp").glob("rgalign-training-*"), key=lambda p: p.stat().st_mtime)
-    for run in reversed(runs):
+    for run in _runs_newest_first(root):
         hits = sorted(run.rglob("gate/gate.md"))
         if hits:
             return hits[0].read_text()
@@ -409,8 +413,7 @@ def cmd_pipeline(args) -> int:
 
 def _next_steps(root: Path, env: str) -> str | None:
     """The commands that serve and watch what the newest local pipeline run registered, with its real paths."""
-    runs = sorted((root / "kfp").glob("rgalign-training-*"), key=lambda p: p.stat().st_mtime)
-    for run in reversed(runs):
+    for run in _runs_newest_first(root):
         worlds = sorted((run / "prepare-features" / "world").glob("*/manifest.json"))
         if worlds:
             w = worlds[0].parent
@@ -476,15 +479,16 @@ def _arm(ref: str, args, other: str = "champion"):
     """An A/B arm: a recommend endpoint URL, ``popularity`` (the floor), or a registry alias/version served in
     process. The popularity arm reads its list through the other arm's registry version (``other``) when that
     is one, else through the champion."""
+    def served(r: str) -> bool:      # a registry alias or version, served in process
+        return r != "popularity" and not r.startswith(("http://", "https://"))
     if ref.startswith(("http://", "https://")):
         return ref
     from rgalign.recommend import Recommender
     from rgalign.registry import Registry
-    if ref == "popularity":
-        other = other if other != "popularity" and not other.startswith(("http://", "https://")) else "champion"
-    rec = Recommender.from_registry(Registry(args.tracking_uri, args.artifacts), args.env,
-                                    other if ref == "popularity" else ref, args.world, args.feast_dir)
-    return rec.popularity if ref == "popularity" else rec.recommend
+    via = ref if served(ref) else other if served(other) else "champion"
+    rec = Recommender.from_registry(Registry(args.tracking_uri, args.artifacts), args.env, via, args.world,
+                                    args.feast_dir)
+    return rec.recommend if served(ref) else rec.popularity
 
 
 def cmd_monitor(args) -> int:

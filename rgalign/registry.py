@@ -156,7 +156,7 @@ class Registry:
             return {"model": name, "version": version, "alias": alias, "previous": version, "changed": False,
                     "note": f"{name} v{version} already holds '{alias}': nothing changed"}
         gate = {}
-        if alias == "champion" and str(current) != version:
+        if alias == "champion":
             gate = self._champion_gate(name, version, None if current is None else str(current), gate_metric, margin)
             if gate["gate"] != "passed":
                 if not override:
@@ -164,7 +164,7 @@ class Registry:
                     raise RegistryError(f"gate: {name} v{version} {gate['why']}; pass --override --reason '...' to "
                                         "promote anyway (it is recorded)")
                 gate["gate"] = "overridden"
-        if alias == "champion" and current is not None and str(current) != version:
+        if alias == "champion" and current is not None:
             client.set_model_version_tag(name, version, "previous_champion", str(current))
         client.set_registered_model_alias(name, alias, version)
         if gate.get("gate") == "overridden":

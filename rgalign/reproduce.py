@@ -75,8 +75,8 @@ def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
     from rgalign.ranker.data import RankerData
     from rgalign.ranker.ranker_trainer import RankerTrainer, evaluate_model
     from rgalign.reasoner.ltp import LTPEncoder
-    from rgalign.reasoner.sources import build_reasoner, load_reasoner
-    from rgalign.workflow import align, base_key, generated_query_inputs, ltp_inputs, shipped_base
+    from rgalign.reasoner.sources import load_reasoner
+    from rgalign.workflow import align, base_key, copy_or_build, generated_query_inputs, ltp_inputs, shipped_base
     from rgalign.world.generate import generate_world, headroom_rows, load_manifest
 
     t0 = time.perf_counter()
@@ -95,12 +95,8 @@ def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
     world = generate_world(wcfg.world(), out / "worlds", progress=progress)
     raw = Path(cfg.reasoner) if cfg.reasoner else out / "reasoners" / "raw"
     if not cfg.reasoner and not (raw / "config.json").is_file():
-        shipped = shipped_base(base_key(wcfg.reasoner(), world))   # the main job's base (ci scale, default seed)
-        if shipped is not None:
-            import shutil
-            shutil.copytree(shipped, raw)
-        else:
-            build_reasoner(wcfg.reasoner(), world, raw, progress)
+        # the main job's base when the package ships one for these settings (ci scale, default seed)
+        copy_or_build(wcfg.reasoner(), world, raw, shipped_base(base_key(wcfg.reasoner(), world)), progress)
     t = tick("world + raw reasoner", t)
 
     rcfg = wcfg.ranker("qe-rec")

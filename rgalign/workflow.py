@@ -352,6 +352,20 @@ def build_base(world_folder: str | Path, cfg: WorkflowConfig, out: str | Path | 
     return {"key": key, "path": str(out), "digest": digest, "shipped_digest": was, "matches": was == digest}
 
 
+def copy_or_build(rcfg: ReasonerConfig, world: Path, out: str | Path, src: str | Path | None,
+                  progress: bool = False) -> Path:
+    """The base reasoner folder ``src`` (registered or shipped) copied to ``out``; without one, a reasoner of
+    ``rcfg`` pre-trained there."""
+    from rgalign.reasoner.sources import build_reasoner as build
+    out = Path(out)
+    if src is None:
+        return build(rcfg, world, out, progress=progress)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(src, out)
+    return out
+
+
 def register_base(reasoner: str | Path, world: Path, cfg: WorkflowConfig) -> str:
     """Register a built reasoner as a version of ``<env>.reasoner-base`` (alias ``current``), tagged with the
     ``base_key`` of ``cfg``'s reasoner settings and ``world``, which later runs look it up by."""
@@ -368,23 +382,17 @@ def register_base(reasoner: str | Path, world: Path, cfg: WorkflowConfig) -> str
 
 def build_reasoner(world_folder: str | Path, cfg: WorkflowConfig, out: str | Path) -> dict:
     """The raw query reasoner: the registered base of the same settings and world (``<env>.reasoner-base``)
-    when ``cfg.reuse_base`` finds one, else a tiny Qwen3 with its own tokenizer pre-trained here (LM loss +
-    LTP distillation), checked, and registered as the base the next runs start from."""
+    when ``cfg.reuse_base`` finds one, else the base shipped in the package for that key (``shipped_base``),
+    else a tiny Qwen3 with its own tokenizer pre-trained here (LM loss + LTP distillation); checked, and (when
+    not from the registry) registered as the base the next runs start from."""
     from rgalign.registry import Registry
-    from rgalign.reasoner.sources import build_reasoner as build
     rcfg, world, out = cfg.reasoner(), world_of(world_folder), Path(out)
     key, reg = base_key(rcfg, world), Registry(cfg.uri, cfg.root)
     reuse = cfg.reuse_base and cfg.tracking   # the base lives in the MLflow registry
     base = reg.find(cfg.env, "reasoner-base", {"base_key": key}) if reuse else None
     shipped = shipped_base(key) if cfg.reuse_base and base is None else None
     src = reg.download(cfg.env, "reasoner-base", base["version"], "rgalign_reasoner.json") if base else shipped
-    if src is not None:
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.copytree(src, out)
-        path = out
-    else:
-        path = build(rcfg, world, out, progress=False)
+    path = copy_or_build(rcfg, world, out, src)
     checked = check_step(path, world, cfg, "built")
     if checked:
         (path / CHECK_FILE).write_text(json.dumps(checked, indent=1))
@@ -409,16 +417,32 @@ def build_reasoner(world_folder: str | Path, cfg: WorkflowConfig, out: str | Pat
             **{k: v for k, v in check.items() if not k.endswith(".lo")}}
 
 
+def split_ranks(model, spec, inputs) -> dict[str, np.ndarray]:
+    """0-based target ranks of a trained ranker on the validation days (clicked intent) and the evaluation week
+    (true intent): ``<split>`` (the model), ``query_<split>`` (QE-Rec's query half alone), ``popularity_<split>``
+    (the floor on the same sessions), plus ``users_<split>`` and ``sessions_<split>``."""
+    from rgalign.ranker.data import RankerData
+    from rgalign.ranker.ranker_trainer import model_ranks
+    from rgalign.world.generate import popularity_ranks
+    ranks = {}
+    for split, target in (("val", "clicked_intent"), ("eval", "true_intent")):
+        frame = getattr(inputs, split)
+        data = RankerData.build(frame, spec, inputs.query[split], target)
+        ranks[split] = model_ranks(model, data)
+        if getattr(model, "d_e", 0):
+            ranks[f"query_{split}"] = model_ranks(model, data, query_half=True)
+        ranks[f"popularity_{split}"] = popularity_ranks(inputs.train_clicks, frame[target].to_numpy())
+        ranks[f"users_{split}"], ranks[f"sessions_{split}"] = frame.user_id.to_numpy(), frame.session_id.to_numpy()
+    return ranks
+
+
 def train_ranker(world_folder: str | Path, reasoner: str | Path, cfg: WorkflowConfig, out: str | Path,
                  label: str = "Stage 1", model: str = "qe-rec", progress: bool = False) -> dict:
     """Stage 1 (raw reasoner), Stage 3 (aligned reasoner) or the production baseline (``model="baseline"``,
     which reads no query) on the same sessions: trained with early stopping on the validation days, saved
     as a checkpoint with its validation and evaluation-week ranks (what the gate compares), logged to MLflow."""
     from rgalign.ranker.checkpoint import save_ranker
-    from rgalign.ranker.data import RankerData
-    from rgalign.ranker.ranker_trainer import model_ranks
     from rgalign.ranker.stage1 import run_ranker
-    from rgalign.world.generate import popularity_ranks
     inject_failure(f"train_ranker:{label}")
     world = world_of(world_folder)
     rcfg = cfg.ranker(model)
@@ -427,15 +451,7 @@ def train_ranker(world_folder: str | Path, reasoner: str | Path, cfg: WorkflowCo
         if model != "baseline" else {}
     run = run_ranker(rcfg, world, cfg.tracking, cfg.uri, cfg.root, inputs, progress, label=label,
                      experiment_name=WORKFLOW_EXPERIMENT)
-    ranks, sessions = {}, {}
-    for split, target in (("val", "clicked_intent"), ("eval", "true_intent")):
-        frame = getattr(inputs, split)
-        data = RankerData.build(frame, run.result.spec, inputs.query[split], target)
-        ranks[split], sessions[split] = model_ranks(run.result.model, data), frame.session_id.to_numpy()
-        if getattr(run.result.model, "d_e", 0):
-            ranks[f"query_{split}"] = model_ranks(run.result.model, data, query_half=True)
-        ranks[f"popularity_{split}"] = popularity_ranks(inputs.train_clicks, frame[target].to_numpy())
-        ranks[f"users_{split}"] = frame.user_id.to_numpy()
+    ranks = split_ranks(run.result.model, run.result.spec, inputs)
     metrics = {f"{s}_{k}": v.value for s in ("val", "eval")
                for k, v in evaluate_ranks(ranks[s], ranks[f"users_{s}"], inputs.n_intents).items()}
     fam = inputs.kb.family.astype("category").cat.codes.to_numpy() + 1
@@ -446,7 +462,7 @@ def train_ranker(world_folder: str | Path, reasoner: str | Path, cfg: WorkflowCo
                       "val": {k[4:]: v for k, v in metrics.items() if k.startswith("val_")},
                       "mlflow_run_id": run.run_id, "train_sessions": len(inputs.train),
                       "reasoner_check": {k: checked[k] for k in ("passed", "failures", "metrics") if k in checked}})
-    np.savez(Path(out) / "ranks.npz", **ranks, **{f"sessions_{s}": v for s, v in sessions.items()})
+    np.savez(Path(out) / "ranks.npz", **ranks)
     return metrics
 
 

@@ -212,7 +212,6 @@ class LTPEncoder:
             self._prefix = probes[0][:p] if p >= 8 else []
         return self._prefix
 
-
     @torch.inference_mode()
     def embed_prompts(self, prompts: list[str]) -> np.ndarray:
         """LTP of already rendered prompts, (N, d) float32."""
