@@ -26,7 +26,6 @@ import numpy as np
 
 from rgalign import workflow
 from rgalign.metrics import across_seeds, evaluate_ranks, paired_difference
-from rgalign.ranker.inputs import load_ranker_inputs
 from rgalign.ranker.stage1 import run_ranker
 
 
@@ -40,10 +39,7 @@ def measure(run: Path, reasoner: Path, weight: float, seed: int, out: Path, quer
         inputs = workflow.ltp_inputs(world, reasoner, rcfg, progress=False, **cfg.inputs_kw)
     else:
         rcfg = replace(rcfg, query_encoder=query)
-        kw = cfg.inputs_kw
-        inputs = load_ranker_inputs(world, query, rcfg.query_dim, rcfg.intent_encoder, rcfg.val_days,
-                                    rcfg.max_train_sessions, kw["data_seed"], False,
-                                    max_val_sessions=kw["max_val_sessions"], max_eval_sessions=kw["max_eval_sessions"])
+        inputs = workflow.text_inputs(world, query, rcfg, progress=False, **cfg.inputs_kw)
     res = run_ranker(rcfg, world, False, None, out, inputs, False, label=f"lambda={weight}")
     r = workflow.split_ranks(res.result.model, res.result.spec, inputs)    # the ranks the pipeline's gate reads
     row = {"query": query, "weight": weight, "seed": seed, "best_epoch": res.result.best_epoch, "ranks": {}}

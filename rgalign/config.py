@@ -296,8 +296,23 @@ class ReproduceConfig(_Config):
     dpo_epochs: float | None = _f(None, "RG-DPO epochs")
     dpo_pairs: int | None = _f(None, "RG-DPO preference pairs per context")
     sentence_encoder: str = _f("minilm", "frozen sentence encoder of the BGE-style rows (Table 3)")
+    text_encoder: str = _f("lsa", "frozen text encoder of the same contexts that QE-Rec on the LTP is compared with, "
+                           "paired per seed (Table 3; none = skip)")
+    strategies: str = _f("V1,V2,V3,V4", "best-of-N strategies aligned with RG-CL (Table 4); V2 also gives Table 2's "
+                         "aligned rows")
+    sft_dpo: bool = _f(True, "also align V2 with RG-DPO (Table 2's SFT&DPO row)")
+    bge_rows: bool = _f(True, "Table 3's BGE-style rows (the reasoner generates a query, sentence_encoder embeds it)")
+
+    @property
+    def strategy_list(self) -> list[str]:
+        return [v.strip() for v in self.strategies.split(",") if v.strip()]
 
     def __post_init__(self):
+        bad = [v for v in self.strategy_list if v not in ("V1", "V2", "V3", "V4")]
+        if bad or not self.strategy_list:
+            raise ValueError(f"strategies={self.strategies!r}; use a comma-separated subset of V1,V2,V3,V4")
+        if self.text_encoder not in ("lsa", "minilm", "hashing", "none"):
+            raise ValueError(f"text_encoder={self.text_encoder!r}; use lsa, minilm, hashing or none")
         if self.scale not in REPRODUCE_PRESETS:
             raise ValueError(f"scale={self.scale!r}; reproduce supports {sorted(REPRODUCE_PRESETS)}")
         if self.seeds < 1:

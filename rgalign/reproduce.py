@@ -4,7 +4,10 @@ Flow (every arrow is a library call that the pipeline components make too):
 world -> tiny reasoner (raw) -> LTP -> Stage 1 (baseline and QE-Rec, ``seeds`` each) -> candidates from the
 teacher pool scored by the seed-0 QE-Rec -> best-of-N V1-V4 -> RG-SFT -> RG-CL (V1-V4) / RG-DPO (V2) ->
 rows without Stage 3 (the Stage-1 rankers read the aligned LTP) and with Stage 3 (QE-Rec retrained), plus
-the BGE-style rows (generated query -> frozen sentence encoder). Every row sees the same sessions.
+the BGE-style rows (generated query -> frozen sentence encoder) and QE-Rec on a frozen text encoder (LSA) of
+the same contexts. Paired per-seed differences (LTP - LSA, Stage 3 - Stage 1) and ``rgalign reasoner check``
+of the raw and each RG-CL-aligned reasoner say whether the LTP carries meaning and which way alignment moved
+it. Every row sees the same sessions.
 """
 from __future__ import annotations
 
@@ -15,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rgalign.config import ReproduceConfig
-from rgalign.metrics import METRICS, MetricValue, across_seeds, format_table
+from rgalign.config import ReasonerCheckConfig, ReproduceConfig
+from rgalign.metrics import METRICS, MetricValue, across_seeds, format_table, paired_difference
 
 
 def combine(per_seed: list[dict[str, MetricValue]]) -> dict[str, MetricValue]:
@@ -32,6 +35,48 @@ def combine(per_seed: list[dict[str, MetricValue]]) -> dict[str, MetricValue]:
         hw = float(np.hypot(boot, seed_hw))
         out[m] = MetricValue(float(vals.mean()), float(vals.mean()) - hw, float(vals.mean()) + hw)
     return out
+
+
+PAIRED = ("MRR", "R@3")
+
+
+def paired_seeds(a: list, b: list) -> dict:
+    """A - B on the evaluation week for rankers trained at the same seeds (``a[s]`` vs ``b[s]``): per seed a
+    paired bootstrap interval over sessions, then the mean of the per-seed differences with a t-interval over
+    seeds (``across_seeds``): the claim about models, not runs."""
+    from rgalign.workflow import split_ranks
+    per = []
+    for ra, rb in zip(a, b):
+        ka, kb = (split_ranks(r.model, r.spec, r.inputs)["eval"] for r in (ra, rb))
+        d = paired_difference(ka, kb)
+        per.append({m: d[m] for m in PAIRED})
+    seeds = {m: across_seeds([p[m].value for p in per]) if len(per) > 1 else per[0][m] for m in PAIRED}
+    return {"per_seed": per, "across_seeds": seeds}
+
+
+def paired_md(pairs: dict) -> str:
+    def ci(v):
+        return f"{100 * v.value:+.2f} [{100 * v.lo:+.2f}, {100 * v.hi:+.2f}]"
+    lines = ["| difference | seed | " + " | ".join(PAIRED) + " |", "|---|---|" + "---|" * len(PAIRED)]
+    for name, p in pairs.items():
+        for s, d in enumerate(p["per_seed"]):
+            lines.append(f"| {name} | {s} | " + " | ".join(ci(d[m]) for m in PAIRED) + " |")
+        lines.append(f"| {name} | mean of {len(p['per_seed'])} | "
+                     + " | ".join(ci(p["across_seeds"][m]) for m in PAIRED) + " |")
+    return "\n".join(lines)
+
+
+def checks_md(checks: dict) -> str:
+    lines = ["| reasoner | mean cos | effective rank | family probe | query-only family R@3 | query-only MRR | check |",
+             "|---|---:|---:|---:|---|---|---|"]
+    for name, c in checks.items():
+        r = c.retrieval["reasoner"]
+        lines.append(f"| {name} | {c.mean_cos:.3f} | {c.effective_rank:.1f} | {c.probe:.3f} | {r['R@3'].fmt()} | "
+                     f"{r['MRR'].fmt()} | {'PASS' if c.passed else 'FAIL'} |")
+    ref = next(iter(checks.values())).retrieval
+    for enc in (e for e in ref if e != "reasoner"):
+        lines.append(f"| {enc} (reference) | | | | {ref[enc]['R@3'].fmt()} | {ref[enc]['MRR'].fmt()} | |")
+    return "\n".join(lines)
 
 
 def improvement_rows(base: dict[str, MetricValue], rows: list[dict[str, MetricValue]]) -> dict[str, dict[str, str]]:
@@ -76,7 +121,9 @@ def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
     from rgalign.ranker.ranker_trainer import RankerTrainer, evaluate_model
     from rgalign.reasoner.ltp import LTPEncoder
     from rgalign.reasoner.sources import load_reasoner
-    from rgalign.workflow import align, base_key, copy_or_build, generated_query_inputs, ltp_inputs, shipped_base
+    from rgalign.reasoner.check import check_reasoner
+    from rgalign.workflow import (align, base_key, copy_or_build, generated_query_inputs, ltp_inputs, shipped_base,
+                                  text_inputs)
     from rgalign.world.generate import generate_world, headroom_rows, load_manifest
 
     t0 = time.perf_counter()
@@ -105,11 +152,12 @@ def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
     inputs_raw = ltp_inputs(world, raw, rcfg, encoder=raw_enc, **kw)
     t = tick("LTP of the raw reasoner", t)
 
-    def train_rows(model: str, inputs):
+    def train_rows(model: str, inputs, **over):
         results, rows = [], []
         for s in range(cfg.seeds):
             torch.manual_seed(s)
-            r = RankerTrainer(replace(rcfg, model=model, seed=s), inputs, progress=False).train()
+            r = RankerTrainer(replace(rcfg, model=model, seed=s, **over), inputs, progress=False).train()
+            r.inputs = inputs
             results.append(r)
             rows.append(evaluate_model(r.model, eval_data(r, inputs), seed=s))
         return results, combine(rows)
@@ -123,6 +171,14 @@ def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
     _, baseline = train_rows("baseline", inputs_raw)
     stage1, qerec = train_rows("qe-rec", inputs_raw)
     t = tick("Stage 1 (baseline + QE-Rec)", t)
+    text, pairs = None, {}
+    if cfg.text_encoder != "none":
+        text = train_rows("qe-rec", text_inputs(world, cfg.text_encoder, replace(rcfg, query_encoder=cfg.text_encoder),
+                                                **kw), query_encoder=cfg.text_encoder)
+        pairs[f"QE-Rec: LTP - {cfg.text_encoder.upper()}"] = paired_seeds(stage1, text[0])
+        t = tick(f"Stage 1 QE-Rec on {cfg.text_encoder.upper()}", t)
+    check_cfg = ReasonerCheckConfig()
+    checks = {"raw": check_reasoner(raw_enc, world, check_cfg, out / "check-cache")}
 
     acfg = wcfg.alignment()
     cands = build_candidates(inputs_raw.train, inputs_raw.kb, stage1[0].model, stage1[0].spec, raw_enc, acfg, progress)
@@ -134,12 +190,16 @@ def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
     for strategy in ("V1", "V2", "V3", "V4"):
         sel = select(cands, replace(acfg, strategy=strategy))
         kept[strategy] = {"samples": int(len(sel.kept)), "winners": sel.winner_counts(cands.names)}
+        if strategy not in cfg.strategy_list:
+            continue
         if len(sel.kept) < cl_batch:
             kept[strategy]["skipped"] = "too few samples"
             continue
         aligned[f"{strategy}-cl"] = align(cands, sel, raw, replace(wcfg, strategy=strategy, rga_method="sft-cl"),
                                           out / "reasoners" / strategy)
-        if strategy == "V2":
+        checks[f"{strategy}-cl"] = check_reasoner(LTPEncoder(load_reasoner(aligned[f"{strategy}-cl"])), world,
+                                                  check_cfg, out / "check-cache")
+        if strategy == "V2" and cfg.sft_dpo:
             aligned["V2-dpo"] = align(cands, sel, raw, replace(wcfg, strategy=strategy, rga_method="sft-dpo"),
                                       out / "reasoners" / "V2")
     t = tick("Stage 2 (RG-SFT, RG-CL x4, RG-DPO)", t)
@@ -148,13 +208,17 @@ def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
     for name, path in aligned.items():
         inp = ltp_inputs(world, path, rcfg, **kw)
         rows_no3[name] = frozen_rows(stage1, inp)
-        rows_full[name] = train_rows("qe-rec", inp)[1]
+        stage3, rows_full[name] = train_rows("qe-rec", inp)
+        pairs[f"Stage 3 on {name} - Stage 1 QE-Rec"] = paired_seeds(stage3, stage1)
     t = tick("Stage 3 (LTP + QE-Rec retrained)", t)
 
-    bge = {"QE-Rec": train_rows("qe-rec", generated_query_inputs(world, raw, rcfg, cfg.sentence_encoder, **kw))[1]}
-    if "V2-cl" in aligned:
-        bge["Full"] = train_rows("qe-rec", generated_query_inputs(world, aligned["V2-cl"], rcfg, cfg.sentence_encoder, **kw))[1]
-    t = tick("BGE-style rows", t)
+    bge = {}
+    if cfg.bge_rows:
+        bge["QE-Rec"] = train_rows("qe-rec", generated_query_inputs(world, raw, rcfg, cfg.sentence_encoder, **kw))[1]
+        if "V2-cl" in aligned:
+            bge["Full"] = train_rows("qe-rec", generated_query_inputs(world, aligned["V2-cl"], rcfg,
+                                                                      cfg.sentence_encoder, **kw))[1]
+        t = tick("BGE-style rows", t)
 
     manifest = load_manifest(world)
     main = {"Baseline": baseline, "QE-Rec": qerec}
@@ -169,16 +233,19 @@ def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
         main["RGAlign-Rec (Full)"] = rows_full["V2-cl"]
         stages["RGAlign-Rec (Full)"] = ["Tuned", "SFT&CL", "Yes"]
     table2 = {**main, **improvement_rows(baseline, [r for k, r in main.items() if k != "Baseline"])}
-    table3 = {"QE-Rec, BGE-style": bge["QE-Rec"], "QE-Rec, LTP": qerec}
+    table3 = {"QE-Rec, BGE-style": bge["QE-Rec"]} if "QE-Rec" in bge else {}
+    if text:
+        table3[f"QE-Rec, {cfg.text_encoder.upper()} (frozen text encoder)"] = text[1]
+    table3["QE-Rec, LTP"] = qerec
     if "Full" in bge:
         table3.update({"RGAlign-Rec (Full), BGE-style": bge["Full"], "RGAlign-Rec (Full), LTP": rows_full["V2-cl"]})
         table3["LTP vs BGE (Rel., Full)"] = {m: f"{(rows_full['V2-cl'][m].value / bge['Full'][m].value - 1) * 100:+.2f}%"
                                              for m in METRICS if m in bge["Full"]}
     table4 = {}
-    for v in ("V1", "V2", "V3", "V4"):
+    for v in cfg.strategy_list:
         if f"{v}-cl" in aligned:
             table4[f"QE-Rec (Stage 2, no Stage 3), {v}"] = rows_no3[f"{v}-cl"]
-    for v in ("V1", "V2", "V3", "V4"):
+    for v in cfg.strategy_list:
         if f"{v}-cl" in aligned:
             table4[f"RGAlign-Rec (Full), {v}"] = rows_full[f"{v}-cl"]
 
@@ -191,12 +258,16 @@ def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
           "## Table 2: main results", "", _md(table2, ["Stage1(QE)", "Stage2(RGA)", "Stage3"], stages), "",
           "## Table 3: LTP vs BGE-style (generated query -> frozen sentence encoder)", "", _md(table3), "",
           "## Table 4: best-of-N strategies", "", _md(table4), "",
+          "## Paired differences (evaluation week, the same sessions; per seed and a t-interval over seeds)", "",
+          paired_md(pairs), "",
+          "## Reasoner check: raw and RG-CL-aligned (`rgalign reasoner check`)", "", checks_md(checks), "",
           "## Teacher pool (reward of each candidate source, Stage-1 QE-Rec seed 0)", "",
           frame_md(teacher_table), "",
           "Samples kept per strategy: " + ", ".join(f"{k}: {v['samples']}" for k, v in kept.items()), "",
           "## Wall time (s)", "", "| step | s |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in timings.items()]
     (out / "reproduce.md").write_text("\n".join(md) + "\n")
     result = {"table2": table2, "table3": table3, "table4": table4, "kept": kept, "timings": timings,
+              "paired": pairs, "checks": {k: c.metrics() for k, c in checks.items()},
               "teachers": teacher_table.to_dict("records")}
     (out / "reproduce.json").write_text(json.dumps(result, default=lambda o: o.__dict__, indent=1))
     plot(table2, table4, out / "reproduce.png")

@@ -259,6 +259,16 @@ def generated_query_inputs(world: str | Path, reasoner: str | Path, cfg: RankerC
                               query_fn=fn, max_val_sessions=max_val_sessions, max_eval_sessions=max_eval_sessions)
 
 
+def text_inputs(world: str | Path, encoder: str, cfg: RankerConfig, max_val_sessions: int | None = None,
+                max_eval_sessions: int | None = None, data_seed: int = 0, progress: bool = True):
+    """Ranker inputs whose query embedding e is a frozen text encoder (``lsa``, ``minilm``, ``hashing``) of the
+    same verbalized contexts the reasoner reads: the comparison an LTP has to hold against."""
+    from rgalign.ranker.inputs import load_ranker_inputs
+    return load_ranker_inputs(world, encoder, cfg.query_dim, cfg.intent_encoder, cfg.val_days, cfg.max_train_sessions,
+                              data_seed, progress, max_val_sessions=max_val_sessions,
+                              max_eval_sessions=max_eval_sessions)
+
+
 def session_frames(world: Path, val_days: int = 3, max_train: int | None = None):
     """The split frames of the rankers' inputs (the Feast training set, cached beside the world) without their
     query embeddings: cheap hashed text stands in, and validation / evaluation are cut to one session."""

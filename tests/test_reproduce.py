@@ -28,13 +28,20 @@ def test_reproduce_ci_end_to_end(tmp_path, two_threads, half_ci_sizes, built_rea
     from rgalign.cli import main
     # ci scale from the main job's base reasoner at a quarter of its sizes, 2 ranker epochs and 2 seeds (the least
     # that has a seed spread): every step and row (mechanics; the figures are the README's bench-scale run's)
-    small = ["--seeds", "2", "--reasoner", str(built_reasoner), "--ranker-epochs", "2",
-             *(a for k, v in half_ci_sizes.items() for a in (f"--{k.replace('_', '-')}", str(v // 2)))]
+    # one RG-CL strategy (V2: Tables 2-3's aligned rows; the others and RG-DPO run the same align call)
+    small = ["--seeds", "2", "--reasoner", str(built_reasoner), "--ranker-epochs", "2", "--strategies", "V2",
+             "--no-sft-dpo",
+             *(a for k, v in half_ci_sizes.items() for a in (f"--{k.replace('_', '-')}", str(v // 2))),
+             "--max-train", "300"]       # LSA (256 dimensions) fits on more training contexts than it has dimensions
     assert main(["reproduce", "--scale", "ci", "--out", str(tmp_path), *small]) == 0
     md = (tmp_path / "reproduce.md").read_text()
-    for row in ("| Baseline |", "| QE-Rec |", "RGAlign-Rec (Full)", "RGAlign-Rec (SFT&DPO)", "BGE-style",
-                "Rel. Improv. (Best)", "Error Reduction (Best)", ", V1 |", ", V4 |"):
+    for row in ("| Baseline |", "| QE-Rec |", "RGAlign-Rec (Full)", "BGE-style",
+                "Rel. Improv. (Best)", "Error Reduction (Best)", ", V2 |", "| QE-Rec, LSA (frozen text encoder) |",
+                "| QE-Rec: LTP - LSA | mean of 2 |", "| Stage 3 on V2-cl - Stage 1 QE-Rec | 1 |", "| raw |",
+                "| V2-cl |", "all-MiniLM-L6-v2 (reference)"):
         assert row in md, row
+    assert ", V1 |" not in md and ", V4 |" not in md            # --strategies V2 aligns V2 alone
+    assert "SFT&DPO" not in md                                   # --no-sft-dpo
     res = json.loads((tmp_path / "reproduce.json").read_text())
     assert (tmp_path / "reproduce.png").stat().st_size > 10_000
     for table in ("table2", "table3", "table4"):
@@ -44,6 +51,10 @@ def test_reproduce_ci_end_to_end(tmp_path, two_threads, half_ci_sizes, built_rea
     assert res["kept"]["V1"]["samples"] >= res["kept"]["V2"]["samples"]      # V2 only removes samples
     assert res["kept"]["V4"]["samples"] >= res["kept"]["V3"]["samples"]      # union >= intersection
     assert res["kept"]["V2"]["winners"]["reasoner"] == 0
+    d = res["paired"]["QE-Rec: LTP - LSA"]
+    assert len(d["per_seed"]) == 2 and d["per_seed"][0]["MRR"]["lo"] <= d["per_seed"][0]["MRR"]["hi"]
+    # RG-CL changed the reasoner: its check differs from the raw one's
+    assert res["checks"]["V2-cl"]["check.mean_cos"] != res["checks"]["raw"]["check.mean_cos"]
     # lineage: every aligned reasoner names its parent
     meta = json.loads((tmp_path / "reasoners" / "V2" / "cl" / "rgalign_reasoner.json").read_text())
     assert meta["source"] == "rg-cl" and meta["parent"].endswith("sft")

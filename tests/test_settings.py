@@ -370,8 +370,10 @@ def test_every_reproduce_size_reaches_the_workflow_it_runs():
     for field, target in sizes.items():
         value = "bench" if field == "scale" else getattr(base, field) + 1
         assert getattr(workflow_config(ReproduceConfig(**{field: value})), target) == value, field
-    # the rest act in run_reproduce itself (tests/test_reproduce.py runs --seeds 2 into its own --out)
-    assert set(sizes) | {"seeds", "out", "reasoner", "sentence_encoder"} == {f.name for f in dataclasses.fields(ReproduceConfig)}
+    # the rest act in run_reproduce itself (tests/test_reproduce.py runs --seeds 2 --strategies V2 --no-sft-dpo
+    # into its own --out and checks the rows they add or drop)
+    assert set(sizes) | {"seeds", "out", "reasoner", "sentence_encoder", "text_encoder", "strategies", "sft_dpo",
+                         "bge_rows"} == {f.name for f in dataclasses.fields(ReproduceConfig)}
 
 
 DEPLOY = {"env": "prod", "alias": "challenger", "challenger": "challenger", "canary_percent": 10,
