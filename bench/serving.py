@@ -1,6 +1,6 @@
-"""Load test of the local `recommend` endpoint with wrk: KServe (LTP cache off / on) next to a bare FastAPI
-endpoint doing the same work (``Recommender.recommend`` on one worker thread), at 1 and 8 connections, in
-one run on the same machine.
+"""Load test of the local `recommend` endpoint with wrk: the server ``rgalign serve`` starts (KServe; LTP cache
+off / on) next to a bare FastAPI endpoint doing the same work (``Recommender.recommend`` on one worker thread),
+at 1 and 8 connections, in one run on the same machine.
 
     python bench/serving.py --artifacts artifacts --alias champion --world DIR [--feast-dir DIR] [--seconds 15]
 
@@ -130,9 +130,11 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     lua = tmp / "recommend.lua"
     lua.write_text(LUA % ",".join(map(str, users)))
-    common = ["--ranker", b["ranker"]["dir"], "--reasoner", b["reasoner"]["dir"], "--world", args.world,
-              "--threads", str(args.threads)] + (["--compile"] if args.compile else [])
+    common = ["--world", args.world, "--threads", str(args.threads)] + (["--compile"] if args.compile else [])
     common += ["--feast-dir", args.feast_dir] if args.feast_dir else []
+    bare = ["--ranker", b["ranker"]["dir"], "--reasoner", b["reasoner"]["dir"]]
+    registry = ["--artifacts", args.artifacts, "--env", args.env, "--alias", args.alias]
+    registry += ["--tracking-uri", args.tracking_uri] if args.tracking_uri else []
     variants = {
         "bare FastAPI, cache off": ("bare", []),
         "KServe, cache off": ("kserve", []),
@@ -146,10 +148,10 @@ def main():
     for name, (kind, extra) in variants.items():
         port = free_port()
         if kind == "bare":
-            cmd = [sys.executable, "bench/serving.py", "--bare", "--port", str(port)] + common + extra
+            cmd = [sys.executable, "bench/serving.py", "--bare", "--port", str(port)] + bare + common + extra
             url, ready = f"http://127.0.0.1:{port}/recommend", f"http://127.0.0.1:{port}/ready"
-        else:
-            cmd = [sys.executable, "-m", "serving.server", "--port", str(port)] + common + extra
+        else:   # the command users run, as the README writes it
+            cmd = [sys.executable, "-m", "rgalign.cli", "serve", "--port", str(port)] + registry + common + extra
             url, ready = f"http://127.0.0.1:{port}/v1/models/recommend:predict", f"http://127.0.0.1:{port}/v2/health/ready"
         proc = start(cmd, ready, tmp / f"{kind}.log")
         try:

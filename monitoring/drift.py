@@ -65,9 +65,11 @@ def _check(reference: pd.DataFrame | None, current: pd.DataFrame, columns: list[
 
 
 def feature_drift(reference: pd.DataFrame, current: pd.DataFrame, numerical: list[str] | None = None,
-                  categorical: list[str] | None = None, timestamp=None, tags: tuple[str, ...] = ("drift",)) -> DriftResult:
+                  categorical: list[str] | None = None, timestamp=None, tags: tuple[str, ...] = ("drift",),
+                  name: str | None = None, metadata: dict | None = None) -> DriftResult:
     """Column drift of ``current`` vs ``reference`` with the pinned methods of the smaller window's size;
-    the Evidently snapshot (``result.snapshot``) carries ``timestamp`` and ``tags`` for the dashboard."""
+    the Evidently snapshot (``result.snapshot``) carries ``timestamp``, ``tags``, ``name`` and ``metadata``
+    for the dashboard."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
     num = FEATURE_COLUMNS["numerical"] if numerical is None else numerical
@@ -86,7 +88,8 @@ def feature_drift(reference: pd.DataFrame, current: pd.DataFrame, numerical: lis
     dd = DataDefinition(numerical_columns=num, categorical_columns=cat)
     report = Report([DataDriftPreset(columns=num + cat, **m)], include_tests=False, tags=list(tags))
     snap = report.run(Dataset.from_pandas(prep(current), data_definition=dd),
-                      Dataset.from_pandas(prep(reference), data_definition=dd), timestamp=timestamp)
+                      Dataset.from_pandas(prep(reference), data_definition=dd), timestamp=timestamp, name=name,
+                      metadata=metadata)
     per = {}
     for metric in snap.dict()["metrics"]:
         cfg = metric["config"]
@@ -98,11 +101,12 @@ def feature_drift(reference: pd.DataFrame, current: pd.DataFrame, numerical: lis
     return DriftResult(len(drifted) / max(1, len(per)), drifted, per, m, len(reference), len(current), snap)
 
 
-def score_drift(reference_scores, current_scores) -> DriftResult:
-    """Drift of the ranker's top-1 score distribution (a numeric column with the pinned method)."""
+def score_drift(reference_scores, current_scores, **snapshot) -> DriftResult:
+    """Drift of the ranker's top-1 score distribution (a numeric column with the pinned method); ``snapshot``:
+    ``timestamp``, ``tags``, ``name``, ``metadata`` of its Evidently snapshot."""
     ref = pd.DataFrame({"top_score": np.asarray(reference_scores, float)})
     cur = pd.DataFrame({"top_score": np.asarray(current_scores, float)})
-    return feature_drift(ref, cur, numerical=["top_score"], categorical=[])
+    return feature_drift(ref, cur, numerical=["top_score"], categorical=[], **{"tags": ("score-drift",), **snapshot})
 
 
 def embedding_drift(reference: np.ndarray, current: np.ndarray, threshold: float = 0.55, seed: int = 0) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from monitoring.drift import drift_gate, embedding_drift, feature_drift
+from monitoring.drift import drift_gate, embedding_drift, feature_drift, score_drift
 from monitoring.workspace import ab_snapshots, embedding_snapshot, publish, stats_row
 from rgalign.abtest import ab_summary, eval_window, http_arm, simulate_ab, summary_table
 
@@ -28,9 +28,12 @@ def window_features(world: str | Path, split: str, n: int, seed: int = 0) -> pd.
 
 def run_drift(world: str | Path, window: int = 2000, scenario: str | None = None, reasoner: str | None = None,
               current_reasoner: str | None = None, workspace: str | Path | None = None, max_share: float = 0.2,
-              seed: int = 0) -> dict:
+              seed: int = 0, ranker: str | None = None, models: dict | None = None) -> dict:
     """Training weeks (reference) vs the evaluation week (current), optionally under a drifted scenario; with
-    ``reasoner`` also the drift of the query embeddings (current ones from ``current_reasoner`` if given)."""
+    ``reasoner`` also the drift of the query embeddings (current ones from ``current_reasoner`` if given); with
+    ``ranker`` (a checkpoint folder; a QE-Rec one reads ``reasoner``'s LTP) the drift of its top-1 score. Every
+    snapshot is named and tagged with the world and the scenario, its metadata names ``models`` (e.g. the
+    registry versions the folders came from)."""
     from rgalign.world.scenarios import logistics_disruption
     ref = window_features(world, "train", window, seed)
     cur = window_features(world, "eval", window, seed + 1)
@@ -39,34 +42,56 @@ def run_drift(world: str | Path, window: int = 2000, scenario: str | None = None
     elif scenario is not None:
         raise ValueError(f"scenario={scenario!r}; known: logistics")
     ts = pd.to_datetime(cur.event_timestamp, utc=True).max().to_pydatetime()
-    feats = feature_drift(ref, cur, timestamp=ts)
-    emb = None
+    src, sc = Path(world).name, scenario or "none"
+    meta = {"world": src, "scenario": sc, "window": str(window), **{k: str(v) for k, v in (models or {}).items()}}
+    tags = [f"world:{src}", f"scenario:{sc}"]
+
+    def label(what):
+        return f"{what} {ts:%Y-%m-%d} {src}" + (f" ({sc} scenario)" if scenario else "")
+    feats = feature_drift(ref, cur, timestamp=ts, tags=("drift", *tags), name=label("feature drift"), metadata=meta)
+    emb = scores = None
+    k = min(500, len(ref), len(cur))
+    e_ref = e_cur = None
     if reasoner:
         from rgalign.ranker.inputs import verbalize_frame
         from rgalign.reasoner.ltp import LTPEncoder
         from rgalign.reasoner.sources import load_reasoner
         kb = pd.read_parquet(Path(world) / "kb.parquet")
-        k = min(500, len(ref), len(cur))
         e_ref = LTPEncoder(load_reasoner(reasoner)).embed(verbalize_frame(ref.iloc[:k], kb))
         e_cur = LTPEncoder(load_reasoner(current_reasoner or reasoner)).embed(verbalize_frame(cur.iloc[:k], kb))
         emb = embedding_drift(e_ref, e_cur)
-    gate = drift_gate(feats, max_share, embedding=emb)
+    if ranker:
+        from rgalign.recommend import Recommender
+        rec = Recommender(ranker)
+        if rec.d_e and e_ref is None:
+            raise ValueError("a QE-Rec ranker's scores need its reasoner's LTP: pass reasoner (--reasoner, or "
+                             "--ranker ALIAS, which brings the registered parent reasoner)")
+        top = [rec.rank(f.iloc[:k], e if rec.d_e else None, k=1).scores[:, 0] for f, e in ((ref, e_ref), (cur, e_cur))]
+        scores = score_drift(*top, timestamp=ts, tags=("score-drift", *tags), name=label("score drift"), metadata=meta)
+    gate = drift_gate(feats, max_share, embedding=emb, scores=scores)
     if workspace:
-        snaps = [feats.snapshot] + ([embedding_snapshot(emb, ts)] if emb else [])
+        snaps = [feats.snapshot] + ([scores.snapshot] if scores else [])
+        snaps += [embedding_snapshot(emb, ts, tags, label("embedding drift"), meta)] if emb else []
         publish(workspace, snaps)
-    return {"features": feats, "embedding": emb, "gate": gate}
+    return {"features": feats, "embedding": emb, "scores": scores, "gate": gate}
 
 
 def run_ab(world: str | Path, champion, challenger, share: float = 0.5, days: int | None = 2,
            max_sessions: int | None = 2000, out: str | Path | None = None, workspace: str | Path | None = None,
-           progress: bool = True, judge=None) -> dict:
+           progress: bool = True, judge=None, targets: dict | None = None) -> dict:
     """Replay a window through two arms (URLs of recommend endpoints, or callables), write the session log,
-    summarise, and publish per-day snapshots. With ``judge`` (an ``rgalign.judge.IntentJudge``), each session
+    summarise, and publish per-day snapshots. ``targets`` (``{"champion": ..., "challenger": ...}``) say what
+    each arm served (a registry version, ``popularity``); a URL arm is its own target. The log's ``arm_target``
+    column and the snapshots carry them. With ``judge`` (an ``rgalign.judge.IntentJudge``), each session
     also gets ``judged_intent`` from its transcript and the judge's agreement with the world's truth is reported."""
     if out is not None and Path(out).exists():
         raise FileExistsError(f"{out} exists; A/B logs are never overwritten: choose a new --out")
-    arms = {name: http_arm(a) if isinstance(a, str) else a for name, a in (("champion", champion), ("challenger", challenger))}
+    pairs = (("champion", champion), ("challenger", challenger))
+    arms = {name: http_arm(a) if isinstance(a, str) else a for name, a in pairs}
+    targets = {name: (targets or {}).get(name) or (a if isinstance(a, str) else getattr(a, "__name__", "in process"))
+               for name, a in pairs}
     log = simulate_ab(eval_window(world, days, max_sessions), arms, share, progress=progress)
+    log["arm_target"] = log.arm.map(targets)
     summary = ab_summary(log)
     table = summary_table(summary)
     if judge is not None:
@@ -81,7 +106,7 @@ def run_ab(world: str | Path, champion, challenger, share: float = 0.5, days: in
         log.to_parquet(Path(out).with_suffix(".tmp"), index=False)
         Path(out).with_suffix(".tmp").replace(out)
     if workspace:
-        publish(workspace, publish_inputs(log))
+        publish(workspace, publish_inputs(log, {"world": Path(world).name}))
     return {"log": log, "summary": summary, "table": table}
 
 
@@ -93,9 +118,9 @@ def transcripts(world: str | Path, log: pd.DataFrame) -> list[str]:
             for t in log.true_intent]
 
 
-def publish_inputs(log: pd.DataFrame) -> list:
+def publish_inputs(log: pd.DataFrame, metadata: dict | None = None) -> list:
     """Per-day A/B snapshots, with the tests computed on the data up to the end of each day (what a team
-    watching the experiment would have seen that day)."""
+    watching the experiment would have seen that day); ``metadata`` (the data source) goes on each one."""
     from rgalign.abtest import LOG_COLUMNS
     missing = [c for c in LOG_COLUMNS if c not in log.columns]
     if missing:
@@ -108,7 +133,7 @@ def publish_inputs(log: pd.DataFrame) -> list:
         upto = log[day <= d]
         if upto.arm.nunique() == 2:
             stats[pd.Timestamp(d).to_pydatetime()] = stats_row(ab_summary(upto))
-    return ab_snapshots(log, stats)
+    return ab_snapshots(log, stats, metadata)
 
 
 # ---------------------------------------------------------------- the monitoring pipeline's steps

@@ -21,7 +21,9 @@ import pandas as pd
 DEFAULT_WORKSPACE = Path("artifacts") / "evidently"
 AB_COLUMNS = {"click3": "CTR@3", "hit3": "intent hit rate", "csat_good": "CSAT"}
 STAT_COLUMNS = {"p_ctr3": "CTR@3 p (fixed)", "p_seq_ctr3": "CTR@3 p (sequential)", "p_csat": "CSAT p (fixed)",
-                "p_hit3": "hit rate p (fixed)", "guardrail": "CSAT guardrail breached (1 = yes)"}
+                "p_seq_csat": "CSAT p (sequential: the guardrail's)", "p_hit3": "hit rate p (fixed)",
+                "guardrail": "CSAT guardrail breached (1 = yes)"}
+SCENARIOS = ("none", "logistics")   # drift runs are tagged scenario:<name>; the dashboard plots each apart
 
 
 def _ws(path: str | Path):
@@ -56,25 +58,31 @@ def _dashboard(p) -> None:
     p.dashboard.add_panel(line_plot_panel("CSAT guardrail", [
         PanelMetric(legend="breached", tags=["ab-stats"], metric="MeanValue", metric_labels={"column": "guardrail"})],
         size="half"), tab="A/B")
-    p.dashboard.add_panel(line_plot_panel("Share of drifted feature columns", [
-        PanelMetric(legend="features", tags=["drift"], metric="DriftedColumnsCount", metric_labels={"value_type": "share"})],
-        size="half"), tab="Drift")
-    p.dashboard.add_panel(line_plot_panel("Query-embedding drift (domain classifier ROC AUC)", [
-        PanelMetric(legend="LTP", tags=["embedding-drift"], metric="MeanValue", metric_labels={"column": "embedding_auc"})],
-        size="half"), tab="Drift")
+    def series(title, tag, metric, labels):    # one series per scenario: a simulated run never mixes with real data
+        p.dashboard.add_panel(line_plot_panel(title, [
+            PanelMetric(legend="real data" if sc == "none" else f"{sc} scenario", tags=[tag, f"scenario:{sc}"],
+                        metric=metric, metric_labels=labels) for sc in SCENARIOS], size="half"), tab="Drift")
+    series("Share of drifted feature columns", "drift", "DriftedColumnsCount", {"value_type": "share"})
+    series("Ranker top-1 score drift (Wasserstein, normed)", "score-drift", "ValueDrift", {"column": "top_score"})
+    series("Query-embedding drift (domain classifier ROC AUC)", "embedding-drift", "MeanValue",
+           {"column": "embedding_auc"})
     p.save()
 
 
-def _mean_report(frame: pd.DataFrame, columns: list[str], ts: datetime, tags: list[str], name: str):
+def _mean_report(frame: pd.DataFrame, columns: list[str], ts: datetime, tags: list[str], name: str,
+                 metadata: dict | None = None):
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import MeanValue, RowCount
     dd = DataDefinition(numerical_columns=columns)
     rep = Report([RowCount()] + [MeanValue(column=c) for c in columns], tags=tags)
-    return rep.run(Dataset.from_pandas(frame[columns].astype(float), data_definition=dd), None, timestamp=ts, name=name)
+    return rep.run(Dataset.from_pandas(frame[columns].astype(float), data_definition=dd), None, timestamp=ts, name=name,
+                   metadata=metadata)
 
 
-def ab_snapshots(log: pd.DataFrame, summary_by_day: dict | None = None) -> list:
-    """Per day and arm: rates of the log (sessions without a click count as 0; CSAT over rated sessions)."""
+def ab_snapshots(log: pd.DataFrame, summary_by_day: dict | None = None, metadata: dict | None = None) -> list:
+    """Per day and arm: rates of the log (sessions without a click count as 0; CSAT over rated sessions). Each
+    snapshot is named and carries ``metadata`` (the data source) plus its arm's target (``arm_target`` of the
+    log: the endpoint URL or registry version the arm served)."""
     if log.empty:
         raise ValueError("the A/B log is empty: nothing to publish")
     log = log.assign(day=pd.to_datetime(log.event_timestamp, utc=True).dt.floor("D"),
@@ -82,10 +90,14 @@ def ab_snapshots(log: pd.DataFrame, summary_by_day: dict | None = None) -> list:
     snaps = []
     for (day, arm), g in log.groupby(["day", "arm"]):
         cols = {c: f"{c}_{arm}" for c in AB_COLUMNS}
+        target = str(g.arm_target.iloc[0]) if "arm_target" in g else "unrecorded"
         snaps.append(_mean_report(g.rename(columns=cols), list(cols.values()), day.to_pydatetime(), [f"arm:{arm}"],
-                                  f"A/B {arm} {day:%Y-%m-%d}"))
+                                  f"A/B {arm} {day:%Y-%m-%d} ({target})",
+                                  {**(metadata or {}), "arm": str(arm), "target": target}))
+    targets = {str(a): str(g.arm_target.iloc[0]) for a, g in log.groupby("arm")} if "arm_target" in log else {}
     for day, stats in (summary_by_day or {}).items():
-        snaps.append(_mean_report(pd.DataFrame([stats]), list(STAT_COLUMNS), day, ["ab-stats"], f"A/B tests {day:%Y-%m-%d}"))
+        snaps.append(_mean_report(pd.DataFrame([stats]), list(STAT_COLUMNS), day, ["ab-stats"], f"A/B tests {day:%Y-%m-%d}",
+                                  {**(metadata or {}), **{f"target_{a}": t for a, t in targets.items()}}))
     return snaps
 
 
@@ -95,12 +107,13 @@ def stats_row(summary: dict) -> dict:
     nan = float("nan")
     return {"p_ctr3": rows["CTR@3"].p_value, "p_seq_ctr3": rows["CTR@3"].p_sequential,
             "p_hit3": rows["intent hit rate"].p_value, "p_csat": rows["CSAT"].p_value if "CSAT" in rows else nan,
+            "p_seq_csat": rows["CSAT"].p_sequential if "CSAT" in rows else nan,
             "guardrail": float(summary["guardrail_breached"])}
 
 
-def embedding_snapshot(result: dict, ts: datetime):
-    return _mean_report(pd.DataFrame([{"embedding_auc": result["score"]}]), ["embedding_auc"], ts, ["embedding-drift"],
-                        f"embedding drift {ts:%Y-%m-%d}")
+def embedding_snapshot(result: dict, ts: datetime, tags: list[str], name: str, metadata: dict | None = None):
+    return _mean_report(pd.DataFrame([{"embedding_auc": result["score"]}]), ["embedding_auc"], ts,
+                        ["embedding-drift", *tags], name, metadata)
 
 
 def publish(path: str | Path, snapshots: list, name: str = "rgalign-rec dev") -> int:

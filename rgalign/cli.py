@@ -17,6 +17,7 @@ import typing
 from pathlib import Path
 
 from rgalign.config import (REPRODUCE_PRESETS, SCALES, RankerConfig, ReasonerCheckConfig, ReasonerConfig, ReproduceConfig,
+                            ServeConfig,
                             WorldConfig)
 
 DEFAULT_ROOT = Path("artifacts")
@@ -456,8 +457,8 @@ def cmd_serve(args) -> int:
           + (f" + {b['reasoner']['name']} v{b['reasoner']['version']}" if "reasoner" in b else "")
           + f" on http://{args.host}:{args.port}  (V1 /v1/models/recommend:predict, V2 /v2/models/recommend/infer)",
           flush=True)
-    serve(Recommender.from_registry(reg, args.env, args.alias, args.world, args.feast_dir, args.ltp_cache),
-          args.port, args.host, threads=args.threads)
+    cfg = config_from_args(ServeConfig, args)
+    serve(Recommender.from_registry(reg, args.env, args.alias, args.world, args.feast_dir, **cfg.recommender_kw()), cfg)
     return 0
 
 
@@ -476,19 +477,22 @@ def cmd_deploy(args) -> int:
 
 
 def _arm(ref: str, args, other: str = "champion"):
-    """An A/B arm: a recommend endpoint URL, ``popularity`` (the floor), or a registry alias/version served in
-    process. The popularity arm reads its list through the other arm's registry version (``other``) when that
-    is one, else through the champion."""
+    """An A/B arm and what it serves: a recommend endpoint URL, ``popularity`` (the floor), or a registry
+    alias/version served in process. The popularity arm reads its list through the other arm's registry version
+    (``other``) when that is one, else through the champion."""
     def served(r: str) -> bool:      # a registry alias or version, served in process
         return r != "popularity" and not r.startswith(("http://", "https://"))
     if ref.startswith(("http://", "https://")):
-        return ref
+        return ref, ref
     from rgalign.recommend import Recommender
     from rgalign.registry import Registry
     via = ref if served(ref) else other if served(other) else "champion"
     rec = Recommender.from_registry(Registry(args.tracking_uri, args.artifacts), args.env, via, args.world,
                                     args.feast_dir)
-    return rec.recommend if served(ref) else rec.popularity
+    version = f"{rec.bundle['ranker']['name']} v{rec.bundle['ranker']['version']}"
+    if served(ref):
+        return rec.recommend, f"{version} (@{ref})" if not ref.isdigit() else version
+    return rec.popularity, f"popularity (the training clicks of {version})"
 
 
 def cmd_monitor(args) -> int:
@@ -502,16 +506,27 @@ def cmd_monitor(args) -> int:
             client = ChatClient(args.judge_url, args.judge_model, max_tokens=8)
             client.check("judge", "--judge-url")
             judge = IntentJudge(client, pd.read_parquet(Path(args.world) / "kb.parquet"))
-        res = jobs.run_ab(args.world, _arm(args.champion, args, args.challenger), _arm(args.challenger, args, args.champion),
-                          args.share, args.days,
-                          args.max_sessions, args.out, args.workspace, judge=judge)
+        (champion, t_champion), (challenger, t_challenger) = (_arm(args.champion, args, args.challenger),
+                                                              _arm(args.challenger, args, args.champion))
+        print(f"champion: {t_champion}\nchallenger: {t_challenger}", flush=True)
+        res = jobs.run_ab(args.world, champion, challenger, args.share, args.days, args.max_sessions, args.out,
+                          args.workspace, judge=judge, targets={"champion": t_champion, "challenger": t_challenger})
         print(res["table"])
         if args.out:
             print(f"log: {args.out} ({len(res['log']):,} sessions)")
         return 0
     if args.sub == "drift":
-        res = jobs.run_drift(args.world, args.window, args.scenario, args.reasoner, args.current_reasoner,
-                             args.workspace, args.max_share)
+        ranker = reasoner = args.reasoner
+        models = {}
+        if args.ranker:
+            from rgalign.registry import Registry
+            b = Registry(args.tracking_uri, args.artifacts).serving_bundle(args.env, args.ranker)
+            ranker, reasoner = b["ranker"]["dir"], args.reasoner or b.get("reasoner", {}).get("dir")
+            models = {k: f"{v['name']} v{v['version']}" for k, v in b.items() if isinstance(v, dict) and "version" in v}
+        elif args.reasoner:
+            models = {"reasoner": args.reasoner}
+        res = jobs.run_drift(args.world, args.window, args.scenario, reasoner, args.current_reasoner,
+                             args.workspace, args.max_share, ranker=ranker if args.ranker else None, models=models)
         f = res["features"]
         print(f"feature drift ({f.methods['num_method']} / {f.methods['cat_method']}, {f.n_reference:,} vs "
               f"{f.n_current:,} sessions): {len(f.drifted)}/{len(f.per_column)} columns")
@@ -522,6 +537,10 @@ def cmd_monitor(args) -> int:
             e = res["embedding"]
             print(f"query-embedding drift: {e['method']} = {e['score']:.3f} (threshold {e['threshold']}): "
                   f"{'DRIFT' if e['drift'] else 'no drift'}")
+        if res["scores"]:
+            v = res["scores"].per_column["top_score"]
+            print(f"ranker top-1 score drift: {v['method']} = {v['score']:.4f} (threshold {v['threshold']}): "
+                  f"{'DRIFT' if v['drift'] else 'no drift'}")
         g = res["gate"]
         print("drift gate: " + ("FIRED: " + "; ".join(g.reasons) if g.fired else "quiet"))
         if g.fired and args.retrain:
@@ -713,6 +732,8 @@ def build_parser() -> argparse.ArgumentParser:
     dr_.add_argument("--scenario", default=None, choices=["logistics"], help="apply a drifted scenario")
     dr_.add_argument("--reasoner", default=None, help="reasoner of the reference embeddings (enables embedding drift)")
     dr_.add_argument("--current-reasoner", default=None, help="reasoner of the current embeddings (default: same)")
+    dr_.add_argument("--ranker", default=None, help="registry alias or version of a ranker: adds the drift of its "
+                                                   "top-1 score (with its parent reasoner's embeddings)")
     dr_.add_argument("--max-share", type=float, default=0.2, help="gate: largest tolerated share of drifted columns")
     dr_.add_argument("--gate", action="store_true", help="exit 3 when the drift gate fires")
     dr_.add_argument("--retrain", action="store_true", help="start `rgalign pipeline run` when the gate fires")
@@ -735,11 +756,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--env", default="dev")
     sv.add_argument("--alias", default="champion", help="registry alias or version of the ranker")
     sv.add_argument("--world", default=None, help="world whose Feast online store serves features (recommend)")
-    sv.add_argument("--feast-dir", default=None)
-    sv.add_argument("--ltp-cache", default=None, help="SQLite LTP cache file (default: off)")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8080)
-    sv.add_argument("--threads", type=int, default=None)
+    sv.add_argument("--feast-dir", default=None, help="Feast registry + online store folder (default: beside the world)")
+    add_config_args(sv, ServeConfig)
     add_tracking_args(sv, optional=False)
     sv.set_defaults(fn=cmd_serve)
 

@@ -323,6 +323,39 @@ class ReproduceConfig(_Config):
 
 
 @dataclass
+class ServeConfig(_Config):
+    """``rgalign serve`` / ``python -m serving.server``: the local KServe server's knobs (``serving/server.py``);
+    ``bench/serving.py`` load-tests the server ``rgalign serve`` starts with them."""
+    host: str = _f("127.0.0.1", "interface to bind (loopback by default; a pod binds 0.0.0.0)")
+    port: int = _f(8080, "HTTP port (V1 + V2 REST; gRPC is off locally)")
+    threads: int = _f(0, "torch threads (0 = the CPUs this process may use, or RGALIGN_SERVE_THREADS)")
+    models: str = _f("reasoner,ranker,recommend", "models to host, comma-separated")
+    ltp_cache: str | None = _f(None, "SQLite LTP cache file: a repeated context skips the reasoner (default: off)")
+    compile: bool = _f(False, "torch.compile the ranker (~40 s slower start, faster requests)")
+    request_logs: bool = _f(False, "log every request (access + timing lines); off: latency is in /metrics only")
+    feature_deadline_s: float = _f(0.5, "an online feature read slower than this falls back to the popularity list")
+    unready_after_s: float = _f(5.0, "readiness turns false once online reads have failed this long")
+    max_body_bytes: int = _f(1_048_576, "largest request body; a larger one is answered 413")
+
+    def __post_init__(self):
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be 1-65535, got {self.port}")
+        if self.threads < 0 or self.max_body_bytes < 1 or self.feature_deadline_s <= 0 or self.unready_after_s < 0:
+            raise ValueError("threads >= 0, max_body_bytes >= 1, feature_deadline_s > 0 and unready_after_s >= 0 "
+                             f"(got {self.threads}, {self.max_body_bytes}, {self.feature_deadline_s}, "
+                             f"{self.unready_after_s})")
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return tuple(m.strip() for m in self.models.split(",") if m.strip())
+
+    def recommender_kw(self) -> dict:
+        """The ``Recommender`` arguments this config sets."""
+        return {"ltp_cache": self.ltp_cache, "feature_deadline_s": self.feature_deadline_s,
+                "unready_after_s": self.unready_after_s}
+
+
+@dataclass
 class DeployConfig(_Config):
     """``rgalign deploy render``: the KServe InferenceServices of a registry alias (serving/manifests.py)."""
     env: str = _f("dev", "registry environment; also the InferenceService name prefix (<env>-ranker)")

@@ -201,11 +201,14 @@ class Recommender:
         feast_dir: the Feast registry/online-store folder (default next to the world).
         ltp_cache: an SQLite LTP cache file (repeat contexts skip the reasoner), or None.
         reasoner_url: instead of ``reasoner_dir``, a reasoner served over V2 (``RemoteReasoner``).
+        feature_deadline_s, unready_after_s: the online reads' deadline and how long they may fail before
+            ``ready`` is false (``rgalign.features.online_guard.OnlineGuard``).
     """
 
     def __init__(self, ranker_dir: str | Path | None, reasoner_dir: str | Path | None = None,
                  world_dir: str | Path | None = None, feast_dir: str | Path | None = None,
-                 ltp_cache: str | Path | None = None, reasoner_url: str | None = None):
+                 ltp_cache: str | Path | None = None, reasoner_url: str | None = None,
+                 feature_deadline_s: float = 0.5, unready_after_s: float = 5.0):
         self.model, meta, self.d_e, self.titles, self._compiled = None, {}, 0, {}, None
         if ranker_dir is not None:
             from rgalign.ranker.checkpoint import load_ranker
@@ -228,10 +231,13 @@ class Recommender:
                 raise ValueError(f"reasoner LTP size {self.encoder.dim} != ranker query size {self.d_e}")
         elif reasoner_url is not None:
             self.encoder = RemoteReasoner(reasoner_url)
-        self.store = None
+        self.store = self.online = None
+        self._reasoner_logged_at = None
         if world_dir is not None:
             from rgalign.features.feast_io import FeatureStoreSession
+            from rgalign.features.online_guard import OnlineGuard
             self.store = FeatureStoreSession(world_dir, feast_dir)
+            self.online = OnlineGuard(self.store, feature_deadline_s, unready_after_s)
             s = pd.read_parquet(Path(world_dir) / "sessions.parquet", columns=["split", "clicked_intent"])
             clicks = s[(s.split == "train") & (s.clicked_intent > 0)].clicked_intent.value_counts()
             self.popular = clicks.index.to_numpy(np.int64)
@@ -241,10 +247,13 @@ class Recommender:
             self.verbalizer = Verbalizer(dict(zip(kb.intent_id.tolist(), kb.title.tolist())))
 
     @classmethod
-    def from_registry(cls, registry, env: str, ref: str, world_dir=None, feast_dir=None, ltp_cache=None) -> "Recommender":
+    def from_registry(cls, registry, env: str, ref: str, world_dir=None, feast_dir=None, ltp_cache=None,
+                      **kw) -> "Recommender":
         """``<env>.ranker@<ref>`` (alias or version) with its parent reasoner, from an ``rgalign.registry.Registry``."""
         b = registry.serving_bundle(env, ref)
-        return cls(b["ranker"]["dir"], b.get("reasoner", {}).get("dir"), world_dir, feast_dir, ltp_cache)
+        rec = cls(b["ranker"]["dir"], b.get("reasoner", {}).get("dir"), world_dir, feast_dir, ltp_cache, **kw)
+        rec.bundle = b      # what was served: names, versions, artifact URIs
+        return rec
 
     @property
     def n_intents(self) -> int:
@@ -274,16 +283,23 @@ class Recommender:
     def recommend(self, user_ids: list[int], entry_points: list[int | None] | None = None, k: int = 3,
                   request_ts: pd.Timestamp | None = None) -> list[dict]:
         """The composed path, on plain dicts end to end (no DataFrame: a batch of 8 costs a few ms). Users the
-        online store does not know get the popularity list, ``fallback=True``."""
+        online store does not know get the popularity list, ``fallback=True`` with ``reason="unknown user"``;
+        so does everyone when the online store or the reasoner fails (the reason says which), so a broken
+        dependency costs ranking quality, never an error answer."""
         if self.store is None or self.model is None:
             raise RequestError("recommend", "this server has no feature store", "start it with --world")
         entries = [ep or 0 for ep in (entry_points or [None] * len(user_ids))]
-        rows = self.store.online_rows(user_ids, request_ts, entries)
+        rows, reason = self.online.read(user_ids, request_ts, entries)
+        if rows is None:
+            return self.popularity(user_ids, k=k, reason=reason)
         known = [any(r.get(c) is not None for c in PROFILE_COLUMNS) for r in rows]
         served = [r for r, kn in zip(rows, known) if kn]
         ranked = None
         if served:
-            query = self.embed([self.verbalizer.context(r) for r in served]) if self.encoder is not None else None
+            try:
+                query = self.embed([self.verbalizer.context(r) for r in served]) if self.encoder is not None else None
+            except Exception as e:  # noqa: BLE001 (a local or remote reasoner failure degrades to the floor)
+                return self.popularity(user_ids, k=k, reason=self._reasoner_failed(e))
             ranked = self.rank(served, query, k)
         out, j = [], 0
         for u, kn in zip(user_ids, known):
@@ -291,8 +307,19 @@ class Recommender:
                 out.append(self._item(u, ranked.intent_ids[j], ranked.scores[j], False))
                 j += 1
             else:
-                out.append(self.popularity([u], k=k)[0])
+                out.append(self.popularity([u], k=k, reason="unknown user")[0])
         return out
+
+    def _reasoner_failed(self, e: Exception, window_s: float = 60.0) -> str:
+        import logging
+        import time
+        reason = f"reasoner error: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+        now = time.monotonic()
+        if self._reasoner_logged_at is None or now - self._reasoner_logged_at >= window_s:
+            logging.getLogger("rgalign.online").warning("%s (serving the popularity list; one line per %g s)",
+                                                        reason, window_s)
+            self._reasoner_logged_at = now
+        return reason
 
     def compile(self) -> "Recommender":
         """``torch.compile`` the ranker for serving (CPU: inductor, needs a C++ compiler). Shapes are dynamic in
@@ -307,7 +334,7 @@ class Recommender:
         rows), so lazy imports, first-call set-up and compilation happen before the first request (and before
         ``gc.freeze``)."""
         if self.store is not None:
-            self.store.online_rows([0])
+            self.online.read([0])
         query = self.embed(["User Profile: warm-up"]) if self.encoder is not None else None
         if self.model is not None:
             for n in (1, 2):  # a compiled model specializes batch size 1; 2 gives the dynamic-shape kernel
@@ -329,14 +356,14 @@ class Recommender:
         gc.freeze()
         return self
 
-    def popularity(self, user_ids: list[int], entry_points=None, k: int = 3) -> list[dict]:
-        """The popularity floor for everyone (the unknown-user fallback, as an A/B arm)."""
-        return [self._item(u, self.popular[:k], self.popular_share[:k], True) for u in user_ids]
+    def popularity(self, user_ids: list[int], entry_points=None, k: int = 3, reason: str = "popularity") -> list[dict]:
+        """The popularity floor for everyone (the fallback, and an A/B arm), ``reason`` on each item."""
+        return [self._item(u, self.popular[:k], self.popular_share[:k], True, reason) for u in user_ids]
 
-    def _item(self, user: int, ids, scores, fallback: bool) -> dict:
+    def _item(self, user: int, ids, scores, fallback: bool, reason: str | None = None) -> dict:
         ids = [int(x) for x in ids]
         return {"user_id": int(user), "intent_ids": ids, "scores": [round(float(s), 6) for s in scores],
-                "titles": [self.titles.get(x, "") for x in ids], "fallback": fallback}
+                "titles": [self.titles.get(x, "") for x in ids], "fallback": fallback, "reason": reason}
 
 
 class MicroBatcher:

@@ -6,7 +6,9 @@ gate promotions on offline metrics, roll back, and keep an audit trail of every 
 - Aliases: ``candidate`` (a pipeline registered it) -> ``challenger`` (in an A/B test) -> ``champion``
   (serves all traffic). Stages are deprecated in MLflow; aliases are not.
 - Lineage tags on every version: ``pipeline_run_id``, ``world_digest``, ``feature_service``,
-  ``parent_reasoner`` (ranker -> the reasoner version whose LTP it reads), ``eval.<metric>``.
+  ``parent_reasoner`` (ranker -> the reasoner version whose LTP it reads).
+- Figures (``eval.<metric>``, ``val.<metric>``, ``gate.vs_baseline.<metric>.lo``) are metrics of the MLflow run
+  behind the version: what the gate reads. Tags carry a copy for display; editing one changes no decision.
 - The gate refuses to make a version ``champion`` unless it is non-inferior (within ``margin``) on the
   validation days to the champion, or with no champion to the production baseline of its own run (the
   paired lower bound the workflow's gate recorded); ``override=True`` forces it and the override is recorded.
@@ -29,6 +31,23 @@ AUDIT_EXPERIMENT = "rgalign-registry-audit"
 def metric_tag(metric: str) -> str:
     """Tag key of an offline metric (MLflow keys allow no '@'): ``R@3`` -> ``eval.R_at_3``."""
     return "eval." + metric.replace("@", "_at_")
+
+
+def figure_key(key: str) -> str:
+    """Key of a figure the gate reads: a bare metric is an evaluation-week one (``MRR`` -> ``eval.MRR``);
+    ``val.*``, ``gate.*`` and ``eval.*`` keys stay as given (``@`` -> ``_at_``)."""
+    return key.replace("@", "_at_") if key.startswith(("val.", "gate.", "eval.")) else metric_tag(key)
+
+
+def run_of(model_uri: str, client=None) -> str | None:
+    """The run behind a model URI: ``runs:/<id>/<path>``, or a logged model ``models:/m-<id>`` (its source run;
+    needs ``client``); None for a path or a registry URI."""
+    if model_uri.startswith("runs:/"):
+        return model_uri.split("/")[1]
+    tail = model_uri[len("models:/"):] if model_uri.startswith("models:/") else ""
+    if client is not None and tail.startswith("m-") and "/" not in tail:
+        return client.get_logged_model(tail).source_run_id
+    return None
 
 
 class RegistryError(ValueError):
@@ -65,16 +84,26 @@ class Registry:
     def register(self, kind: str, env: str, model_uri: str, lineage: dict, metrics: dict | None = None,
                  alias: str | None = "candidate") -> str:
         """Register ``model_uri`` as a new version of ``<env>.<kind>`` with lineage tags and ``alias`` (None:
-        no alias yet, e.g. until the other half of a pair is registered too)."""
+        no alias yet, e.g. until the other half of a pair is registered too). ``metrics`` are the figures the
+        gate reads (``figure_key``: ``{"MRR": ...}`` is the evaluation week's, ``val.MRR`` the validation days',
+        ``gate.vs_baseline.MRR.lo`` the paired bound); they are logged as metrics of the run behind
+        ``model_uri`` (``run_of``; before any registry write) and copied as tags."""
         import mlflow
         name = model_name(env, kind)
         client = self.client
+        figures = {figure_key(k): float(v) for k, v in (metrics or {}).items()}
+        run_id = run_of(model_uri, client)
+        if figures and run_id is None:
+            raise RegistryError(f"metrics need a model logged in a run (runs:/... or models:/m-...: the run keeps "
+                                f"them), got {model_uri!r}")
+        for k, v in figures.items():
+            client.log_metric(run_id, k, v)
         try:
             client.get_registered_model(name)
         except mlflow.exceptions.MlflowException:
             client.create_registered_model(name, description=f"rgalign {kind} ({env})")
         tags = {k: str(v) for k, v in lineage.items() if v is not None}
-        tags.update({metric_tag(k): f"{float(v):.6f}" for k, v in (metrics or {}).items()})
+        tags.update({k: f"{v:.6f}" for k, v in figures.items()})
         mv = mlflow.register_model(model_uri, name, tags=tags)
         if alias:
             client.set_registered_model_alias(name, alias, mv.version)
@@ -182,14 +211,14 @@ class Registry:
             split, new, old = self._paired_metric(name, version, champion, metric)
             gate.update(reference=f"champion v{champion}", candidate_value=new, champion_value=old, split=split)
             if new is None or old is None:
-                gate.update(gate="no metric", why=f"or champion v{champion} has no {metric} tag to compare")
+                gate.update(gate="no metric", why=f"or champion v{champion} has no {metric} in its run to compare")
             elif new < old - margin:
                 gate.update(gate="refused", why=f"{metric}={new:.4f} is inferior to champion v{champion} "
                                                 f"{metric}={old:.4f} beyond margin {margin}")
             else:
                 gate["gate"] = "passed"
             return gate
-        lo = self.client.get_model_version(name, version).tags.get(f"gate.vs_baseline.{key}.lo")
+        lo = self.figures(name, version).get(f"gate.vs_baseline.{key}.lo")
         gate["reference"] = "the run's production baseline (no champion yet)"
         if lo is None:
             gate.update(gate="no metric", why=f"carries no paired difference to its run's baseline on {metric} "
@@ -203,24 +232,47 @@ class Registry:
         return gate
 
     def copy(self, kind: str, from_env: str, ref: str, to_env: str, alias: str = "candidate") -> str:
-        """Promote across environments: copy version ``ref`` of ``<from_env>.<kind>`` (tags included) into
-        ``<to_env>.<kind>`` as a new version with ``alias``; returns the new version."""
-        import mlflow
+        """Promote across environments: copy version ``ref`` of ``<from_env>.<kind>`` (tags included; its figures
+        stay in the run behind it) into ``<to_env>.<kind>`` as a new version with ``alias``; returns the new
+        version. A ranker brings its parent reasoner along (copied once into ``<to_env>.reasoner`` with the
+        same alias, or the copy made before), and its ``parent_reasoner`` names that copy: the target
+        environment serves without reading the source one."""
         src, dst = model_name(from_env, kind), model_name(to_env, kind)
         if src == dst:
             raise RegistryError(f"from_env and env are both {from_env!r}; use promote to move an alias")
         if alias not in ALIASES:
             raise RegistryError(f"alias={alias!r}; use one of {ALIASES}")
         version = self._resolve(src, ref)
+        tags = dict(self.client.get_model_version(src, version).tags)
+        parent = tags.get("parent_reasoner")
+        if kind == "ranker" and parent:
+            pname, _, pv = parent.partition("/")
+            self._require_version(pname, pv)
+            tags["parent_reasoner"] = f"{model_name(to_env, 'reasoner')}/{self._copy_once(pname, pv, to_env, alias)}"
+        return self._copy_version(src, version, dst, tags, alias)
+
+    def _copy_once(self, src: str, version: str, to_env: str, alias: str) -> str:
+        """``src`` v``version`` in ``<to_env>.reasoner``: the copy made earlier, else a new one."""
+        dst = model_name(to_env, "reasoner")
+        with_tag = f"{src}/{version}"
+        try:
+            for mv in self.client.search_model_versions(f"name='{dst}'"):
+                if mv.tags.get("copied_from") == with_tag:
+                    return str(mv.version)
+        except Exception:  # noqa: BLE001 (no such model yet)
+            pass
+        return self._copy_version(src, version, dst, dict(self.client.get_model_version(src, version).tags), alias)
+
+    def _copy_version(self, src: str, version: str, dst: str, tags: dict, alias: str) -> str:
+        import mlflow
         client = self.client
         try:
             client.get_registered_model(dst)
         except mlflow.exceptions.MlflowException:
-            client.create_registered_model(dst, description=f"rgalign {kind} ({to_env})")
+            client.create_registered_model(dst, description=f"rgalign {dst.split('.', 1)[1]} ({dst.split('.', 1)[0]})")
         mv = client.copy_model_version(f"models:/{src}/{version}", dst)
-        for k, v in client.get_model_version(src, version).tags.items():
+        for k, v in {**tags, "copied_from": f"{src}/{version}"}.items():
             client.set_model_version_tag(dst, mv.version, k, v)
-        client.set_model_version_tag(dst, mv.version, "copied_from", f"{src}/{version}")
         client.set_registered_model_alias(dst, alias, mv.version)
         self._audit("copy", dst, mv.version, f"{src}/{version}", alias, {})
         return str(mv.version)
@@ -299,10 +351,21 @@ class Registry:
             raise RegistryError(f"{name} has no version with alias {ref!r} (aliases: {dict(aliases) or 'none'})")
         return str(aliases[ref])
 
+    def figures(self, name: str, version: str) -> dict[str, float]:
+        """The figures of a version: metrics of the MLflow run behind it (not its editable tags)."""
+        import mlflow
+        run_id = self.client.get_model_version(name, version).run_id
+        if not run_id:
+            return {}
+        try:
+            return dict(self.client.get_run(run_id).data.metrics)
+        except mlflow.exceptions.MlflowException:
+            return {}
+
     def _paired_metric(self, name: str, a: str, b: str, metric: str) -> tuple[str, float | None, float | None]:
         """``metric`` of versions ``a`` and ``b`` on the same split: the validation days (``val.<metric>``) when
-        both carry it, else the evaluation-week tag (``eval.<metric>``, versions registered before the gate)."""
-        ta, tb = (self.client.get_model_version(name, v).tags for v in (a, b))
+        both carry it, else the evaluation week (``eval.<metric>``, versions registered before the gate)."""
+        ta, tb = (self.figures(name, v) for v in (a, b))
         val = "val." + metric.replace("@", "_at_")
         key, split = (val, "val") if val in ta and val in tb else (metric_tag(metric), "eval")
         get = lambda t: float(t[key]) if key in t else None  # noqa: E731

@@ -719,21 +719,23 @@ def register(reasoner: str | Path, ranker: str | Path, world_folder: str | Path,
     lineage = {"pipeline_run_id": run_id, "world_digest": digest, "feature_service": FEATURE_SERVICE}
     reasoner_uri = log_reasoner_model(reasoner, cfg.uri, cfg.root, lineage)   # logging first: no registry writes
     ranker_uri = log_ranker_checkpoint(ranker, cfg.uri, cfg.root, lineage)
-    gate_tags = {f"gate.vs_{k}.{m.replace('@', '_at_')}.lo": f"{v['lo']:.6f}" for k in GATE_ROWS if k != "candidate"
-                 for m, v in g["val_diffs"][diff_label(k)].items()}
-    gate_tags.update({"gate.metric": g["metric"], "gate.margin": g["margin"], "rga_method": cfg.rga_method,
-                      "stage3_run_id": kmeta.get("mlflow_run_id"), "reasoner_run_id": rmeta.get("mlflow_run_id")})
-    val = {f"val.{m.replace('@', '_at_')}": f"{v:.6f}" for m, v in kmeta.get("val", {}).items()}
+    gate_tags = {"gate.metric": g["metric"], "gate.margin": g["margin"], "rga_method": cfg.rga_method,
+                 "stage3_run_id": kmeta.get("mlflow_run_id"), "reasoner_run_id": rmeta.get("mlflow_run_id")}
+    # the figures promotion reads: metrics of each version's run (append-only), tags only as a display copy
+    figures = {f"gate.vs_{k}.{m}.lo": v["lo"] for k in GATE_ROWS if k != "candidate"
+               for m, v in g["val_diffs"][diff_label(k)].items()}
+    figures.update({f"val.{m}": v for m, v in kmeta.get("val", {}).items()})
+    figures.update(kmeta["eval"])
     # both versions first, aliases last: a failure in between leaves no alias moved and no half pair
     rv = reg.register("reasoner", cfg.env, reasoner_uri,
                       {**lineage, "reasoner_digest": rmeta.get("digest"), "method": rmeta.get("source"),
                        "parent_digest": rmeta.get("parent_digest"), "mlflow_run_id": rmeta.get("mlflow_run_id"),
-                       **gate_tags, **val}, kmeta["eval"], alias=None)
+                       **gate_tags}, figures, alias=None)
     try:
         inject_failure("register:ranker")
         kv = reg.register("ranker", cfg.env, ranker_uri, {**lineage, "parent_reasoner": f"{cfg.env}.reasoner/{rv}",
                                                           "reasoner_digest": kmeta.get("reasoner_digest"),
-                                                          **gate_tags, **val}, kmeta["eval"], alias=None)
+                                                          **gate_tags}, figures, alias=None)
     except Exception:
         reg.unregister("reasoner", cfg.env, rv, "the ranker of the same run failed to register")
         raise

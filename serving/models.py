@@ -4,11 +4,17 @@
 |-----------|--------------------------------------------------------|------------------------------------------------------------|
 | reasoner  | ``{"context": str}``                                   | ``context`` BYTES [B] -> ``ltp`` FP32 [B, d]                |
 | ranker    | ``{"features": {...}, "query_embedding": [d floats]}``  | ``features`` BYTES [B] (JSON objects), ``query_embedding`` FP32 [B, d] -> ``intent_ids`` INT64 [B, k], ``scores`` FP32 [B, k] |
-| recommend | ``{"user_id": int, "entry_point": int}``               | ``user_id`` INT64 [B], ``entry_point`` INT64 [B] (0 = none) -> ``intent_ids``, ``scores``, ``fallback`` BOOL [B] |
+| recommend | ``{"user_id": int, "entry_point": int}``               | ``user_id`` INT64 [B], ``entry_point`` INT64 [B] (0 = none) -> ``intent_ids``, ``scores``, ``fallback`` BOOL [B], ``reason`` BYTES [B] |
 
 ``k`` (default 3) is a top-level V1 field or a V2 request parameter. Every input problem becomes
 ``InvalidInput`` (HTTP 400 naming the field); the model work runs on one worker thread, off the event loop, so
 health probes answer while a batch is scored.
+
+A recommend answer from the popularity list has ``fallback`` true and a ``reason`` (``unknown user``, or the
+online store / reasoner failure); ``/metrics`` counts them as ``rgalign_fallback_total{reason=...}``. While the
+online store fails for longer than the server's ``unready_after_s`` the server is not ready (``/v2/health/ready``
+503, so Kubernetes drains the pod) while requests that still arrive are answered with the fallback; a background
+probe read notices the recovery.
 """
 from __future__ import annotations
 
@@ -26,6 +32,17 @@ from serving import kserve_module
 kserve = kserve_module()
 from kserve.errors import InvalidInput  # noqa: E402
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
+from prometheus_client import Counter  # noqa: E402
+
+FALLBACKS = Counter("rgalign_fallback_total", "recommend answers served from the popularity list, by reason",
+                    ["reason"])
+
+
+def reason_label(reason: str | None) -> str:
+    """A bounded Prometheus label for a fallback reason (the free text stays in the answer and the log)."""
+    r = reason or ""
+    return ("unknown_user" if r == "unknown user" else "feature_store" if r.startswith("feature store")
+            else "reasoner" if r.startswith("reasoner") else "other")
 
 
 def _v2_tensor(req: InferRequest, name: str, datatype: str, ndim: int, required: bool = True):
@@ -61,6 +78,15 @@ class _Base(kserve.Model):
         self.rec = rec
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self.ready = True
+
+    def dependencies_ready(self) -> bool:
+        """The server's readiness asks every model; the model itself stays healthy (requests in flight are
+        answered, with the fallback) while a dependency is down."""
+        return True
+
+    def unready_reason(self) -> str | None:
+        """Why this model's dependencies are not ready (None when they are)."""
+        return None
 
     async def _run(self, fn, *args):  # a RequestError raised in the worker is turned into a 400 by predict()
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -145,13 +171,34 @@ class RecommendModel(_Base):
     def __init__(self, name: str, rec: Recommender):
         super().__init__(name, rec)
         self.batcher = MicroBatcher(rec.recommend, self.pool)
+        self._probing = None
     inputs = [("user_id", "INT64", [-1]), ("entry_point", "INT64", [-1])]
-    outputs = [("intent_ids", "INT64", [-1, -1]), ("scores", "FP32", [-1, -1]), ("fallback", "BOOL", [-1])]
+    outputs = [("intent_ids", "INT64", [-1, -1]), ("scores", "FP32", [-1, -1]), ("fallback", "BOOL", [-1]),
+               ("reason", "BYTES", [-1])]
+
+    def dependencies_ready(self) -> bool:
+        """False while the online store has failed for longer than its ``unready_after_s``. Only reads state
+        (every readiness probe calls it); a probe read runs in the background while reads fail, since a pod out
+        of rotation gets no traffic to notice the recovery with."""
+        guard = self.rec.online
+        if guard.failing_since is not None and (self._probing is None or self._probing.done()):
+            self._probing = asyncio.get_running_loop().run_in_executor(None, guard.probe)
+        return guard.ready
+
+    def unready_reason(self) -> str | None:
+        return None if self.rec.online.ready else f"{self.name}: {self.rec.online.last_error}"
+
+    async def _submit(self, users, entries, k):
+        res = await self.batcher.submit(users, entries, k)
+        for r in res:
+            if r["fallback"]:
+                FALLBACKS.labels(reason_label(r["reason"])).inc()
+        return res
 
     async def predict_v1(self, payload):
         k = parse_k(payload.get("k"))
         users, entries = parse_users(payload["instances"])
-        return {"predictions": await self.batcher.submit(users, entries, k)}
+        return {"predictions": await self._submit(users, entries, k)}
 
     async def predict_v2(self, req):
         k = parse_k((req.parameters or {}).get("k"), "parameters.k")
@@ -163,12 +210,13 @@ class RecommendModel(_Base):
         inst = [{"user_id": int(u), **({"entry_point": int(entry[i])} if entry is not None and entry[i] else {})}
                 for i, u in enumerate(users.tolist())]
         uid, eps = parse_users(inst)
-        res = await self.batcher.submit(uid, eps, k)
+        res = await self._submit(uid, eps, k)
         pad = lambda xs, fill: [x + [fill] * (k - len(x)) for x in xs]  # noqa: E731 (fewer intents than k)
         return self._response(req, {
             "intent_ids": ("INT64", np.asarray(pad([r["intent_ids"] for r in res], 0), np.int64)),
             "scores": ("FP32", np.asarray(pad([r["scores"] for r in res], 0.0), np.float32)),
-            "fallback": ("BOOL", np.asarray([r["fallback"] for r in res], bool))})
+            "fallback": ("BOOL", np.asarray([r["fallback"] for r in res], bool)),
+            "reason": ("BYTES", np.asarray([r["reason"] or "" for r in res], object))})
 
 
 def build_models(rec: Recommender, names=("reasoner", "ranker", "recommend")) -> list:

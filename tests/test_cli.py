@@ -85,8 +85,14 @@ def test_the_popularity_arm_reads_through_the_other_arms_version_so_a_candidate_
 
     class Fake:
         popularity, recommend = "popularity-list", "ranked"
+        bundle = {"ranker": {"name": "dev.ranker", "version": "4"}}
     monkeypatch.setattr(Recommender, "from_registry", classmethod(lambda cls, reg, env, ref, *a: asked.append(ref) or Fake))
     args = argparse.Namespace(tracking_uri=None, artifacts="unused", env="dev", world="w", feast_dir=None)
-    assert cli._arm("popularity", args, "candidate") == "popularity-list" and asked == ["candidate"]
-    assert cli._arm("popularity", args, "http://127.0.0.1:8081/v1/models/recommend:predict") == "popularity-list"
-    assert cli._arm("candidate", args, "popularity") == "ranked" and asked[1:] == ["champion", "candidate"]
+    # each arm comes with what it serves (the A/B log's arm_target and the snapshots' metadata)
+    assert cli._arm("popularity", args, "candidate") == ("popularity-list", "popularity (the training clicks of "
+                                                        "dev.ranker v4)") and asked == ["candidate"]
+    url = "http://127.0.0.1:8081/v1/models/recommend:predict"
+    assert cli._arm("popularity", args, url)[0] == "popularity-list"
+    assert cli._arm("candidate", args, "popularity") == ("ranked", "dev.ranker v4 (@candidate)")
+    assert asked[1:] == ["champion", "candidate"]
+    assert cli._arm(url, args) == (url, url) and cli._arm("4", args)[1] == "dev.ranker v4"

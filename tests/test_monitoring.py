@@ -70,6 +70,38 @@ def test_embedding_drift_on_a_shifted_reasoner_not_on_a_reseeded_identical_one(f
     assert embedding_drift(ref, LTPEncoder(shifted, max_prompt_tokens=256).embed(ctx[300:]))["drift"]
 
 
+@pytest.fixture(scope="module")
+def baseline_ranker(ci_world, micro_reasoner, tmp_path_factory):
+    """A production-baseline ranker (no query tower) trained briefly on the ci world."""
+    from rgalign.workflow import WorkflowConfig, train_ranker
+    out = tmp_path_factory.mktemp("baseline")
+    train_ranker(ci_world, micro_reasoner, WorkflowConfig(max_train=400, max_val=50, max_eval=50, ranker_epochs=2,
+                                                          tracking=False, check_reasoner=False), out, model="baseline")
+    return out
+
+
+def test_score_drift_fires_on_a_scenario_that_shifts_scores_and_stays_quiet_on_the_same_week(ci_world, baseline_ranker,
+                                                                                           tmp_path):
+    from monitoring import jobs
+    from monitoring.workspace import project
+    quiet = jobs.run_drift(ci_world, window=1000, ranker=str(baseline_ranker), workspace=tmp_path / "ws",
+                           models={"ranker": "dev.ranker v7"})
+    assert not quiet["scores"].drifted, quiet["scores"].per_column
+    shifted = jobs.run_drift(ci_world, window=1000, scenario="logistics", ranker=str(baseline_ranker),
+                             workspace=tmp_path / "ws")
+    assert shifted["scores"].drifted == ["top_score"], shifted["scores"].per_column
+    assert any("ranker score drift" in r for r in shifted["gate"].reasons)
+    # every snapshot is named and tagged with its world and scenario, so real and simulated runs plot apart
+    ws, p = project(tmp_path / "ws")
+    runs = [ws.get_run(p.id, r) for r in ws.list_runs(p.id)]
+    names = sorted(r.name for r in runs)
+    assert len(names) == 4 and all(ci_world.name in n for n in names), names
+    assert sum("logistics scenario" in n for n in names) == 2
+    tags = {t for r in runs for t in r.tags}
+    assert {"score-drift", "scenario:none", "scenario:logistics", f"world:{ci_world.name}"} <= tags
+    assert any(r.metadata.get("ranker") == "dev.ranker v7" for r in runs)
+
+
 def test_ab_job_log_judge_workspace_and_bad_input(small_world, tmp_path):
     from conftest import chat_reply, json_server
     from monitoring import jobs

@@ -14,8 +14,8 @@ def _register(reg, path, mrr, run_id="run-1", vs_baseline_lo=0.01):
     """A version as the gated workflow registers it: its MRR and the paired lower bound vs its run's baseline."""
     uri = log_reasoner_model(path, reg.uri, reg.root)
     return reg.register("reasoner", "dev", uri, {"pipeline_run_id": run_id, "world_digest": "abc",
-                                                  "feature_service": "intent_ranking_v1",
-                                                  "gate.vs_baseline.MRR.lo": vs_baseline_lo}, {"MRR": mrr})
+                                                  "feature_service": "intent_ranking_v1"},
+                        {"MRR": mrr, "gate.vs_baseline.MRR.lo": vs_baseline_lo})
 
 
 def test_registered_reasoner_reloads_to_identical_ltp_by_alias(reg, micro_reasoner):
@@ -128,8 +128,57 @@ def test_the_champion_gate_compares_both_versions_on_the_same_split(reg, micro_r
     v1 = _register(reg, micro_reasoner, 0.30)
     reg.promote("dev", "reasoner", v1, "champion")
     uri = log_reasoner_model(micro_reasoner, reg.uri, reg.root)
-    v2 = reg.register("reasoner", "dev", uri, {"pipeline_run_id": "r2", "val.MRR": "0.9"}, {"MRR": 0.10})
+    v2 = reg.register("reasoner", "dev", uri, {"pipeline_run_id": "r2"}, {"val.MRR": 0.9, "MRR": 0.10})
     with pytest.raises(RegistryError, match="inferior to champion"):
         reg.promote("dev", "reasoner", v2, "champion")
     (refused,) = [a for a in reg.audit("dev", "reasoner") if a["action"] == "promote-refused"]
     assert refused["split"] == "eval" and refused["candidate_value"] == "0.1"
+
+
+def test_editing_a_versions_figure_tags_does_not_change_the_gates_decision(reg, micro_reasoner):
+    """The gate reads the figures from the run behind a version (metrics: append-only history); the tags are a
+    display copy that anyone can edit in the MLflow UI."""
+    v1 = _register(reg, micro_reasoner, 0.30)
+    reg.promote("dev", "reasoner", v1, "champion")
+    v2 = _register(reg, micro_reasoner, 0.20, run_id="run-2")
+    assert reg.show("dev", "reasoner", v2)["tags"]["eval.MRR"] == "0.200000"      # the display copy
+    reg.client.set_model_version_tag("dev.reasoner", v2, "eval.MRR", "0.99")
+    reg.client.set_model_version_tag("dev.reasoner", v1, "eval.MRR", "0.01")
+    with pytest.raises(RegistryError, match=r"MRR=0.2000 is inferior to champion v1 MRR=0.3000"):
+        reg.promote("dev", "reasoner", v2, "champion")
+    # no champion: the paired bound vs the run's baseline comes from the run too
+    solo = Registry(root=reg.root / "solo")
+    w = _register(solo, micro_reasoner, 0.30, vs_baseline_lo=-0.02)
+    solo.client.set_model_version_tag("dev.reasoner", w, "gate.vs_baseline.MRR.lo", "0.5")
+    with pytest.raises(RegistryError, match="inferior to the production baseline"):
+        solo.promote("dev", "reasoner", w, "champion")
+    with pytest.raises(RegistryError, match="logged in a run"):       # figures need a run to live in
+        reg.register("reasoner", "dev", str(micro_reasoner), {}, {"MRR": 0.3})
+
+
+def test_copying_a_ranker_brings_its_parent_reasoner(reg, micro_reasoner, tmp_path):
+    from rgalign.registry import run_of
+    rv = _register(reg, micro_reasoner, 0.30)
+    (tmp_path / "ranker").mkdir()
+    (tmp_path / "ranker" / "model.pt").write_bytes(b"weights")
+    import mlflow
+
+    class Stub(mlflow.pyfunc.PythonModel):   # a logged model holding a ranker-shaped folder (model.pt)
+        def predict(self, context, model_input):
+            return model_input
+    reg.client      # points mlflow at the registry's store
+    with mlflow.start_run() as run:
+        info = mlflow.pyfunc.log_model(name="ranker", python_model=Stub(), artifacts={"ranker": str(tmp_path / "ranker")})
+    kv = reg.register("ranker", "dev", info.model_uri,
+                      {"parent_reasoner": f"dev.reasoner/{rv}"}, {"MRR": 0.3, "gate.vs_baseline.MRR.lo": 0.01})
+    pv = reg.copy("ranker", "dev", kv, "prod")
+    prod = reg.show("prod", "ranker", pv)
+    assert prod["tags"]["parent_reasoner"] == "prod.reasoner/1"
+    assert reg.show("prod", "reasoner", "1")["tags"]["copied_from"] == f"dev.reasoner/{rv}"
+    assert reg.serving_bundle("prod", "candidate")["reasoner"]["name"] == "prod.reasoner"
+    # the copy keeps the figures (the same run) and a second ranker on the same reasoner reuses its copy
+    assert reg.figures("prod.ranker", pv)["eval.MRR"] == pytest.approx(0.3)
+    assert run_of(info.model_uri, reg.client) == run.info.run_id == run_of(f"runs:/{run.info.run_id}/x")
+    pv2 = reg.copy("ranker", "dev", kv, "prod", alias="challenger")
+    assert reg.show("prod", "ranker", pv2)["tags"]["parent_reasoner"] == "prod.reasoner/1"
+    assert len(reg.versions("prod", "reasoner")) == 1

@@ -44,7 +44,8 @@ def server(bundle, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("log") / "server.log"
     cmd = [sys.executable, "-m", "serving.server", "--ranker", str(bundle["ranker"]), "--reasoner",
-           str(bundle["reasoner"]), "--world", str(bundle["world"]), "--port", str(port), "--threads", "1"]
+           str(bundle["reasoner"]), "--world", str(bundle["world"]), "--port", str(port), "--threads", "1",
+           "--unready-after-s", "2", "--max-body-bytes", "200000"]
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -173,6 +174,33 @@ def test_bad_input_is_a_4xx_naming_the_field(server, path, body, field):
         assert field in r.text
         # the keep-alive connection survives: the next request on it is served
         assert c.get("/v2/health/ready").status_code == 200
+
+
+@pytest.mark.parametrize("method,path,body,ctype,status,word", [
+    ("POST", "/v1/models/recommend:predict", b'{"instances": [' + b'{"user_id": 1},' * 20_000 + b'{"user_id": 1}]}',
+     "application/json", 413, "200,000 bytes"),
+    ("GET", "/v1/models/recommend:predict", None, None, 405, "POST"),
+    ("GET", "/v2/models/recommend/infer", None, None, 405, "POST"),
+    ("POST", "/v1/models/recommend:predict", b'{"instances": [{"user_id": 1}]}', "text/plain", 415, "application/json"),
+    ("POST", "/v2/repository/models/recommend/unload", b"", None, 404, "extension is off"),  # no client unloads a model
+])
+def test_requests_are_checked_before_they_are_parsed(server, method, path, body, ctype, status, word):
+    with client(server) as c:
+        r = c.request(method, path, content=body, headers={"content-type": ctype} if ctype else {})
+        assert r.status_code == status and word in r.json()["error"], r.text
+        if status == 405:
+            assert r.headers["allow"] == "POST"
+        assert c.get("/v2/health/ready").status_code == 200
+        assert c.post("/v1/models/recommend:predict", json={"instances": [{"user_id": 1}]}).status_code == 200
+
+
+def test_a_chunked_body_over_the_limit_is_refused(server):
+    def chunks():
+        for _ in range(30):
+            yield b"x" * 10_000
+    r = httpx.post(f"{server['url']}/v1/models/recommend:predict", content=chunks(),
+                   headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 413 and "more than" in r.json()["error"]
 
 
 def test_health_answers_while_a_batch_is_scored(server):
@@ -327,3 +355,94 @@ def test_the_registered_rankers_run_records_its_config_and_validation_metrics(bu
     run = mlflow.search_runs([experiment("rgalign-ranker", None, tmp_path)]).iloc[0]
     assert run["params.ranker.epochs"] == "1" and run["params.ranker.model"] == "qe-rec"
     assert np.isfinite(run["metrics.val_MRR"]) and np.isfinite(run["metrics.eval_MRR"])
+
+
+def test_a_reasoner_failure_serves_the_flagged_popularity_list(bundle):
+    from rgalign.recommend import Recommender
+    rec = Recommender(bundle["ranker"], bundle["reasoner"], bundle["world"])
+
+    def broken(contexts):
+        raise RuntimeError("CUDA error: device-side assert")
+    rec.encoder.embed = broken
+    out = rec.recommend([known_user(bundle["world"]), 10**9])
+    assert [o["fallback"] for o in out] == [True, True]
+    assert out[0]["reason"] == "reasoner error: RuntimeError: CUDA error: device-side assert"
+    assert out[0]["intent_ids"] == rec.popularity([1])[0]["intent_ids"]
+
+
+def test_a_broken_online_store_degrades_under_load_and_recovers_without_a_restart(server):
+    """Truncated in place, removed, locked by another process: under 4 concurrent clients no answer is a 5xx,
+    the known user gets the flagged popularity list with the store's reason, readiness turns false within the
+    set time (2 s), and after the store is restored (the same bytes) the user is ranked again and the server is
+    ready, with the same process."""
+    import hashlib
+    import sqlite3
+    world = server["world"]
+    db = world.parent.parent / "feast" / world.name / "online_store.db"
+    original = db.read_bytes()
+    log_from = len(server["log"].read_text())      # earlier tests' 4xx are logged with KServe's tracebacks
+    u = known_user(world)
+    statuses, seen, stop = [], [], threading.Event()
+
+    def load():
+        with client(server) as c:
+            while not stop.is_set():
+                r = c.post("/v1/models/recommend:predict", json={"instances": [{"user_id": u}, {"user_id": 10**9}]})
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    seen.append((time.monotonic(), r.json()["predictions"][0]))
+
+    def ready() -> int:
+        return httpx.get(f"{server['url']}/v2/health/ready", timeout=10).status_code
+
+    def wait_for(cond, what, timeout=20):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if cond():
+                return
+            time.sleep(0.1)
+        pytest.fail(f"{what} within {timeout} s; last answers {seen[-2:]}; statuses {sorted(set(statuses))}")
+
+    def ranked_since(t):
+        return any(at > t and not p["fallback"] for at, p in seen)
+
+    lock = {}
+    faults = {
+        "truncate": (lambda: open(db, "r+b").truncate(0), lambda: db.write_bytes(original), "feature store error"),
+        "remove": (lambda: db.rename(db.with_suffix(".moved")), lambda: db.with_suffix(".moved").rename(db),
+                   "feature store missing"),
+        "lock": (lambda: lock.update(c=sqlite3.connect(db, isolation_level=None)) or lock["c"].execute("BEGIN EXCLUSIVE"),
+                 lambda: lock["c"].close(), "feature store slow"),
+    }
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: ranked_since(0), "a ranked answer before any fault")
+        for name, (brk, restore, reason) in faults.items():
+            t0 = time.monotonic()
+            brk()
+            try:
+                wait_for(lambda: any(at > t0 and p["fallback"] and p["reason"].startswith(reason) for at, p in seen),
+                         f"{name}: a fallback answer naming '{reason}'")
+                wait_for(lambda: ready() == 503, f"{name}: readiness false", timeout=2 + 8)
+                assert "not ready: recommend: feature store" in httpx.get(f"{server['url']}/v2/health/ready").text
+                assert httpx.get(f"{server['url']}/v2/health/live").status_code == 200
+            finally:
+                restore()
+            t1 = time.monotonic()
+            wait_for(lambda: ranked_since(t1), f"{name}: ranked answers after the restore")
+            wait_for(lambda: ready() == 200, f"{name}: readiness true after the restore")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        if not db.exists() and db.with_suffix(".moved").exists():
+            db.with_suffix(".moved").rename(db)
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == hashlib.sha256(original).hexdigest()
+    assert statuses and set(statuses) == {200}, sorted(set(statuses))
+    assert server["proc"].poll() is None
+    metrics = httpx.get(f"{server['url']}/metrics").text
+    assert 'rgalign_fallback_total{reason="feature_store"}' in metrics
+    log = server["log"].read_text()[log_from:]
+    assert log.count("Traceback") == 0 and 0 < log.count("served the popularity list since the last line") <= 6, log[-3000:]

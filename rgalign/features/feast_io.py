@@ -142,6 +142,23 @@ class FeatureStoreSession:
             rows["entry_point"] = entry_points
         return derive_request_features(rows)
 
+    def online_file(self) -> Path | None:
+        """The SQLite file of the online store (None for a server store such as Redis)."""
+        cfg = self.store().config
+        if getattr(cfg.online_store, "type", None) != "sqlite":
+            return None
+        path = Path(cfg.online_store.path)
+        return path if path.is_absolute() else Path(cfg.repo_path or self.repo) / path
+
+    def reset_online(self) -> None:
+        """Drop the online store's connection: the next ``online_rows`` opens a new one (after an error, or
+        when the store's file was replaced)."""
+        conn = getattr(getattr(self, "_online", None), "_conn", None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+        self._views = self._online = None
+
     def online_rows(self, user_ids: list[int], request_ts: pd.Timestamp | None = None,
                     entry_points: list[int] | None = None) -> list[dict]:
         """``online_context`` as one dict per user, without pandas (the serving hot path: ~0.3 ms for one
