@@ -202,7 +202,7 @@ def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
         if strategy == "V2" and cfg.sft_dpo:
             aligned["V2-dpo"] = align(cands, sel, raw, replace(wcfg, strategy=strategy, rga_method="sft-dpo"),
                                       out / "reasoners" / "V2")
-    t = tick("Stage 2 (RG-SFT, RG-CL x4, RG-DPO)", t)
+    t = tick(f"Stage 2 (RG-SFT, then {', '.join(aligned) or 'nothing: too few samples'})", t)
 
     rows_no3, rows_full = {}, {}
     for name, path in aligned.items():
