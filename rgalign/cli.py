@@ -175,6 +175,15 @@ def cmd_eval(args) -> int:
         diffs = {f"{label} - {first}": paired_difference(r, r0) for label, r in others}
         print("\n" + format_table(diffs, "difference to the first model, paired bootstrap 95% CI "
                                           "(an interval that excludes 0 is a real difference)"))
+    # by segment: the true intent's training clicks and the user's (where text and the query path pay)
+    from rgalign.metrics import segment_masks, segment_report
+    from rgalign.workflow import user_training_clicks
+    users = user_training_clicks(args.world).reindex(inputs.eval.user_id).fillna(0).to_numpy()
+    masks = segment_masks(inputs.eval.true_intent.to_numpy(), inputs.train_clicks, users)
+    seg_rows, seg_diffs = segment_report(ranks, masks, reference=next(iter(ranks)))
+    print("\n" + format_table(seg_diffs if seg_diffs else seg_rows,
+                               "by segment: " + ("each model minus the first, paired bootstrap 95% CI" if seg_diffs
+                                                 else "95% bootstrap CI")))
     return 0
 
 

@@ -228,3 +228,60 @@ def format_table(rows: dict[str, dict[str, MetricValue]], title: str = "") -> st
     for name, r in rows.items():
         lines.append(f"| {name} | " + " | ".join(r[c].fmt() if c in r else "-" for c in cols) + " |")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ segments
+# buckets of the target intent's training clicks (where text / LLM representations pay: cold and long-tail
+# intents), and of the user's training clicks
+CLICK_SEGMENTS = (("cold-start", 0, 0), ("1-20", 1, 20), ("21-100", 21, 100), ("101-500", 101, 500), ("501+", 501, None))
+SEGMENT_METRICS = ("R@3", "MRR")
+
+
+def segment_masks(target: np.ndarray, train_clicks: np.ndarray, user_clicks: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Boolean masks (N,) of the sessions by the target intent's training clicks (``train_clicks[target]``:
+    cold-start, 1-20, 21-100, 101-500, 501+, and <= 100) and, with ``user_clicks`` (N,), by the user's own
+    training clicks (none, some)."""
+    c = np.asarray(train_clicks)[np.asarray(target)]
+    out = {f"intent {name}": (c >= lo) & (c <= hi if hi is not None else True) for name, lo, hi in CLICK_SEGMENTS}
+    out["intent <= 100 clicks"] = c <= 100
+    if user_clicks is not None:
+        u = np.asarray(user_clicks)
+        out["user without training clicks"], out["user with training clicks"] = u == 0, u > 0
+    return out
+
+
+def segment_report(ranks: dict[str, np.ndarray], masks: dict[str, np.ndarray], reference: str | None = None,
+                   metrics: tuple[str, ...] = SEGMENT_METRICS, n_boot: int = 200, seed: int = 0) -> tuple[dict, dict]:
+    """Per segment: every model's ``metrics`` (bootstrap 95% CI) and each model minus ``reference`` (default: the
+    last model; paired bootstrap on the segment's sessions). Returns ``(rows, diffs)`` keyed
+    ``"<segment> (n=N): <model>"`` and ``"<segment> (n=N): <model> - <reference>"``; empty segments are skipped."""
+    names = list(ranks)
+    ref = reference or names[-1]
+    rows, diffs = {}, {}
+    for seg, m in masks.items():
+        n = int(m.sum())
+        if not n:
+            continue
+        for name in names:
+            ev = evaluate_ranks(ranks[name][m], n_boot=n_boot, seed=seed)
+            rows[f"{seg} (n={n:,}): {name}"] = {k: ev[k] for k in metrics}
+        for name in names:
+            if name != ref:
+                d = paired_difference(ranks[name][m], ranks[ref][m], n_boot=n_boot, seed=seed)
+                diffs[f"{seg} (n={n:,}): {name} - {ref}"] = {k: d[k] for k in metrics}
+    return rows, diffs
+
+
+def segment_metrics(diffs: dict, prefix: str = "seg") -> dict[str, float]:
+    """Flat MLflow metrics of ``segment_report``'s differences: ``seg.<segment>.<model - ref>.<metric>`` (value
+    and ``.lo``), names made MLflow-safe."""
+    import re
+    out = {}
+    for key, ms in diffs.items():
+        seg, _, pair = key.partition(": ")
+        seg = re.sub(r" \(n=[\d,]+\)", "", seg)
+        name = re.sub(r"[^0-9A-Za-z_.-]+", "_", f"{prefix}.{seg}.{pair.replace(' - ', '_vs_')}").strip("_")
+        for m, v in ms.items():
+            out[f"{name}.{m.replace('@', '_at_')}"] = v.value
+            out[f"{name}.{m.replace('@', '_at_')}.lo"] = v.lo
+    return out

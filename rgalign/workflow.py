@@ -20,14 +20,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 from rgalign.config import (REPRODUCE_PRESETS, AlignmentConfig, RankerConfig, ReasonerConfig, WorldConfig, _Config,
                             _f)
-from rgalign.metrics import METRICS, MetricValue, evaluate_ranks, format_table, paired_difference
+from rgalign.metrics import METRICS, MetricValue, evaluate_ranks, format_table, paired_difference, segment_metrics
 
 _CI = REPRODUCE_PRESETS["ci"]
 
@@ -434,7 +434,8 @@ def split_ranks(model, spec, inputs) -> dict[str, np.ndarray]:
     from rgalign.ranker.data import RankerData
     from rgalign.ranker.ranker_trainer import model_ranks
     from rgalign.world.generate import popularity_ranks
-    ranks = {}
+    ranks = {"train_clicks": inputs.train_clicks}
+    clicks_of = user_training_clicks(inputs.world)
     for split, target in (("val", "clicked_intent"), ("eval", "true_intent")):
         frame = getattr(inputs, split)
         data = RankerData.build(frame, spec, inputs.query[split], target)
@@ -443,7 +444,22 @@ def split_ranks(model, spec, inputs) -> dict[str, np.ndarray]:
             ranks[f"query_{split}"] = model_ranks(model, data, query_half=True)
         ranks[f"popularity_{split}"] = popularity_ranks(inputs.train_clicks, frame[target].to_numpy())
         ranks[f"users_{split}"], ranks[f"sessions_{split}"] = frame.user_id.to_numpy(), frame.session_id.to_numpy()
+        ranks[f"target_{split}"] = frame[target].to_numpy()
+        ranks[f"user_clicks_{split}"] = clicks_of.reindex(frame.user_id).fillna(0).to_numpy(np.int64)
     return ranks
+
+
+def user_training_clicks(world: str | Path):
+    """Clicked training-week sessions per user (the user-history segments; users without any are absent)."""
+    import pandas as pd
+    s = pd.read_parquet(Path(world) / "sessions.parquet", columns=["user_id", "split", "clicked_intent"])
+    return s[(s.split == "train") & (s.clicked_intent > 0)].user_id.value_counts()
+
+
+def segments_of(ranks: dict, split: str = "eval") -> dict[str, np.ndarray]:
+    """``metrics.segment_masks`` of a ``split_ranks`` result (intent and user training clicks)."""
+    from rgalign.metrics import segment_masks
+    return segment_masks(ranks[f"target_{split}"], ranks["train_clicks"], ranks.get(f"user_clicks_{split}"))
 
 
 def train_ranker(world_folder: str | Path, reasoner: str | Path, cfg: WorkflowConfig, out: str | Path,
@@ -607,11 +623,14 @@ class GateDecision:
     eval: dict[str, dict[str, MetricValue]]         # evaluation week (reported, never decided on)
     metric: str
     margin: float
+    segments: dict = field(default_factory=dict)    # "<segment> (n=N): <model>" -> metric (evaluation week)
+    segment_diffs: dict = field(default_factory=dict)  # "<segment> (n=N): <model> - baseline" -> paired difference
 
     def to_json(self) -> dict:
         enc = lambda rows: {n: {m: vars(v) for m, v in r.items()} for n, r in rows.items()}  # noqa: E731
         return {"passed": self.passed, "reasons": self.reasons, "metric": self.metric, "margin": self.margin,
-                "val": enc(self.val), "val_diffs": enc(self.val_diffs), "eval": enc(self.eval)}
+                "val": enc(self.val), "val_diffs": enc(self.val_diffs), "eval": enc(self.eval),
+                "segments": enc(self.segments), "segment_diffs": enc(self.segment_diffs)}
 
     def markdown(self) -> str:
         return "\n".join([
@@ -621,7 +640,11 @@ class GateDecision:
             format_table(self.val_diffs, f"Candidate minus each row, paired bootstrap 95% CI (gate metric "
                                          f"{self.metric})"), "",
             format_table(self.eval, "Evaluation week (true intents): reported only; Bayes and the world's "
-                                    "popularity row cover the whole week"), ""])
+                                    "popularity row cover the whole week"), "",
+            *([format_table(self.segment_diffs, "Evaluation week by segment (the target intent's training clicks, "
+                                                "the user's training clicks): each model minus the baseline, "
+                                                "paired bootstrap 95% CI (reported only)"), ""]
+              if self.segment_diffs else [])])
 
 
 def evaluation_gate(world_folder: str | Path, candidate: str | Path, baseline: str | Path, stage1: str | Path,
@@ -653,6 +676,12 @@ def evaluation_gate(world_folder: str | Path, candidate: str | Path, baseline: s
     diffs = {diff_label(k): paired_difference(c["val"], r[k]["val"] if k != "popularity" else
                                                            c["popularity_val"]) for k in ("popularity", "baseline", "stage1")}
     ev = {**rows("eval"), **{f"{k} (whole week)": v for k, v in headroom_rows(load_manifest(world_of(world_folder))).items()}}
+    seg_rows, seg_diffs = {}, {}
+    if "target_eval" in c:     # ranks saved before segments existed have no targets
+        from rgalign.metrics import segment_report
+        named = {"candidate": c["eval"], "stage1": r["stage1"]["eval"], "popularity": c["popularity_eval"],
+                 "baseline": r["baseline"]["eval"]}
+        seg_rows, seg_diffs = segment_report(named, segments_of(c), reference="baseline")
     if metric == "GAUC":   # GAUC has no per-session value, so no paired interval: the point values decide
         d = val[GATE_ROWS["candidate"]][metric].value - val[GATE_ROWS["popularity"]][metric].value
         lo = d
@@ -679,7 +708,7 @@ def evaluation_gate(world_folder: str | Path, candidate: str | Path, baseline: s
         passed = passed and ok
         reasons.append("reasoner check of the aligned reasoner: " + ("PASS" if ok else "FAIL (" + "; ".join(
             check.get("failures", [])) + "): nothing is registered"))
-    return GateDecision(passed, reasons, val, diffs, ev, metric, cfg.gate_margin)
+    return GateDecision(passed, reasons, val, diffs, ev, metric, cfg.gate_margin, seg_rows, seg_diffs)
 
 
 def gate_step(world_folder, candidate, baseline, stage1, cfg: WorkflowConfig, out: str | Path) -> GateDecision:
@@ -695,6 +724,7 @@ def gate_step(world_folder, candidate, baseline, stage1, cfg: WorkflowConfig, ou
     for split, rows in (("val", g.val), ("eval", g.eval)):
         flat.update({f"{split}.query_half.{m}": v.value for m, v in rows.get(QUERY_ROW, {}).items()})
     flat["passed"] = float(g.passed)
+    flat.update(segment_metrics(g.segment_diffs))
     log_step(cfg, "evaluation-gate", {"gate_metric": g.metric, "gate_margin": g.margin}, flat,
              tags={"decision": "PASS" if g.passed else "FAIL"}, text={"gate.md": g.markdown()})
     return g

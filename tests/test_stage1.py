@@ -99,6 +99,13 @@ def test_eval_compares_logged_rankers_session_by_session(inputs, ci_world, tmp_p
     cells = [c.strip() for c in row.strip("|").split("|")[1:]]
     assert cells[0] == want["R@3"].fmt() and cells[-1] == want["MRR"].fmt()   # columns: R@3 ... MRR
     assert want["MRR"].value != 0                                             # two different models
+    # by segment: the same paired difference on the sessions whose true intent had <= 100 training clicks
+    from rgalign.metrics import segment_masks
+    from rgalign.workflow import user_training_clicks
+    users = user_training_clicks(ci_world).reindex(inputs.eval.user_id).fillna(0).to_numpy()
+    m = segment_masks(inputs.eval.true_intent.to_numpy(), inputs.train_clicks, users)["intent <= 100 clicks"]
+    seg = next(line for line in out.splitlines() if line.startswith(f"| intent <= 100 clicks (n={m.sum():,}): qe-rec"))
+    assert seg.rstrip(" |").endswith(paired_difference(ranks[1][m], ranks[0][m])["MRR"].fmt())
 
 
 def _data(run, inputs, n):

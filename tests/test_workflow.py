@@ -112,15 +112,36 @@ def test_workflow_config_survives_protobuf_struct_and_checks_values():
 
 
 # ---------------------------------------------------------------------------------------------- the gate
-def _ranker_folder(path: Path, val_ranks, pop_val, n=50, seed=0):
+def _ranker_folder(path: Path, val_ranks, pop_val, n=50, seed=0, **extra):
     rng = np.random.default_rng(seed)
     path.mkdir(parents=True)
     (path / "meta.json").write_text(json.dumps({"n_intents": n}))
     m = len(val_ranks)
     np.savez(path / "ranks.npz", val=np.asarray(val_ranks), eval=rng.integers(0, n, 40), popularity_val=np.asarray(pop_val),
              popularity_eval=rng.integers(0, n, 40), users_val=np.arange(m) % 7, users_eval=np.arange(40) % 7,
-             sessions_val=np.arange(m), sessions_eval=np.arange(40))
+             sessions_val=np.arange(m), sessions_eval=np.arange(40), **extra)
     return path
+
+
+def test_the_gate_reports_the_evaluation_week_by_segment(tmp_path, small_world):
+    from rgalign.metrics import paired_difference, segment_masks
+    rng = np.random.default_rng(1)
+    clicks = np.r_[0, rng.integers(0, 900, 50)]
+    clicks[1:11] = 0                                                # ten cold-start intents
+    seg = dict(target_eval=rng.integers(1, 51, 40), user_clicks_eval=rng.integers(0, 2, 40), train_clicks=clicks)
+    pop = rng.integers(0, 20, 100)
+    cand = _ranker_folder(tmp_path / "cand", pop, pop, seed=1, **seg)
+    base = _ranker_folder(tmp_path / "base", pop, pop, seed=2)
+    g = workflow.evaluation_gate(small_world, cand, base, base, WorkflowConfig(tracking=False))
+    masks = segment_masks(seg["target_eval"], clicks, seg["user_clicks_eval"])
+    c, b = (np.load(f / "ranks.npz")["eval"] for f in (cand, base))
+    for name in ("intent cold-start", "intent <= 100 clicks", "user without training clicks"):
+        m = masks[name]
+        key = f"{name} (n={m.sum():,}): candidate - baseline"
+        assert g.segment_diffs[key]["MRR"].value == pytest.approx(paired_difference(c[m], b[m])["MRR"].value)
+    assert "by segment" in g.markdown() and "segment_diffs" in g.to_json()
+    from rgalign.metrics import segment_metrics
+    assert "seg.intent_cold-start.candidate_vs_baseline.MRR" in segment_metrics(g.segment_diffs)
 
 
 def test_the_gate_holds_the_popularity_floor_on_the_validation_days(tmp_path, small_world):
