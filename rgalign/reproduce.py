@@ -44,14 +44,22 @@ def paired_seeds(a: list, b: list) -> dict:
     """A - B on the evaluation week for rankers trained at the same seeds (``a[s]`` vs ``b[s]``): per seed a
     paired bootstrap interval over sessions, then the mean of the per-seed differences with a t-interval over
     seeds (``across_seeds``): the claim about models, not runs."""
-    from rgalign.workflow import split_ranks
-    per = []
+    from rgalign.workflow import segments_of, split_ranks
+    per, by_seg = [], {}
     for ra, rb in zip(a, b):
-        ka, kb = (split_ranks(r.model, r.spec, r.inputs)["eval"] for r in (ra, rb))
-        d = paired_difference(ka, kb)
+        sa, sb = (split_ranks(r.model, r.spec, r.inputs) for r in (ra, rb))
+        d = paired_difference(sa["eval"], sb["eval"])
         per.append({m: d[m] for m in PAIRED})
+        for seg, mask in segments_of(sa).items():      # the same sessions at every seed: the same masks
+            if mask.any():
+                d = paired_difference(sa["eval"][mask], sb["eval"][mask])
+                by_seg.setdefault(f"{seg} (n={int(mask.sum()):,})", []).append({m: d[m].value for m in PAIRED})
+
+    def over(vals: list[dict]) -> dict:
+        return {m: across_seeds([v[m] for v in vals]) if len(vals) > 1 else MetricValue(vals[0][m], vals[0][m], vals[0][m])
+                for m in PAIRED}
     seeds = {m: across_seeds([p[m].value for p in per]) if len(per) > 1 else per[0][m] for m in PAIRED}
-    return {"per_seed": per, "across_seeds": seeds}
+    return {"per_seed": per, "across_seeds": seeds, "segments": {k: over(v) for k, v in by_seg.items()}}
 
 
 def paired_md(pairs: dict) -> str:
@@ -63,6 +71,12 @@ def paired_md(pairs: dict) -> str:
             lines.append(f"| {name} | {s} | " + " | ".join(ci(d[m]) for m in PAIRED) + " |")
         lines.append(f"| {name} | mean of {len(p['per_seed'])} | "
                      + " | ".join(ci(p["across_seeds"][m]) for m in PAIRED) + " |")
+    lines += ["", "By segment (the true intent's and the user's training clicks; mean of the per-seed paired "
+              "differences, t-interval over seeds):", "",
+              "| difference | segment | " + " | ".join(PAIRED) + " |", "|---|---|" + "---|" * len(PAIRED)]
+    for name, p in pairs.items():
+        for seg, d in p.get("segments", {}).items():
+            lines.append(f"| {name} | {seg} | " + " | ".join(ci(d[m]) for m in PAIRED) + " |")
     return "\n".join(lines)
 
 
@@ -168,10 +182,10 @@ def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
     def frozen_rows(stage1, inputs):  # Stage 2 without Stage 3: the Stage-1 rankers read the new LTP
         return combine([evaluate_model(r.model, eval_data(r, inputs), seed=i) for i, r in enumerate(stage1)])
 
-    _, baseline = train_rows("baseline", inputs_raw)
+    base_runs, baseline = train_rows("baseline", inputs_raw)
     stage1, qerec = train_rows("qe-rec", inputs_raw)
     t = tick("Stage 1 (baseline + QE-Rec)", t)
-    text, pairs = None, {}
+    text, pairs = None, {"QE-Rec (LTP) - Baseline": paired_seeds(stage1, base_runs)}
     if cfg.text_encoder != "none":
         text = train_rows("qe-rec", text_inputs(world, cfg.text_encoder, replace(rcfg, query_encoder=cfg.text_encoder),
                                                 **kw), query_encoder=cfg.text_encoder)

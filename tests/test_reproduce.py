@@ -38,7 +38,7 @@ def test_reproduce_ci_end_to_end(tmp_path, two_threads, half_ci_sizes, built_rea
     for row in ("| Baseline |", "| QE-Rec |", "RGAlign-Rec (Full)", "BGE-style",
                 "Rel. Improv. (Best)", "Error Reduction (Best)", ", V2 |", "| QE-Rec, LSA (frozen text encoder) |",
                 "| QE-Rec: LTP - LSA | mean of 2 |", "| Stage 3 on V2-cl - Stage 1 QE-Rec | 1 |", "| raw |",
-                "| V2-cl |", "all-MiniLM-L6-v2 (reference)"):
+                "| V2-cl |", "all-MiniLM-L6-v2 (reference)", "| QE-Rec (LTP) - Baseline | intent cold-start (n="):
         assert row in md, row
     assert ", V1 |" not in md and ", V4 |" not in md            # --strategies V2 aligns V2 alone
     assert "SFT&DPO" not in md                                   # --no-sft-dpo
