@@ -31,8 +31,8 @@ def main():
     ap.add_argument("--workspace", default="artifacts/evidently")
     ap.add_argument("--project", default="rgalign-rec dev")
     ap.add_argument("--out", default="docs/dashboard.png")
-    ap.add_argument("--size", default="1400,2300")
-    ap.add_argument("--wait-ms", type=int, default=20000, help="virtual time for the page to draw its charts")
+    ap.add_argument("--size", default="1400,3000")
+    ap.add_argument("--wait-ms", type=int, default=60000, help="virtual time for the page to draw its charts")
     a = ap.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:

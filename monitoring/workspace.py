@@ -48,9 +48,9 @@ def _dashboard(p) -> None:
     arms = ("champion", "challenger")
     p.dashboard.add_panel(text_panel("rgalign-rec: champion vs challenger", "daily per-arm rates, tests and drift"),
                           tab="A/B")
-    for col, title in AB_COLUMNS.items():  # one column per arm: the UI merges series that differ only by tags
-        p.dashboard.add_panel(line_plot_panel(f"{title} per arm", [
-            PanelMetric(legend=a, tags=[f"arm:{a}"], metric="MeanValue", metric_labels={"column": f"{col}_{a}"})
+    for col, title in AB_COLUMNS.items():  # one column per arm (the UI merges series that differ only by tags),
+        p.dashboard.add_panel(line_plot_panel(f"{title} per arm", [   # both arms in one daily snapshot: lines
+            PanelMetric(legend=a, tags=["ab-arms"], metric="MeanValue", metric_labels={"column": f"{col}_{a}"})
             for a in arms], size="half"), tab="A/B")
     p.dashboard.add_panel(line_plot_panel("A/B p-values (fixed horizon and sequential)", [
         PanelMetric(legend=t, tags=["ab-stats"], metric="MeanValue", metric_labels={"column": c})
@@ -58,14 +58,17 @@ def _dashboard(p) -> None:
     p.dashboard.add_panel(line_plot_panel("CSAT guardrail", [
         PanelMetric(legend="breached", tags=["ab-stats"], metric="MeanValue", metric_labels={"column": "guardrail"})],
         size="half"), tab="A/B")
-    def series(title, tag, metric, labels):    # one series per scenario: a simulated run never mixes with real data
-        p.dashboard.add_panel(line_plot_panel(title, [
-            PanelMetric(legend="real data" if sc == "none" else f"{sc} scenario", tags=[tag, f"scenario:{sc}"],
-                        metric=metric, metric_labels=labels) for sc in SCENARIOS], size="half"), tab="Drift")
-    series("Share of drifted feature columns", "drift", "DriftedColumnsCount", {"value_type": "share"})
-    series("Ranker top-1 score drift (Wasserstein, normed)", "score-drift", "ValueDrift", {"column": "top_score"})
-    series("Query-embedding drift (domain classifier ROC AUC)", "embedding-drift", "MeanValue",
-           {"column": "embedding_auc"})
+    for sc in SCENARIOS:   # a panel per scenario: the UI merges series that differ only by tags, and a simulated
+        where = "real data" if sc == "none" else f"{sc} scenario"      # run must never mix with real data
+        for title, tag, metric, labels in (
+                ("Share of drifted feature columns", "drift", "DriftedColumnsCount", {"value_type": "share"}),
+                ("Ranker top-1 score drift (K-S p below 1,000 rows, else Wasserstein)", "score-drift", "ValueDrift",
+                 {"column": "top_score"}),
+                ("Query-embedding drift (domain classifier ROC AUC)", "embedding-drift", "MeanValue",
+                 {"column": "embedding_auc"})):
+            p.dashboard.add_panel(line_plot_panel(f"{title}: {where}", [
+                PanelMetric(legend=where, tags=[tag, f"scenario:{sc}"], metric=metric, metric_labels=labels)],
+                size="half"), tab="Drift")
     p.save()
 
 
@@ -80,24 +83,27 @@ def _mean_report(frame: pd.DataFrame, columns: list[str], ts: datetime, tags: li
 
 
 def ab_snapshots(log: pd.DataFrame, summary_by_day: dict | None = None, metadata: dict | None = None) -> list:
-    """Per day and arm: rates of the log (sessions without a click count as 0; CSAT over rated sessions). Each
-    snapshot is named and carries ``metadata`` (the data source) plus its arm's target (``arm_target`` of the
-    log: the endpoint URL or registry version the arm served)."""
+    """Per day: each arm's rates (sessions without a click count as 0; CSAT over rated sessions), one snapshot
+    with a column per arm (so the dashboard draws each arm as its own line). Each snapshot is named and carries
+    ``metadata`` (the data source) plus each arm's target (``arm_target`` of the log: the endpoint URL or
+    registry version it served)."""
     if log.empty:
         raise ValueError("the A/B log is empty: nothing to publish")
     log = log.assign(day=pd.to_datetime(log.event_timestamp, utc=True).dt.floor("D"),
                      csat_good=np.where(log.csat == "none", np.nan, (log.csat == "good").astype(float)))
-    snaps = []
-    for (day, arm), g in log.groupby(["day", "arm"]):
-        cols = {c: f"{c}_{arm}" for c in AB_COLUMNS}
-        target = str(g.arm_target.iloc[0]) if "arm_target" in g else "unrecorded"
-        snaps.append(_mean_report(g.rename(columns=cols), list(cols.values()), day.to_pydatetime(), [f"arm:{arm}"],
-                                  f"A/B {arm} {day:%Y-%m-%d} ({target})",
-                                  {**(metadata or {}), "arm": str(arm), "target": target}))
+    arms = sorted(log.arm.unique())
     targets = {str(a): str(g.arm_target.iloc[0]) for a, g in log.groupby("arm")} if "arm_target" in log else {}
+    meta = {**(metadata or {}), **{f"target_{a}": t for a, t in targets.items()}}
+    snaps = []
+    for day, g in log.groupby("day"):   # one snapshot a day with a column per arm (NaN on the other arm's rows)
+        frame = pd.DataFrame({f"{c}_{a}": np.where(g.arm == a, g[c].astype(float), np.nan)
+                              for c in AB_COLUMNS for a in arms})
+        label = "; ".join(f"{a}: {targets.get(str(a), 'unrecorded')}" for a in arms)
+        snaps.append(_mean_report(frame, list(frame.columns), day.to_pydatetime(), ["ab-arms"],
+                                  f"A/B arms {day:%Y-%m-%d} ({label})", meta))
     for day, stats in (summary_by_day or {}).items():
         snaps.append(_mean_report(pd.DataFrame([stats]), list(STAT_COLUMNS), day, ["ab-stats"], f"A/B tests {day:%Y-%m-%d}",
-                                  {**(metadata or {}), **{f"target_{a}": t for a, t in targets.items()}}))
+                                  meta))
     return snaps
 
 
