@@ -132,8 +132,10 @@ def test_full_pipeline_locally_then_a_failed_late_step_leaves_registry_and_featu
     """The product's main job through kfp.local with RG-DPO (4 ranker epochs, 300 evaluation sessions and 48
     Stage-2 contexts instead of 10 / 1,000 / 160, for time; the rankers' training and validation sessions are the
     default's, so the gate sees what a user's run sees), starting from the registered base reasoner (built
-    once per test session with the main job's settings: the build step finds it and copies it); the same
-    workflow in one process gives the same numbers; then a re-run whose registration fails."""
+    once per test session with the main job's settings: the build step finds it and copies it); the ranker step
+    run in one process on the pipeline's world and reasoners (raw for Stage 1, RG-DPO-aligned for Stage 3) gives
+    the same numbers (the in-process chain of every step is tests/test_workflow.py's); then a re-run whose
+    registration fails."""
     from pipelines.run import run_local
     from rgalign import workflow
     from rgalign.registry import Registry
@@ -142,18 +144,19 @@ def test_full_pipeline_locally_then_a_failed_late_step_leaves_registry_and_featu
     cfg = WorkflowConfig(ranker_epochs=4, max_eval=300, n_samples=48, rga_method="sft-dpo", artifacts=str(tmp_path))
     workflow.register_base(built_reasoner, ci_world, cfg)
     run_local(cfg)
-    # the same workflow in one process (what `rgalign align` runs) from the pipeline's world and raw reasoner:
-    # the same Stage-3 numbers, so the KFP components add nothing and lose nothing (the checks only read)
+    # the ranker step in one process on the pipeline's world and reasoners: the same Stage-1 and Stage-3 numbers,
+    # so the KFP components add nothing and lose nothing (the checks only read)
     (run0,) = sorted((tmp_path / "kfp").glob("rgalign-training-*"))
     raw = json.loads((run0 / "build-reasoner" / "reasoner" / "rgalign_reasoner.json").read_text())
     assert raw["digest"] == json.loads((built_reasoner / "rgalign_reasoner.json").read_text())["digest"]  # the base
     gate = json.loads((run0 / "evaluation-gate" / "gate" / "gate.json").read_text())
     assert any(r.startswith("reasoner check of the aligned reasoner") for r in gate["reasons"])
     metas = {json.loads(p.read_text())["label"]: p.parent for p in run0.glob("*/ranker/meta.json")}
-    local = workflow.run(dataclasses.replace(cfg, register=False, tracking=False, check_reasoner=False), tmp_path / "inproc",
-                         world=workflow.world_of(run0 / "prepare-features" / "world"),
-                         reasoner=run0 / "build-reasoner" / "reasoner", progress=False)
-    for label, folder in (("Stage 1", local.stage1), ("Stage 3", local.stage3)):
+    quiet = dataclasses.replace(cfg, register=False, tracking=False, check_reasoner=False)
+    world = workflow.world_of(run0 / "prepare-features" / "world")
+    for label, reasoner in (("Stage 1", run0 / "build-reasoner" / "reasoner"), ("Stage 3", run0 / "rg-refine" / "aligned")):
+        folder = tmp_path / "inproc" / label.replace(" ", "")   # the step in one process, on the pipeline's inputs
+        workflow.train_ranker(world, reasoner, quiet, folder, label=label)
         want = json.loads((metas[label] / "meta.json").read_text())
         got = json.loads((folder / "meta.json").read_text())
         assert got["eval"] == pytest.approx(want["eval"], abs=1e-9) and got["val"] == pytest.approx(want["val"], abs=1e-9)
