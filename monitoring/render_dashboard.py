@@ -1,6 +1,7 @@
 """Render the Evidently dashboard of a workspace project to a PNG with headless Chromium (for docs/).
 
-    python monitoring/render_dashboard.py --workspace artifacts/evidently --out docs/dashboard.png [--tab A/B]
+    python monitoring/render_dashboard.py --workspace artifacts/evidently --out docs/dashboard.png
+    python monitoring/render_dashboard.py --workspace artifacts/evidently --out docs/dashboard_runs.png --page reports
 
 Starts ``evidently ui`` on a free loopback port, screenshots the project page and stops the server.
 Needs Debian's ``chromium``; it draws the charts only with SwiftShader (``--use-angle=swiftshader
@@ -33,6 +34,8 @@ def main():
     ap.add_argument("--out", default="docs/dashboard.png")
     ap.add_argument("--size", default="1400,3000")
     ap.add_argument("--wait-ms", type=int, default=60000, help="virtual time for the page to draw its charts")
+    ap.add_argument("--page", choices=["dashboard", "reports"], default="dashboard",
+                    help="the dashboard, or the list of named runs (snapshots) with their tags")
     a = ap.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
@@ -55,12 +58,13 @@ def main():
         else:
             sys.exit("evidently ui did not start")
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        page = "/reports" if a.page == "reports" else ""
         with tempfile.TemporaryDirectory() as profile:
             subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader",
                             "--enable-unsafe-swiftshader", "--disable-background-networking", "--disable-component-update",
                             "--disable-sync", "--no-first-run", "--disable-quic", f"--user-data-dir={profile}",
                             "--hide-scrollbars", f"--window-size={a.size}", f"--virtual-time-budget={a.wait_ms}",
-                            f"--screenshot={Path(a.out).resolve()}", f"{url}/projects/{found[0].id}"],
+                            f"--screenshot={Path(a.out).resolve()}", f"{url}/projects/{found[0].id}{page}"],
                            check=True, capture_output=True, timeout=180)
         print(f"written {a.out} ({Path(a.out).stat().st_size:,} bytes) from {url}/projects/{found[0].id}")
     finally:
