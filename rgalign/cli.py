@@ -178,8 +178,8 @@ def cmd_eval(args) -> int:
     # by segment: the true intent's training clicks and the user's (where text and the query path pay)
     from rgalign.metrics import segment_masks, segment_report
     from rgalign.workflow import user_training_clicks
-    users = user_training_clicks(args.world).reindex(inputs.eval.user_id).fillna(0).to_numpy()
-    masks = segment_masks(inputs.eval.true_intent.to_numpy(), inputs.train_clicks, users)
+    masks = segment_masks(inputs.eval.true_intent.to_numpy(), inputs.train_clicks,
+                          user_training_clicks(args.world, inputs.eval.user_id))
     seg_rows, seg_diffs = segment_report(ranks, masks, reference=next(iter(ranks)))
     print("\n" + format_table(seg_diffs if seg_diffs else seg_rows,
                                "by segment: " + ("each model minus the first, paired bootstrap 95% CI" if seg_diffs
@@ -462,8 +462,7 @@ def cmd_serve(args) -> int:
     from serving.server import serve
     reg = Registry(args.tracking_uri, args.artifacts)
     b = reg.serving_bundle(args.env, args.alias)
-    print(f"serving {b['ranker']['name']} v{b['ranker']['version']} (@{args.alias})"
-          + (f" + {b['reasoner']['name']} v{b['reasoner']['version']}" if "reasoner" in b else "")
+    print(f"serving {_version(b['ranker'])} (@{args.alias})" + (f" + {_version(b['reasoner'])}" if "reasoner" in b else "")
           + f" on http://{args.host}:{args.port}  (V1 /v1/models/recommend:predict, V2 /v2/models/recommend/infer)",
           flush=True)
     cfg = config_from_args(ServeConfig, args)
@@ -485,6 +484,11 @@ def cmd_deploy(args) -> int:
     return 0
 
 
+def _version(entry: dict) -> str:
+    """A registry bundle entry as people read it: ``dev.ranker v3``."""
+    return f"{entry['name']} v{entry['version']}"
+
+
 def _arm(ref: str, args, other: str = "champion"):
     """An A/B arm and what it serves: a recommend endpoint URL, ``popularity`` (the floor), or a registry
     alias/version served in process. The popularity arm reads its list through the other arm's registry version
@@ -498,7 +502,7 @@ def _arm(ref: str, args, other: str = "champion"):
     via = ref if served(ref) else other if served(other) else "champion"
     rec = Recommender.from_registry(Registry(args.tracking_uri, args.artifacts), args.env, via, args.world,
                                     args.feast_dir)
-    version = f"{rec.bundle['ranker']['name']} v{rec.bundle['ranker']['version']}"
+    version = _version(rec.bundle["ranker"])
     if served(ref):
         return rec.recommend, f"{version} (@{ref})" if not ref.isdigit() else version
     return rec.popularity, f"popularity (the training clicks of {version})"
@@ -525,17 +529,15 @@ def cmd_monitor(args) -> int:
             print(f"log: {args.out} ({len(res['log']):,} sessions)")
         return 0
     if args.sub == "drift":
-        ranker = reasoner = args.reasoner
-        models = {}
+        ranker, reasoner = None, args.reasoner
+        models = {"reasoner": args.reasoner} if args.reasoner else {}
         if args.ranker:
             from rgalign.registry import Registry
             b = Registry(args.tracking_uri, args.artifacts).serving_bundle(args.env, args.ranker)
             ranker, reasoner = b["ranker"]["dir"], args.reasoner or b.get("reasoner", {}).get("dir")
-            models = {k: f"{v['name']} v{v['version']}" for k, v in b.items() if isinstance(v, dict) and "version" in v}
-        elif args.reasoner:
-            models = {"reasoner": args.reasoner}
+            models = {k: _version(v) for k, v in b.items() if isinstance(v, dict) and "version" in v}
         res = jobs.run_drift(args.world, args.window, args.scenario, reasoner, args.current_reasoner,
-                             args.workspace, args.max_share, ranker=ranker if args.ranker else None, models=models)
+                             args.workspace, args.max_share, ranker=ranker, models=models)
         f = res["features"]
         print(f"feature drift ({f.methods['num_method']} / {f.methods['cat_method']}, {f.n_reference:,} vs "
               f"{f.n_current:,} sessions): {len(f.drifted)}/{len(f.per_column)} columns")

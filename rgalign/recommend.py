@@ -231,8 +231,9 @@ class Recommender:
                 raise ValueError(f"reasoner LTP size {self.encoder.dim} != ranker query size {self.d_e}")
         elif reasoner_url is not None:
             self.encoder = RemoteReasoner(reasoner_url)
+        from rgalign.features.online_guard import LogWindow
         self.store = self.online = None
-        self._reasoner_logged_at = None
+        self._reasoner_log = LogWindow()
         if world_dir is not None:
             from rgalign.features.feast_io import FeatureStoreSession
             from rgalign.features.online_guard import OnlineGuard
@@ -310,15 +311,10 @@ class Recommender:
                 out.append(self.popularity([u], k=k, reason="unknown user")[0])
         return out
 
-    def _reasoner_failed(self, e: Exception, window_s: float = 60.0) -> str:
-        import logging
-        import time
-        reason = f"reasoner error: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
-        now = time.monotonic()
-        if self._reasoner_logged_at is None or now - self._reasoner_logged_at >= window_s:
-            logging.getLogger("rgalign.online").warning("%s (serving the popularity list; one line per %g s)",
-                                                        reason, window_s)
-            self._reasoner_logged_at = now
+    def _reasoner_failed(self, e: Exception) -> str:
+        from rgalign.features.online_guard import describe
+        reason = f"reasoner error: {describe(e)}"
+        self._reasoner_log.warn(reason)
         return reason
 
     def compile(self) -> "Recommender":

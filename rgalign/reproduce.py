@@ -47,7 +47,10 @@ def paired_seeds(a: list, b: list) -> dict:
     from rgalign.workflow import segments_of, split_ranks
     per, by_seg = [], {}
     for ra, rb in zip(a, b):
-        sa, sb = (split_ranks(r.model, r.spec, r.inputs) for r in (ra, rb))
+        for r in (ra, rb):     # a ranker in several pairs (Stage 1) is ranked once
+            if getattr(r, "ranks", None) is None:
+                r.ranks = split_ranks(r.model, r.spec, r.inputs)
+        sa, sb = ra.ranks, rb.ranks
         d = paired_difference(sa["eval"], sb["eval"])
         per.append({m: d[m] for m in PAIRED})
         for seg, mask in segments_of(sa).items():      # the same sessions at every seed: the same masks

@@ -435,7 +435,7 @@ def split_ranks(model, spec, inputs) -> dict[str, np.ndarray]:
     from rgalign.ranker.ranker_trainer import model_ranks
     from rgalign.world.generate import popularity_ranks
     ranks = {"train_clicks": inputs.train_clicks}
-    clicks_of = user_training_clicks(inputs.world)
+    clicks_of = user_training_clicks(inputs.world)          # read once for both splits
     for split, target in (("val", "clicked_intent"), ("eval", "true_intent")):
         frame = getattr(inputs, split)
         data = RankerData.build(frame, spec, inputs.query[split], target)
@@ -445,15 +445,18 @@ def split_ranks(model, spec, inputs) -> dict[str, np.ndarray]:
         ranks[f"popularity_{split}"] = popularity_ranks(inputs.train_clicks, frame[target].to_numpy())
         ranks[f"users_{split}"], ranks[f"sessions_{split}"] = frame.user_id.to_numpy(), frame.session_id.to_numpy()
         ranks[f"target_{split}"] = frame[target].to_numpy()
-        ranks[f"user_clicks_{split}"] = clicks_of.reindex(frame.user_id).fillna(0).to_numpy(np.int64)
+        ranks[f"user_clicks_{split}"] = user_training_clicks(inputs.world, frame.user_id, clicks_of)
     return ranks
 
 
-def user_training_clicks(world: str | Path):
-    """Clicked training-week sessions per user (the user-history segments; users without any are absent)."""
+def user_training_clicks(world: str | Path, user_ids=None, counts=None):
+    """Clicked training-week sessions per user (the user-history segments): a Series by user id (users without
+    any are absent), or with ``user_ids`` one count per session, (N,) int64. ``counts``: the Series, already read."""
     import pandas as pd
-    s = pd.read_parquet(Path(world) / "sessions.parquet", columns=["user_id", "split", "clicked_intent"])
-    return s[(s.split == "train") & (s.clicked_intent > 0)].user_id.value_counts()
+    if counts is None:
+        s = pd.read_parquet(Path(world) / "sessions.parquet", columns=["user_id", "split", "clicked_intent"])
+        counts = s[(s.split == "train") & (s.clicked_intent > 0)].user_id.value_counts()
+    return counts if user_ids is None else counts.reindex(user_ids).fillna(0).to_numpy(np.int64)
 
 
 def segments_of(ranks: dict, split: str = "eval") -> dict[str, np.ndarray]:

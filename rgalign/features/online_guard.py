@@ -24,6 +24,28 @@ from concurrent.futures import TimeoutError as FutureTimeout
 log = logging.getLogger("rgalign.online")
 
 
+def describe(e: Exception) -> str:
+    """``Type: first line of the message`` (at most 160 characters): a reason short enough for an answer."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+
+
+class LogWindow:
+    """At most one log line per ``window_s`` seconds, with how many events the window held."""
+
+    def __init__(self, window_s: float = 60.0, clock=time.monotonic):
+        self.window_s, self.clock, self.at, self.unlogged = window_s, clock, None, 0
+
+    def warn(self, message: str) -> None:
+        now = self.clock()
+        self.unlogged += 1
+        if self.at is None or now - self.at >= self.window_s:
+            log.warning("%s; %d request(s) served the popularity list since the last line", message, self.unlogged)
+            self.at, self.unlogged = now, 0
+
+    def reset(self) -> None:
+        self.at, self.unlogged = None, 0
+
+
 class OnlineGuard:
     """A deadline, reconnects and a health state around one store's online reads.
 
@@ -40,7 +62,7 @@ class OnlineGuard:
         if deadline_s <= 0 or unready_after_s < 0 or log_window_s < 0:
             raise ValueError(f"deadline_s must be > 0 and unready_after_s, log_window_s >= 0; got {deadline_s}, "
                              f"{unready_after_s}, {log_window_s}")
-        self.store, self.deadline_s, self.unready_after_s, self.log_window_s = store, deadline_s, unready_after_s, log_window_s
+        self.store, self.deadline_s, self.unready_after_s = store, deadline_s, unready_after_s
         self.clock = clock
         self.failing_since: float | None = None
         self.last_error: str | None = None
@@ -48,8 +70,7 @@ class OnlineGuard:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-store")
         self._pending: Future | None = None
         self._lock = threading.Lock()
-        self._logged_at: float | None = None
-        self._unlogged = 0
+        self._log = LogWindow(log_window_s, clock)
         self._file = store.online_file()
         self._stamp = self._file_stamp()
 
@@ -80,8 +101,7 @@ class OnlineGuard:
             self._pending = fut
             return None, self._fail("slow", f"feature store slow: no answer within {self.deadline_s:g} s")
         except Exception as e:  # noqa: BLE001 (any store error degrades to the fallback)
-            first = str(e).splitlines()[0][:160] if str(e) else ""
-            return None, self._fail("error", f"feature store error: {type(e).__name__}: {first}")
+            return None, self._fail("error", f"feature store error: {describe(e)}")
         self._recovered()
         return rows, None
 
@@ -132,13 +152,11 @@ class OnlineGuard:
         self.last_error = reason
         if self.failing_since is None:
             self.failing_since = now
-        self._unlogged += 1
-        if self._logged_at is None or now - self._logged_at >= self.log_window_s:
-            log.warning("%s; %d request(s) served the popularity list since the last line", reason, self._unlogged)
-            self._logged_at, self._unlogged = now, 0
+        self._log.warn(reason)
         return reason
 
     def _recovered(self) -> None:
         if self.failing_since is not None:
             log.warning("feature store recovered after %.1f s", self.clock() - self.failing_since)
-            self.failing_since, self._logged_at, self._unlogged = None, None, 0
+            self.failing_since = None
+            self._log.reset()
