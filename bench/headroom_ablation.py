@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from rgalign.config import WorldConfig
-from rgalign.features.metadata import MAX_RECENT
+from rgalign.world.vocab import MAX_RECENT
 from rgalign.metrics import evaluate_ranks, ranks_from_scores
 from rgalign.ranker.inputs import load_ranker_inputs
 from rgalign.world.intent_model import RETURN_MEAN, RETURN_STD, IntentModel, overdue_of

@@ -28,7 +28,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     inputs = load_ranker_inputs(args.world, progress=False)
-    ctx_all = verbalize_frame(inputs.eval.head(max(args.n, args.probe)), inputs.kb)
+    ctx_all = verbalize_frame(inputs.eval.head(max(args.n, args.probe)), inputs.kb, inputs.contract)
     print(f"machine: {platform.machine()}, 1 thread, torch {torch.__version__}")
     print("| reasoner | params | d | fp32 prompts/s | int8 prompts/s | int8 x | cached prompts/s | int8 cos vs fp32 |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")

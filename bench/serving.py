@@ -57,7 +57,7 @@ def bare_app(args):
     async def recommend(request: Request):
         body = await request.json()
         try:
-            users, eps = parse_users(body.get("instances"))
+            users, eps = parse_users(body.get("instances"), rec.request_features)
             k = parse_k(body.get("k"))
         except RequestError as e:
             raise HTTPException(400, str(e)) from None

@@ -21,10 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from rgalign.ranker.data import CATEGORICAL, NUMERICAL
-
 SMALL_WINDOW = 1_000
-FEATURE_COLUMNS = {"categorical": [c for c in CATEGORICAL], "numerical": [c for c in NUMERICAL]}
 
 
 class DriftInputError(ValueError):
@@ -64,16 +61,16 @@ def _check(reference: pd.DataFrame | None, current: pd.DataFrame, columns: list[
                                   "feature service columns")
 
 
-def feature_drift(reference: pd.DataFrame, current: pd.DataFrame, numerical: list[str] | None = None,
-                  categorical: list[str] | None = None, timestamp=None, tags: tuple[str, ...] = ("drift",),
-                  name: str | None = None, metadata: dict | None = None) -> DriftResult:
-    """Column drift of ``current`` vs ``reference`` with the pinned methods of the smaller window's size;
-    the Evidently snapshot (``result.snapshot``) carries ``timestamp``, ``tags``, ``name`` and ``metadata``
-    for the dashboard."""
+def feature_drift(reference: pd.DataFrame, current: pd.DataFrame, numerical: list[str], categorical: list[str],
+                  timestamp=None, tags: tuple[str, ...] = ("drift",), name: str | None = None,
+                  metadata: dict | None = None) -> DriftResult:
+    """Column drift of ``current`` vs ``reference`` over the ``numerical`` and ``categorical`` columns (the
+    ranker's inputs: ``DataContract.numerical`` / ``.categorical``) with the pinned methods of the smaller
+    window's size; the Evidently snapshot (``result.snapshot``) carries ``timestamp``, ``tags``, ``name`` and
+    ``metadata`` for the dashboard."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
-    num = FEATURE_COLUMNS["numerical"] if numerical is None else numerical
-    cat = FEATURE_COLUMNS["categorical"] if categorical is None else categorical
+    num, cat = list(numerical), list(categorical)
     _check(reference, current, num + cat)
 
     def prep(df):
@@ -135,12 +132,10 @@ class GateResult:
     scores: dict | None = None
 
 
-CRITICAL = ("order_status", "entry_point", "days_in_status")  # the interaction context that moves intents most
-
-
-def drift_gate(features: DriftResult, max_share: float = 0.2, critical: tuple[str, ...] = CRITICAL,
+def drift_gate(features: DriftResult, max_share: float = 0.2, critical: tuple[str, ...] = (),
                embedding: dict | None = None, scores: DriftResult | None = None) -> GateResult:
-    """Fire when more than ``max_share`` of the feature columns drifted, when a ``critical`` column drifted, or
+    """Fire when more than ``max_share`` of the feature columns drifted, when a ``critical`` column (the
+    contract's ``monitoring.critical``: the context that moves intents most) drifted, or
     when the embeddings / scores drifted. For p-value methods (small windows) a column counts for the gate
     only below 0.05 / #columns (Bonferroni), so 23 tests per window do not make a same-distribution window
     fire one time in three."""

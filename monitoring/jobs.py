@@ -48,7 +48,10 @@ def run_drift(world: str | Path, window: int = 2000, scenario: str | None = None
 
     def label(what):
         return f"{what} {ts:%Y-%m-%d} {src}" + (f" ({sc} scenario)" if scenario else "")
-    feats = feature_drift(ref, cur, timestamp=ts, tags=("drift", *tags), name=label("feature drift"), metadata=meta)
+    from rgalign.contract import load_contract
+    contract = load_contract(world)
+    feats = feature_drift(ref, cur, contract.numerical, contract.categorical, timestamp=ts, tags=("drift", *tags),
+                          name=label("feature drift"), metadata=meta)
     emb = scores = None
     k = min(500, len(ref), len(cur))
     e_ref = e_cur = None
@@ -57,8 +60,9 @@ def run_drift(world: str | Path, window: int = 2000, scenario: str | None = None
         from rgalign.reasoner.ltp import LTPEncoder
         from rgalign.reasoner.sources import load_reasoner
         kb = pd.read_parquet(Path(world) / "kb.parquet")
-        e_ref = LTPEncoder(load_reasoner(reasoner)).embed(verbalize_frame(ref.iloc[:k], kb))
-        e_cur = LTPEncoder(load_reasoner(current_reasoner or reasoner)).embed(verbalize_frame(cur.iloc[:k], kb))
+        e_ref = LTPEncoder(load_reasoner(reasoner)).embed(verbalize_frame(ref.iloc[:k], kb, contract))
+        e_cur = LTPEncoder(load_reasoner(current_reasoner or reasoner)).embed(
+            verbalize_frame(cur.iloc[:k], kb, contract))
         emb = embedding_drift(e_ref, e_cur)
     if ranker:
         from rgalign.recommend import Recommender
@@ -68,7 +72,7 @@ def run_drift(world: str | Path, window: int = 2000, scenario: str | None = None
                              "--ranker ALIAS, which brings the registered parent reasoner)")
         top = [rec.rank(f.iloc[:k], e if rec.d_e else None, k=1).scores[:, 0] for f, e in ((ref, e_ref), (cur, e_cur))]
         scores = score_drift(*top, timestamp=ts, tags=("score-drift", *tags), name=label("score drift"), metadata=meta)
-    gate = drift_gate(feats, max_share, embedding=emb, scores=scores)
+    gate = drift_gate(feats, max_share, contract.critical, embedding=emb, scores=scores)
     if workspace:
         snaps = [feats.snapshot] + ([scores.snapshot] if scores else [])
         snaps += [embedding_snapshot(emb, ts, tags, label("embedding drift"), meta)] if emb else []
@@ -90,7 +94,9 @@ def run_ab(world: str | Path, champion, challenger, share: float = 0.5, days: in
     arms = {name: http_arm(a) if isinstance(a, str) else a for name, a in pairs}
     targets = {name: (targets or {}).get(name) or (a if isinstance(a, str) else getattr(a, "__name__", "in process"))
                for name, a in pairs}
-    log = simulate_ab(eval_window(world, days, max_sessions), arms, share, progress=progress)
+    from rgalign.contract import load_contract
+    log = simulate_ab(eval_window(world, days, max_sessions), arms, share, progress=progress,
+                      request=load_contract(world).request)
     log["arm_target"] = log.arm.map(targets)
     summary = ab_summary(log)
     table = summary_table(summary)

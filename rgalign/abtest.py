@@ -27,8 +27,8 @@ import pandas as pd
 
 from rgalign.world.feedback import FeedbackConfig, respond
 
-LOG_COLUMNS = ["session_id", "user_id", "event_timestamp", "arm", "entry_point", "shown", "fallback",
-               "clicked_intent", "click_position", "click3", "hit3", "csat", "true_intent", "top_score"]
+LOG_COLUMNS = ["session_id", "user_id", "event_timestamp", "arm", "shown", "fallback", "clicked_intent",
+               "click_position", "click3", "hit3", "csat", "true_intent", "top_score"]  # + the request features
 RATES = {"CTR@3": "click3", "intent hit rate": "hit3"}
 
 
@@ -45,8 +45,8 @@ def http_arm(url: str, timeout_s: float = 30.0) -> Callable:
     import httpx
     client = httpx.Client(timeout=timeout_s)
 
-    def call(users: list[int], entry_points: list[int | None], k: int = 3) -> list[dict]:
-        inst = [{"user_id": int(u), **({"entry_point": int(e)} if e else {})} for u, e in zip(users, entry_points)]
+    def call(users: list[int], requests: list[dict], k: int = 3) -> list[dict]:
+        inst = [{"user_id": int(u), **{n: int(v) for n, v in r.items() if v}} for u, r in zip(users, requests)]
         r = client.post(url, json={"instances": inst, "k": k})
         if r.status_code != 200:
             raise RuntimeError(f"{url} answered {r.status_code}: {r.text[:300]}")
@@ -55,13 +55,16 @@ def http_arm(url: str, timeout_s: float = 30.0) -> Callable:
 
 
 def eval_window(world: str | Path, days: int | None = None, max_sessions: int | None = None, seed: int = 0) -> pd.DataFrame:
-    """Evaluation-week sessions with their true intent (the world's hidden table), in time order."""
+    """Evaluation-week sessions with their true intent (the contract's refined evaluation labels), in time order."""
+    from rgalign.contract import load_contract
     world = Path(world)
-    s = pd.read_parquet(world / "sessions.parquet")
+    c = load_contract(world)
+    s = pd.read_parquet(world / f"{c.tables['sessions']}.parquet")
     s = s[s.split == "eval"]
     if days is not None:
-        s = s[s.day < s.day.min() + days]
-    h = pd.read_parquet(world / "hidden" / "sessions.parquet", columns=["session_id", "true_intent"])
+        day = pd.to_datetime(s.event_timestamp, utc=True).dt.floor("D")  # calendar days (UTC) of the window
+        s = s[day < day.min() + pd.Timedelta(days=days)]
+    h = pd.read_parquet(world / f"{c.tables['eval_labels']}.parquet", columns=["session_id", "true_intent"])
     s = s.merge(h, on="session_id")
     if max_sessions is not None and len(s) > max_sessions:
         s = s.sample(max_sessions, random_state=seed)
@@ -69,11 +72,14 @@ def eval_window(world: str | Path, days: int | None = None, max_sessions: int | 
 
 
 def simulate_ab(sessions: pd.DataFrame, arms: dict[str, Callable], share: float = 0.5, batch: int = 32,
-                feedback: FeedbackConfig = FeedbackConfig(), progress: bool = True) -> pd.DataFrame:
+                feedback: FeedbackConfig = FeedbackConfig(), progress: bool = True,
+                request: tuple[str, ...] | list[str] = ()) -> pd.DataFrame:
     """Replay ``sessions`` through ``arms`` (``{"champion": fn, "challenger": fn}``, each
-    ``fn(user_ids, entry_points, k) -> [{"intent_ids", "scores", "fallback"}, ...]``); one log row per session."""
+    ``fn(user_ids, requests, k) -> [{"intent_ids", "scores", "fallback"}, ...]`` with ``requests[i]`` the
+    session's ``request`` features, name -> id); one log row per session."""
     from tqdm.auto import tqdm
-    missing = {"session_id", "user_id", "event_timestamp", "entry_point", "true_intent"} - set(sessions.columns)
+    request = list(request)
+    missing = {"session_id", "user_id", "event_timestamp", "true_intent", *request} - set(sessions.columns)
     if missing:
         raise MissingInputError(f"sessions lack column(s) {sorted(missing)}; use rgalign.abtest.eval_window(world)")
     if set(arms) != {"champion", "challenger"}:
@@ -87,16 +93,17 @@ def simulate_ab(sessions: pd.DataFrame, arms: dict[str, Callable], share: float 
     for arm, idx in s.groupby("arm").indices.items():
         for i in range(0, len(idx), batch):
             j = idx[i:i + batch]
-            out = arms[arm](s.user_id.iloc[j].tolist(), s.entry_point.iloc[j].tolist(), feedback.top_k)
+            req = s[request].iloc[j].to_dict("records") if request else [{}] * len(j)
+            out = arms[arm](s.user_id.iloc[j].tolist(), req, feedback.top_k)
             for t, o in zip(j, out):
                 shown[t], scores[t], fallback[t] = o["intent_ids"][:feedback.top_k], o["scores"][0], o["fallback"]
             bar.update(len(j))
     bar.close()
     shown_arr = np.array([list(x) + [0] * (feedback.top_k - len(x)) for x in shown])
     r = respond(shown_arr, s.true_intent.to_numpy(), s.session_id.to_numpy(), feedback)
-    log = s[["session_id", "user_id", "event_timestamp", "arm", "entry_point", "true_intent"]].assign(
+    log = s[["session_id", "user_id", "event_timestamp", "arm", "true_intent", *request]].assign(
         shown=shown, fallback=fallback, top_score=scores, **r)
-    return log[LOG_COLUMNS]
+    return log[LOG_COLUMNS + request]
 
 
 def two_proportion_ztest(x1: int, n1: int, x2: int, n2: int) -> tuple[float, float]:

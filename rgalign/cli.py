@@ -83,6 +83,21 @@ def cmd_world_show(args) -> int:
     return 0
 
 
+def cmd_data_validate(args) -> int:
+    from rgalign.contract.validate import validate_dataset
+    report = validate_dataset(args.path, args.contract)
+    print(report.table())
+    return 0 if report.ok else 1
+
+
+def cmd_data_init(args) -> int:
+    from rgalign.contract.scaffold import init_project
+    for path in init_project(args.dir, args.name):
+        print("wrote", path)
+    print(f"next: edit {Path(args.dir) / 'contract.yaml'}, write the tables, then `rgalign data validate {args.dir}`")
+    return 0
+
+
 def _session(args):
     from rgalign.features.feast_io import FeatureStoreSession
     return FeatureStoreSession(args.world, feast_dir=args.feast_dir)
@@ -122,7 +137,7 @@ def sample_prompt(world: Path, fs=None, session_id: int | None = None) -> str:
         if s.empty:
             raise MissingInputError(f"session_id {session_id} is not in the evaluation week of {world}")
     frame = fs.training_set(sessions=s.head(1))
-    return ReasonerPrompt().plain(verbalize_frame(frame, pd.read_parquet(Path(world) / "kb.parquet"))[0])
+    return ReasonerPrompt().plain(verbalize_frame(frame, pd.read_parquet(Path(world) / "kb.parquet"), fs.contract)[0])
 
 
 def cmd_features_prompt(args) -> int:
@@ -207,7 +222,7 @@ def _contexts(world: Path, split: str, limit: int):
     from rgalign.ranker.inputs import verbalize_frame
     fs = FeatureStoreSession(world)
     frame = fs.training_set(sessions=fs.sessions(split).head(limit))
-    return frame, verbalize_frame(frame, pd.read_parquet(world / "kb.parquet"))
+    return frame, verbalize_frame(frame, pd.read_parquet(world / "kb.parquet"), fs.contract)
 
 
 def _encoder(args):
@@ -605,6 +620,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = w.add_parser("show", help="print a world's counts and headroom table")
     s.add_argument("world")
     s.set_defaults(fn=cmd_world_show)
+
+    da = sub.add_parser("data", help="your own data: the data contract").add_subparsers(dest="sub", required=True)
+    v = da.add_parser("validate", help="check a dataset folder against its contract.yaml (reads only; exit 1 on "
+                      "problems, each naming the table, column, a sample row and the fix)")
+    v.add_argument("path", help="the dataset folder (its tables and contract.yaml)")
+    v.add_argument("--contract", default=None, help="another contract.yaml (default: PATH/contract.yaml)")
+    v.set_defaults(fn=cmd_data_validate)
+    v = da.add_parser("init", help="scaffold contract.yaml, a Feast repo and a README for a new project")
+    v.add_argument("dir", help="the new project's dataset folder")
+    v.add_argument("--name", default=None, help="the project's name (default: the folder's name)")
+    v.set_defaults(fn=cmd_data_init)
 
     t = sub.add_parser("train", help="train a model").add_subparsers(dest="sub", required=True)
     r = t.add_parser("ranker", help="Stage 1: train QE-Rec or the baseline, evaluate, log to MLflow")

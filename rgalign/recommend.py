@@ -8,7 +8,7 @@ here and a bad one raises ``RequestError`` naming the field and the fix, so a se
 Example::
 
     rec = Recommender.from_paths("artifacts/ranker", "artifacts/reasoner", "artifacts/worlds/ci-s0")
-    rec.recommend([17, 42], entry_points=[2, None], k=3)
+    rec.recommend([17, 42], requests=[{"entry_point": 2}, {}], k=3)   # request features of the contract
     # [{"user_id": 17, "intent_ids": [...], "scores": [...], "titles": [...], "fallback": False}, ...]
 """
 from __future__ import annotations
@@ -22,12 +22,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rgalign.features.metadata import FEATURES, MAX_RECENT
-from rgalign.ranker.data import CATEGORICAL, NUMERICAL
-
 MAX_BATCH = 64  # requests per call; larger batches are refused (split them) so one call cannot starve others
 MAX_K = 50
-PROFILE_COLUMNS = ["gender", "age_band", "region", "membership_tier", "device_os", "language"]
 
 
 class RequestError(ValueError):
@@ -62,35 +58,37 @@ def parse_k(k, field: str = "k") -> int:
     return 3 if k is None else _int(k, field, 1, MAX_K)
 
 
-def parse_users(instances) -> tuple[list[int], list[int | None]]:
-    """``instances``: ``[{"user_id": int, "entry_point": int (optional)}, ...]`` -> (user ids, entry points)."""
-    users, entries = [], []
-    n_entry = len(FEATURES["entry_point"].vocab)
+def parse_users(instances, request: dict[str, int]) -> tuple[list[int], list[dict]]:
+    """``instances``: ``[{"user_id": int, <request feature>: int (optional), ...}, ...]`` -> (user ids, the
+    request features of each). ``request`` maps each request feature of the data contract to its vocabulary
+    size (ids 1..n; 0 or absent = none)."""
+    users, values = [], []
+    example = json.dumps({"user_id": 123, **{n: 1 for n in request}})
     for i, inst in enumerate(_batch(instances, "instances")):
         if not isinstance(inst, dict):
-            raise RequestError(f"instances[{i}]", f"expected an object, got {type(inst).__name__}",
-                               'send {"user_id": 123, "entry_point": 2}')
-        unknown = set(inst) - {"user_id", "entry_point"}
+            raise RequestError(f"instances[{i}]", f"expected an object, got {type(inst).__name__}", f"send {example}")
+        unknown = set(inst) - {"user_id", *request}
         if unknown:
             raise RequestError(f"instances[{i}].{sorted(unknown)[0]}", "is not a field of a recommend request",
-                               "send only user_id and entry_point")
+                               f"send only user_id and the request features {sorted(request)}")
         if "user_id" not in inst:
             raise RequestError(f"instances[{i}].user_id", "is missing", "send the user's id")
         users.append(_int(inst["user_id"], f"instances[{i}].user_id", 0, 2**62))
-        ep = inst.get("entry_point")
-        entries.append(None if ep is None else _int(ep, f"instances[{i}].entry_point", 1, n_entry))
-    return users, entries
+        values.append({n: _int(inst[n], f"instances[{i}].{n}", 0, size) for n, size in request.items()
+                       if inst.get(n) is not None})
+    return users, values
 
 
-def parse_feature_rows(instances, n_intents: int, d_e: int) -> tuple[list[dict], np.ndarray]:
+def parse_feature_rows(instances, spec, d_e: int) -> tuple[list[dict], np.ndarray]:
     """The ranker's own request: ``[{"features": {column: value}, "query_embedding": [d_e floats]}, ...]``.
 
-    Features are the model-facing columns (``FeatureSpec.encode``): the categorical ids, the numbers, the
-    24-hour ``recent_intents`` / ``recent_click_ts`` (same length, at most ``MAX_RECENT``, intent ids of the KB)
-    and ``event_timestamp`` (ISO time, default now). Missing features take the training fallbacks.
+    Features are the model-facing columns of ``spec`` (a ``FeatureSpec``): the categorical ids, the numbers,
+    the behaviour sequence's intent ids and click times (same length, at most ``spec.max_recent``, intent ids
+    of the KB) and ``event_timestamp`` (ISO time, default now). Missing features take the training fallbacks.
     """
     rows, embs = [], []
-    known = set(CATEGORICAL) | set(NUMERICAL) | {"user_id", "event_timestamp", "recent_intents", "recent_click_ts"}
+    n_intents, si, st, cap = spec.n_intents, spec.seq_intents, spec.seq_times, spec.max_recent
+    known = set(spec.categorical) | set(spec.numerical) | {"user_id", "event_timestamp", si, st}
     for i, inst in enumerate(_batch(instances, "instances")):
         where = f"instances[{i}]"
         if not isinstance(inst, dict) or not isinstance(inst.get("features"), dict):
@@ -104,27 +102,27 @@ def parse_feature_rows(instances, n_intents: int, d_e: int) -> tuple[list[dict],
         if "user_id" not in f:
             raise RequestError(f"{where}.features.user_id", "is missing", "send the user's id")
         row = {"user_id": _int(f["user_id"], f"{where}.features.user_id", 0, 2**62)}
-        for c in CATEGORICAL:
+        for c in spec.categorical:
             if f.get(c) is not None:
-                row[c] = _int(f[c], f"{where}.features.{c}", 0, len(FEATURES[c].vocab))
-        for c in NUMERICAL:
+                row[c] = _int(f[c], f"{where}.features.{c}", 0, spec.cardinality[c] - 1)
+        for c in spec.numerical:
             v = f.get(c)
             if v is not None:
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
                     raise RequestError(f"{where}.features.{c}", f"expected a finite number, got {v!r}", "send a number")
                 row[c] = float(v)
-        ids, ts = f.get("recent_intents") or [], f.get("recent_click_ts") or []
-        for name, seq in (("recent_intents", ids), ("recent_click_ts", ts)):
+        ids, ts = f.get(si) or [], f.get(st) or []
+        for name, seq in ((si, ids), (st, ts)):
             if not isinstance(seq, list):
                 raise RequestError(f"{where}.features.{name}", "expected a list of integers", "send a JSON array")
-            if len(seq) > MAX_RECENT:
-                raise RequestError(f"{where}.features.{name}", f"{len(seq)} items exceed the sequence cap {MAX_RECENT}",
-                                   f"send the last {MAX_RECENT} clicks of the past 24 hours")
+            if len(seq) > cap:
+                raise RequestError(f"{where}.features.{name}", f"{len(seq)} items exceed the sequence cap {cap}",
+                                   f"send the last {cap} clicks of the sequence window")
         if len(ids) != len(ts):
-            raise RequestError(f"{where}.features.recent_click_ts", f"has {len(ts)} items for {len(ids)} intents",
+            raise RequestError(f"{where}.features.{st}", f"has {len(ts)} items for {len(ids)} intents",
                                "send one click time (epoch seconds) per intent")
-        row["recent_intents"] = [_int(x, f"{where}.features.recent_intents[{j}]", 1, n_intents) for j, x in enumerate(ids)]
-        row["recent_click_ts"] = [_int(x, f"{where}.features.recent_click_ts[{j}]", 0) for j, x in enumerate(ts)]
+        row[si] = [_int(x, f"{where}.features.{si}[{j}]", 1, n_intents) for j, x in enumerate(ids)]
+        row[st] = [_int(x, f"{where}.features.{st}[{j}]", 0) for j, x in enumerate(ts)]
         try:
             row["event_timestamp"] = pd.Timestamp(f.get("event_timestamp") or pd.Timestamp.now(tz="UTC"))
         except (ValueError, TypeError):
@@ -243,9 +241,12 @@ class Recommender:
             clicks = s[(s.split == "train") & (s.clicked_intent > 0)].clicked_intent.value_counts()
             self.popular = clicks.index.to_numpy(np.int64)
             self.popular_share = (clicks / clicks.sum()).to_numpy(np.float32)
-            from rgalign.features.verbalize import Verbalizer
-            kb = pd.read_parquet(Path(world_dir) / "kb.parquet")
-            self.verbalizer = Verbalizer(dict(zip(kb.intent_id.tolist(), kb.title.tolist())))
+            from rgalign.ranker.inputs import verbalizer_of
+            c = self.contract = self.store.contract
+            self.verbalizer = verbalizer_of(pd.read_parquet(Path(world_dir) / "kb.parquet"), c)
+            # a user the store knows has a stored (non-sequence) feature; the request features and their sizes
+            self._stored = [n for v in c.views for n in v.features if c.features[n].kind != "sequence"]
+            self.request_features = {n: len(c.features[n].vocab) for n in c.request}
 
     @classmethod
     def from_registry(cls, registry, env: str, ref: str, world_dir=None, feast_dir=None, ltp_cache=None,
@@ -281,19 +282,19 @@ class Recommender:
         top = torch.topk(s, min(k, s.shape[1]), dim=1)
         return Ranked((top.indices + 1).numpy().astype(np.int64), top.values.numpy().astype(np.float32))
 
-    def recommend(self, user_ids: list[int], entry_points: list[int | None] | None = None, k: int = 3,
+    def recommend(self, user_ids: list[int], requests: list[dict] | None = None, k: int = 3,
                   request_ts: pd.Timestamp | None = None) -> list[dict]:
         """The composed path, on plain dicts end to end (no DataFrame: a batch of 8 costs a few ms). Users the
         online store does not know get the popularity list, ``fallback=True`` with ``reason="unknown user"``;
         so does everyone when the online store or the reasoner fails (the reason says which), so a broken
-        dependency costs ranking quality, never an error answer."""
+        dependency costs ranking quality, never an error answer. ``requests[i]`` holds user i's request
+        features (the contract's ``request``: name -> id, absent = 0 "none")."""
         if self.store is None or self.model is None:
             raise RequestError("recommend", "this server has no feature store", "start it with --world")
-        entries = [ep or 0 for ep in (entry_points or [None] * len(user_ids))]
-        rows, reason = self.online.read(user_ids, request_ts, entries)
+        rows, reason = self.online.read(user_ids, request_ts, requests or [{}] * len(user_ids))
         if rows is None:
             return self.popularity(user_ids, k=k, reason=reason)
-        known = [any(r.get(c) is not None for c in PROFILE_COLUMNS) for r in rows]
+        known = [any(r.get(c) is not None for c in self._stored) for r in rows]
         served = [r for r, kn in zip(rows, known) if kn]
         ranked = None
         if served:
@@ -352,7 +353,7 @@ class Recommender:
         gc.freeze()
         return self
 
-    def popularity(self, user_ids: list[int], entry_points=None, k: int = 3, reason: str = "popularity") -> list[dict]:
+    def popularity(self, user_ids: list[int], requests=None, k: int = 3, reason: str = "popularity") -> list[dict]:
         """The popularity floor for everyone (the fallback, and an A/B arm), ``reason`` on each item."""
         return [self._item(u, self.popular[:k], self.popular_share[:k], True, reason) for u in user_ids]
 
@@ -371,12 +372,12 @@ class MicroBatcher:
         self.fn, self.pool, self.max_batch = fn, pool, max_batch
         self.queue: asyncio.Queue | None = None
 
-    async def submit(self, users: list[int], entries: list, k: int) -> list[dict]:
+    async def submit(self, users: list[int], requests: list[dict], k: int) -> list[dict]:
         if self.queue is None:
             self.queue = asyncio.Queue()
             asyncio.get_running_loop().create_task(self._loop())
         fut = asyncio.get_running_loop().create_future()
-        await self.queue.put((users, entries, k, fut))
+        await self.queue.put((users, requests, k, fut))
         return await fut
 
     async def _loop(self):
@@ -387,9 +388,9 @@ class MicroBatcher:
                 items.append(self.queue.get_nowait())
             k = max(i[2] for i in items)
             users = [u for i in items for u in i[0]]
-            entries = [e for i in items for e in i[1]]
+            requests = [e for i in items for e in i[1]]
             try:
-                out = await loop.run_in_executor(self.pool, self.fn, users, entries, k)
+                out = await loop.run_in_executor(self.pool, self.fn, users, requests, k)
             except Exception as e:  # noqa: BLE001 (handed to every waiting request)
                 for *_, fut in items:
                     fut.set_exception(e)

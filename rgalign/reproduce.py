@@ -198,7 +198,7 @@ def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
     checks = {"raw": check_reasoner(raw_enc, world, check_cfg, out / "check-cache")}
 
     acfg = wcfg.alignment()
-    cands = build_candidates(inputs_raw.train, inputs_raw.kb, stage1[0].model, stage1[0].spec, raw_enc, acfg, progress)
+    cands = build_candidates(inputs_raw.train, inputs_raw.kb, inputs_raw.contract, stage1[0].model, stage1[0].spec, raw_enc, acfg, progress)
     teacher_table = cands.teacher_table()
     t = tick("teachers + reward", t)
 

@@ -504,7 +504,7 @@ def teacher_queries(world_folder: str | Path, reasoner: str | Path, cfg: Workflo
     enc = LTPEncoder(load_reasoner(reasoner))
     rcfg = cfg.ranker()
     inputs = session_frames(world, rcfg.val_days, rcfg.max_train_sessions)   # Stage 1's training sessions
-    p = generate_candidates(inputs.train, inputs.kb, enc, cfg.alignment())
+    p = generate_candidates(inputs.train, inputs.kb, inputs.contract, enc, cfg.alignment())
     p.save(out)
     return {"samples": len(p.queries), **{f"dropped_{k}": v for k, v in p.dropped.items()}}
 

@@ -4,7 +4,10 @@
 |-----------|--------------------------------------------------------|------------------------------------------------------------|
 | reasoner  | ``{"context": str}``                                   | ``context`` BYTES [B] -> ``ltp`` FP32 [B, d]                |
 | ranker    | ``{"features": {...}, "query_embedding": [d floats]}``  | ``features`` BYTES [B] (JSON objects), ``query_embedding`` FP32 [B, d] -> ``intent_ids`` INT64 [B, k], ``scores`` FP32 [B, k] |
-| recommend | ``{"user_id": int, "entry_point": int}``               | ``user_id`` INT64 [B], ``entry_point`` INT64 [B] (0 = none) -> ``intent_ids``, ``scores``, ``fallback`` BOOL [B], ``reason`` BYTES [B] |
+| recommend | ``{"user_id": int, <request feature>: int, ...}``     | ``user_id`` INT64 [B], one INT64 [B] per request feature (0 = none) -> ``intent_ids``, ``scores``, ``fallback`` BOOL [B], ``reason`` BYTES [B] |
+
+The request features are the data contract's ``request`` (for the benchmark world ``entry_point``); V2 metadata
+lists them.
 
 ``k`` (default 3) is a top-level V1 field or a V2 request parameter. Every input problem becomes
 ``InvalidInput`` (HTTP 400 naming the field); the model work runs on one worker thread, off the event loop, so
@@ -137,7 +140,7 @@ class RankerModel(_Base):
     outputs = [("intent_ids", "INT64", [-1, -1]), ("scores", "FP32", [-1, -1])]
 
     def _rank(self, instances, k):
-        rows, emb = parse_feature_rows(instances, self.rec.n_intents, self.rec.d_e or 1)
+        rows, emb = parse_feature_rows(instances, self.rec.spec, self.rec.d_e or 1)
         return self.rec.rank(rows, emb if self.rec.d_e else None, k)
 
     async def predict_v1(self, payload):
@@ -172,7 +175,7 @@ class RecommendModel(_Base):
         super().__init__(name, rec)
         self.batcher = MicroBatcher(rec.recommend, self.pool)
         self._probing = None
-    inputs = [("user_id", "INT64", [-1]), ("entry_point", "INT64", [-1])]
+        self.inputs = [("user_id", "INT64", [-1])] + [(n, "INT64", [-1]) for n in rec.request_features]
     outputs = [("intent_ids", "INT64", [-1, -1]), ("scores", "FP32", [-1, -1]), ("fallback", "BOOL", [-1]),
                ("reason", "BYTES", [-1])]
 
@@ -188,8 +191,8 @@ class RecommendModel(_Base):
     def unready_reason(self) -> str | None:
         return None if self.rec.online.ready else f"{self.name}: {self.rec.online.last_error}"
 
-    async def _submit(self, users, entries, k):
-        res = await self.batcher.submit(users, entries, k)
+    async def _submit(self, users, requests, k):
+        res = await self.batcher.submit(users, requests, k)
         for r in res:
             if r["fallback"]:
                 FALLBACKS.labels(reason_label(r["reason"])).inc()
@@ -197,20 +200,25 @@ class RecommendModel(_Base):
 
     async def predict_v1(self, payload):
         k = parse_k(payload.get("k"))
-        users, entries = parse_users(payload["instances"])
-        return {"predictions": await self._submit(users, entries, k)}
+        users, requests = parse_users(payload["instances"], self.rec.request_features)
+        return {"predictions": await self._submit(users, requests, k)}
 
     async def predict_v2(self, req):
         k = parse_k((req.parameters or {}).get("k"), "parameters.k")
         users = _v2_tensor(req, "user_id", "INT64", 1)
-        entry = _v2_tensor(req, "entry_point", "INT64", 1, required=False)
-        if entry is not None and len(entry) != len(users):
-            raise RequestError("inputs.entry_point.shape", f"has {len(entry)} values for {len(users)} users",
-                               "send one entry point per user (0 = none)")
-        inst = [{"user_id": int(u), **({"entry_point": int(entry[i])} if entry is not None and entry[i] else {})}
-                for i, u in enumerate(users.tolist())]
-        uid, eps = parse_users(inst)
-        res = await self._submit(uid, eps, k)
+        inst = [{"user_id": int(u)} for u in users.tolist()]
+        for n in self.rec.request_features:
+            col = _v2_tensor(req, n, "INT64", 1, required=False)
+            if col is None:
+                continue
+            if len(col) != len(users):
+                raise RequestError(f"inputs.{n}.shape", f"has {len(col)} values for {len(users)} users",
+                                   f"send one {n} per user (0 = none)")
+            for i, v in enumerate(col.tolist()):
+                if v:
+                    inst[i][n] = int(v)
+        uid, requests = parse_users(inst, self.rec.request_features)
+        res = await self._submit(uid, requests, k)
         pad = lambda xs, fill: [x + [fill] * (k - len(x)) for x in xs]  # noqa: E731 (fewer intents than k)
         return self._response(req, {
             "intent_ids": ("INT64", np.asarray(pad([r["intent_ids"] for r in res], 0), np.int64)),

@@ -61,9 +61,12 @@ def _sessions(n=4000):
                          "entry_point": rng.integers(1, 9, n), "true_intent": rng.integers(1, 40, n)})
 
 
-def _oracle(truth: dict, wrong_popular: bool = False):
-    """An arm that shows the true intent first (or, for the clickbait arm, a popular wrong one first)."""
-    def call(users, eps, k):
+def _oracle(truth: dict, wrong_popular: bool = False, seen: list | None = None):
+    """An arm that shows the true intent first (or, for the clickbait arm, a popular wrong one first); ``seen``
+    collects the request features it was called with."""
+    def call(users, requests, k):
+        if seen is not None:
+            seen.extend(zip(users, requests))
         out = []
         for u in users:
             t = truth[u]
@@ -77,8 +80,14 @@ def test_simulation_log_and_guardrail_flags_a_clickbait_challenger():
     s = _sessions()
     s["true_intent"] = s.user_id % 40 + 1                          # one intent per user, so the oracle can know it
     truth = dict(zip(s.user_id, s.true_intent))
-    log = simulate_ab(s, {"champion": _oracle(truth), "challenger": _oracle(truth, wrong_popular=True)}, progress=False)
+    seen = []
+    log = simulate_ab(s, {"champion": _oracle(truth, seen=seen), "challenger": _oracle(truth, wrong_popular=True)},
+                      progress=False, request=["entry_point"])
     assert len(log) == len(s) and set(log.arm) == {"champion", "challenger"}
+    # each arm gets the session's request features, and the log keeps them
+    champ = s[log.set_index("session_id").loc[s.session_id, "arm"].to_numpy() == "champion"]
+    assert sorted((u, r["entry_point"]) for u, r in seen) == sorted(zip(champ.user_id, champ.entry_point))
+    assert (log.set_index("session_id").entry_point == s.set_index("session_id").entry_point).all()
     assert log.groupby("user_id").arm.nunique().max() == 1         # sticky
     summ = ab_summary(log)
     rows = {r.metric: r for r in summ["rows"]}

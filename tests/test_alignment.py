@@ -8,6 +8,8 @@ import warnings
 import numpy as np
 import pytest
 from conftest import chat_reply, json_server
+from rgalign.ranker.data import FeatureSpec
+from rgalign.world import bench_contract
 import torch
 
 from rgalign.alignment.best_of_n import STRATEGIES, best_of_n, edit_distance, preference_pairs
@@ -142,7 +144,7 @@ def test_parse_context_inverts_the_verbalizer():
     from rgalign.features.verbalize import Verbalizer
     row = {"region": 3, "order_status": 3, "entry_point": 2, "days_in_status": 6, "logistics_channel": 2,
            "recent_intents": [4, 7]}
-    text = Verbalizer({4: "Track my parcel", 7: "Refund status"}).context(row)
+    text = Verbalizer({4: "Track my parcel", 7: "Refund status"}, bench_contract()).context(row)
     back = parse_context(text)
     assert {k: back[k] for k in row if k != "recent_intents"} == {k: v for k, v in row.items() if k != "recent_intents"}
     assert back["recent_intents"] == ["Track my parcel", "Refund status"]
@@ -235,7 +237,7 @@ def test_candidate_ndcg_matches_full_scoring():
     from rgalign.alignment.reward import candidate_ndcg
     from rgalign.ranker.qe_rec import QERec
     torch.manual_seed(0)
-    m = QERec(n_intents=30, semantic=torch.randn(30, 8), d_e=12, d=8).eval()
+    m = QERec(FeatureSpec.of(bench_contract(), 30).shape, n_intents=30, semantic=torch.randn(30, 8), d_e=12, d=8).eval()
     B, K = 5, 3
     x = {"cat": torch.zeros(B, 13, dtype=torch.long), "user": torch.arange(1, B + 1), "num": torch.randn(B, 10),
          "seq": torch.zeros(B, 10, dtype=torch.long), "seq_age": torch.zeros(B, 10, dtype=torch.long)}

@@ -8,7 +8,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from rgalign.features.feast_io import FEATURE_SERVICE, FeatureStoreSession, feature_repo_path
-from rgalign.features.metadata import FEATURES, VIEW_FEATURES
 
 
 @pytest.fixture(scope="module")
@@ -19,12 +18,14 @@ def fs(ci_world, tmp_path_factory):
     return s
 
 
-def test_feature_views_match_the_metadata_dictionary(fs):
+def test_feature_views_match_the_data_contract(fs):
     from feast import FeatureService, FeatureView
     from feast.types import Array, Float64, Int64
     objs = {o.name: o for o in fs.definitions()}
     kind = {"categorical": {Int64}, "numerical": {Int64, Float64}, "timestamp": {Int64},
             "sequence": {Array(Int64)}}
+    FEATURES, VIEW_FEATURES = fs.contract.features, fs.contract.view_features()
+    assert fs.contract.path == str(fs.world_dir / "contract.yaml")
     for view, names in VIEW_FEATURES.items():
         fv = objs[view]
         assert isinstance(fv, FeatureView)
@@ -77,7 +78,7 @@ def test_online_store_serves_latest_values(fs, ci_world):
     prof = pd.read_parquet(ci_world / "profiles.parquet")
     users = [5, 77, 1234]
     end = fs.time_range()[1]
-    online = fs.online_context(users, request_ts=end, entry_points=[1, 2, 3]).set_index("user_id")
+    online = fs.online_context(users, request_ts=end, requests=[{"entry_point": e} for e in (1, 2, 3)]).set_index("user_id")
     for u in users:
         latest = prof[prof.user_id == u].sort_values("event_timestamp").iloc[-1]
         assert online.loc[u, "orders_90d"] == latest.orders_90d
@@ -105,7 +106,7 @@ def test_online_rows_equal_online_context(fs, ci_world):
     users = pd.read_parquet(ci_world / "profiles.parquet").user_id.drop_duplicates().head(300).tolist() + [10**9]
     s = fs.sessions()
     for at in (fs.time_range()[1], s.event_timestamp.iloc[len(s) // 2], pd.Timestamp("2030-01-01")):
-        eps = [i % 9 for i in range(len(users))]
+        eps = [{"entry_point": i % 9} if i % 5 else {} for i in range(len(users))]
         frame, rows = fs.online_context(users, at, eps), fs.online_rows(users, at, eps)
         assert len(rows) == len(frame) and set(rows[0]) == set(frame.columns)
         for r, f in zip(rows, frame.to_dict("records")):
@@ -144,5 +145,6 @@ def test_not_a_world_is_a_clear_error(tmp_path):
 
 def test_derive_request_features_needs_feast_columns():
     from rgalign.features.context import derive_request_features
+    from rgalign.world import bench_contract
     with pytest.raises(KeyError, match="status_updated_at"):
-        derive_request_features(pd.DataFrame({"event_timestamp": [pd.Timestamp.now(tz="UTC")]}))
+        derive_request_features(pd.DataFrame({"event_timestamp": [pd.Timestamp.now(tz="UTC")]}), bench_contract())

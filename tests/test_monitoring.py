@@ -23,14 +23,17 @@ def test_methods_are_pinned_by_window_size():
 
 
 @pytest.mark.parametrize("n", [500, 5000])
-def test_gate_fires_on_disruption_and_stays_quiet_on_the_same_distribution(features, n):
+def test_gate_fires_on_disruption_and_stays_quiet_on_the_same_distribution(features, ci_world, n):
     ref, same = features.iloc[:n], features.iloc[n:2 * n]
     assert len(same) == n
-    quiet = drift_gate(feature_drift(ref, same))
+    from rgalign.contract import load_contract
+    c = load_contract(ci_world)
+    cols = (c.numerical, c.categorical)
+    quiet = drift_gate(feature_drift(ref, same, *cols), critical=c.critical)
     assert not quiet.fired, quiet.reasons
-    fired = drift_gate(feature_drift(ref, logistics_disruption(same, share=0.6)))
-    assert fired.fired and {"order_status", "entry_point"} <= set(feature_drift(ref, logistics_disruption(same, share=0.6)).drifted)
-    m = feature_drift(ref, same).methods
+    fired = drift_gate(feature_drift(ref, logistics_disruption(same, share=0.6), *cols), critical=c.critical)
+    assert fired.fired and {"order_status", "entry_point"} <= set(feature_drift(ref, logistics_disruption(same, share=0.6), *cols).drifted)
+    m = feature_drift(ref, same, *cols).methods
     assert m["cat_method"] == ("psi" if n < 1000 else "jensenshannon")
 
 
@@ -53,11 +56,12 @@ def test_embedding_drift_on_a_shifted_reasoner_not_on_a_reseeded_identical_one(f
     import torch
 
     from conftest import build_micro_reasoner
+    from rgalign.contract import load_contract
     from rgalign.ranker.inputs import verbalize_frame
     from rgalign.reasoner.ltp import LTPEncoder
     from rgalign.reasoner.sources import load_reasoner
     kb = pd.read_parquet(ci_world / "kb.parquet")
-    ctx = verbalize_frame(features.iloc[:600], kb)
+    ctx = verbalize_frame(features.iloc[:600], kb, load_contract(ci_world))
     base = LTPEncoder(load_reasoner(micro_reasoner), max_prompt_tokens=256)
     ref = base.embed(ctx[:300])
     twin = LTPEncoder(load_reasoner(build_micro_reasoner(tmp_path / "twin")), max_prompt_tokens=256)  # same seed

@@ -20,7 +20,7 @@ class FakeStore:
     def reset_online(self):
         self.resets += 1
 
-    def online_rows(self, user_ids, request_ts=None, entry_points=None):
+    def online_rows(self, user_ids, request_ts=None, requests=None):
         if self.block is not None:
             self.block.wait(5)
         if self.fail:

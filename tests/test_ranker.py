@@ -8,12 +8,16 @@ import torch
 
 from rgalign.config import RankerConfig
 from rgalign.ranker.baseline import MMoE, TwoTowerAutoIntMMoE
-from rgalign.ranker.data import CATEGORICAL, NUMERICAL, FeatureSpec, candidate_lists
+from rgalign.ranker.data import FeatureSpec, candidate_lists
 from rgalign.ranker.loss import ConfidencePredictor, listnet_kl, weighted_intent_loss
 from rgalign.ranker.qe_rec import QERec, qe_score
 from rgalign.ranker.towers import IntentTower, QueryTower
+from rgalign.world import bench_contract
 
 N_INTENTS, B, L = 40, 6, 10
+CONTRACT = bench_contract()
+CATEGORICAL, NUMERICAL = CONTRACT.categorical, CONTRACT.numerical
+SHAPE = FeatureSpec.of(CONTRACT, N_INTENTS).shape
 
 
 def batch(seed=0, empty_seq=False):
@@ -31,9 +35,9 @@ def make(model: str):
     torch.manual_seed(0)
     if model.startswith("qe-rec"):
         tower = "hierarchical" if model == "qe-rec" else "autoint-mmoe"
-        return QERec(N_INTENTS, torch.randn(N_INTENTS, 24), d_e=32, d=16, user_buckets=100, dropout=0.0,
+        return QERec(SHAPE, N_INTENTS, torch.randn(N_INTENTS, 24), d_e=32, d=16, user_buckets=100, dropout=0.0,
                      user_tower=tower, families=torch.randint(1, 5, (N_INTENTS,)) if tower == "autoint-mmoe" else None)
-    return TwoTowerAutoIntMMoE(N_INTENTS, torch.randint(1, 5, (N_INTENTS,)), d=16, user_buckets=100, dropout=0.0)
+    return TwoTowerAutoIntMMoE(SHAPE, N_INTENTS, torch.randint(1, 5, (N_INTENTS,)), d=16, user_buckets=100, dropout=0.0)
 
 
 def test_eq4_holds_exactly_for_hand_set_embeddings():
@@ -169,13 +173,13 @@ def test_bad_inputs_are_named():
         x["seq"] = x["seq"][:2]
         m(x, torch.randn(B, 32))
     with pytest.raises(ValueError, match="semantic has 3 rows"):
-        QERec(N_INTENTS, torch.randn(3, 8), d_e=8)
+        QERec(SHAPE, N_INTENTS, torch.randn(3, 8), d_e=8)
     with pytest.raises(ValueError, match="must be divisible"):
         RankerConfig(d=30, heads=4)
     with pytest.raises(ValueError, match="model="):
         RankerConfig(model="dlrm")
     with pytest.raises(ValueError, match="user_tower="):
-        QERec(N_INTENTS, torch.randn(N_INTENTS, 8), d_e=8, user_tower="wide")
+        QERec(SHAPE, N_INTENTS, torch.randn(N_INTENTS, 8), d_e=8, user_tower="wide")
 
 
 def test_feature_spec_fallbacks_are_counted():
@@ -183,7 +187,7 @@ def test_feature_spec_fallbacks_are_counted():
                        "recent_intents": [[5, 999], []], "recent_click_ts": [[0, 0], []],
                        "event_timestamp": pd.to_datetime([3600 * 2, 0], unit="s", utc=True),
                        "days_in_status": [np.nan, 3.0]})
-    spec = FeatureSpec.fit(df, n_intents=50)
+    spec = FeatureSpec.fit(df, 50, CONTRACT)
     x, oov = spec.encode(df)
     assert oov == {"gender": 1, "region": 1, "recent_intents": 1}
     assert x["cat"][1, CATEGORICAL.index("gender")] == 0
@@ -205,7 +209,7 @@ def test_encode_rows_equals_the_frame_encoding():
              "event_timestamp": ts, "days_in_status": 3.0, "hour_of_day": 14},
             {"user_id": 70_001, "gender": 2, "region": -1, "orders_90d": "many", "recent_intents": None,
              "recent_click_ts": None, "event_timestamp": pd.Timestamp(0, unit="s"), "order_amount": 1e6}]
-    spec = FeatureSpec.fit(pd.DataFrame(rows), n_intents=50)
+    spec = FeatureSpec.fit(pd.DataFrame(rows), 50, CONTRACT)
     x_frame, oov_frame = spec.encode(pd.DataFrame(rows))
     x_rows, oov_rows = spec.encode_rows(rows)
     assert oov_rows == oov_frame == {"gender": 1, "region": 1, "recent_intents": 1}

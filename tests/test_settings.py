@@ -232,7 +232,7 @@ def test_every_alignment_setting_reaches_the_teacher_pool_or_the_selection(monke
 
     def pool(cfg):
         with pytest.raises(StopIteration):
-            stage2.generate_candidates(frame, kb, enc, cfg)
+            stage2.generate_candidates(frame, kb, fs.contract, enc, cfg)
         return seen["args"], [t.name for t in seen["teachers"]], seen["n"], seen["contexts"]
 
     def client(cfg):

@@ -1,14 +1,16 @@
 import numpy as np
 import pytest
 
-from rgalign.features.metadata import FEATURES
+from rgalign.world import bench_contract
+
+FEATURES = bench_contract().features
 from rgalign.features.prompt import ReasonerPrompt
 from rgalign.features.verbalize import VerbalizationError, Verbalizer
 
 
 @pytest.fixture
 def v():
-    return Verbalizer({2184: "When will I receive my parcel", 7: "Where is my refund"})
+    return Verbalizer({2184: "When will I receive my parcel", 7: "Where is my refund"}, bench_contract())
 
 
 def test_paper_table1_examples(v):
@@ -44,7 +46,7 @@ def test_unknown_ids_become_counted_placeholders(v):
     ("order_amount", "12", "free text"),
     ("recent_intents", ["Track my parcel"], "integer intent ids"),
     ("recent_intents", "2184", "free text"),
-    ("favourite_colour", 1, "not in the metadata dictionary"),
+    ("favourite_colour", 1, "not in the data contract"),
 ])
 def test_bad_values_are_refused_naming_the_feature(v, name, value, match):
     with pytest.raises(VerbalizationError, match=match) as e:

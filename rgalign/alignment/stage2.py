@@ -15,6 +15,7 @@ from rgalign.alignment.reward import QueryEmbedder, candidate_ndcg, golden_cosin
 from rgalign.alignment.teachers import (FollowUpTeacher, HFTeacher, OpenAITeacher, PlaybookTeacher, RetrievalTeacher,
                                         Teacher, TeacherPool)
 from rgalign.config import AlignmentConfig
+from rgalign.contract import DataContract
 from rgalign.ranker.inputs import intent_texts, verbalize_frame
 from rgalign.reasoner.ltp import LTPEncoder
 
@@ -146,12 +147,12 @@ class Candidates(Proposals):
         return out
 
 
-def generate_candidates(train_frame: pd.DataFrame, kb: pd.DataFrame, encoder: LTPEncoder, cfg: AlignmentConfig,
-                        progress: bool = False) -> Proposals:
+def generate_candidates(train_frame: pd.DataFrame, kb: pd.DataFrame, contract: DataContract, encoder: LTPEncoder,
+                        cfg: AlignmentConfig, progress: bool = False) -> Proposals:
     """Sample ``cfg.n_samples`` clicked training sessions and ask every teacher and the reasoner for a query."""
     frame = train_frame[train_frame.clicked_intent > 0]
     frame = frame.sample(min(cfg.n_samples, len(frame)), random_state=cfg.seed).sort_values("session_id")
-    contexts = verbalize_frame(frame, kb, progress)
+    contexts = verbalize_frame(frame, kb, contract, progress)
     pool = TeacherPool(make_teachers(cfg, kb, encoder), cfg.max_words, cfg.retries, cfg.min_candidates,
                        cfg.min_samples)
     res = pool.generate(contexts)
@@ -183,10 +184,11 @@ def score_candidates(p: Proposals, kb: pd.DataFrame, ranker, spec, encoder: LTPE
                       golden_cos=golden_cosine(e, golden))
 
 
-def build_candidates(train_frame: pd.DataFrame, kb: pd.DataFrame, ranker, spec, encoder: LTPEncoder,
-                     cfg: AlignmentConfig, progress: bool = False) -> Candidates:
+def build_candidates(train_frame: pd.DataFrame, kb: pd.DataFrame, contract: DataContract, ranker, spec,
+                     encoder: LTPEncoder, cfg: AlignmentConfig, progress: bool = False) -> Candidates:
     """Teachers, then reward (``generate_candidates`` then ``score_candidates``)."""
-    return score_candidates(generate_candidates(train_frame, kb, encoder, cfg, progress), kb, ranker, spec, encoder)
+    return score_candidates(generate_candidates(train_frame, kb, contract, encoder, cfg, progress), kb, ranker, spec,
+                            encoder)
 
 
 def select(c: Candidates, cfg: AlignmentConfig) -> Selection:

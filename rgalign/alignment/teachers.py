@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rgalign.features.metadata import ENTRY_POINTS, FEATURES, ORDER_STATUSES
+from rgalign.world.vocab import ENTRY_POINTS, FEATURES, ORDER_STATUSES
 from rgalign.chat import ChatClient, EndpointUnreachable
 from rgalign.features.prompt import ReasonerPrompt
 from rgalign.reasoner.corpus import rule_question

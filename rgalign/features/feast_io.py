@@ -21,12 +21,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from rgalign.contract import load_contract
 from rgalign.features.context import derive_request_features, derive_request_row
 from rgalign.world.generate import load_manifest
 
 FEATURE_SERVICE = "intent_ranking_v1"
-LABEL_COLUMNS = ["session_id", "user_id", "event_timestamp", "entry_point", "shown_intents", "clicked_intent",
-                 "click_position", "day", "split"]
+LABEL_COLUMNS = ["session_id", "user_id", "event_timestamp", "shown_intents", "clicked_intent", "click_position",
+                 "day", "split"]  # with the contract's request features: the session log's columns a training row keeps
 
 
 def feature_repo_path() -> Path:
@@ -65,9 +66,11 @@ class FeatureStoreSession:
     def __init__(self, world_dir: str | Path, feast_dir: str | Path | None = None, repo: str | Path | None = None):
         self.world_dir = Path(world_dir).resolve()
         self.manifest = load_manifest(self.world_dir)
+        self.contract = load_contract(self.world_dir)
         self.feast_dir = Path(feast_dir or self.world_dir.parent.parent / "feast" / self.world_dir.name).resolve()
         self.repo = Path(repo).resolve() if repo else feature_repo_path()
-        self.env = {"RGALIGN_WORLD_DIR": str(self.world_dir), "RGALIGN_FEAST_DIR": str(self.feast_dir)}
+        self.env = {"RGALIGN_WORLD_DIR": str(self.world_dir), "RGALIGN_FEAST_DIR": str(self.feast_dir),
+                    "RGALIGN_CONTRACT": str(self.world_dir / "contract.yaml")}
 
     def store(self):
         """The Feast store, built once per session (building one reads the registry: tens of ms)."""
@@ -125,12 +128,13 @@ class FeatureStoreSession:
                                                 features=store.get_feature_service(FEATURE_SERVICE))
             feats = job.to_df()
         feats = feats.drop(columns=["user_id", "event_timestamp"]).merge(
-            s[[c for c in LABEL_COLUMNS if c in s.columns]], on="session_id", how="right")
-        return derive_request_features(feats).sort_values("session_id").reset_index(drop=True)
+            s[[c for c in [*LABEL_COLUMNS, *self.contract.request] if c in s.columns]], on="session_id", how="right")
+        return derive_request_features(feats, self.contract).sort_values("session_id").reset_index(drop=True)
 
     def online_context(self, user_ids: list[int], request_ts: pd.Timestamp | None = None,
-                       entry_points: list[int] | None = None) -> pd.DataFrame:
-        """Online features of ``user_ids`` at ``request_ts`` (default: now), with the derived request features."""
+                       requests: list[dict] | None = None) -> pd.DataFrame:
+        """Online features of ``user_ids`` at ``request_ts`` (default: now), with each user's request features
+        (``requests[i]``: name -> id; absent ones are 0, "none") and the derived request features."""
         with _env(**self.env):
             store = self.store()
             if getattr(self, "_service", None) is None:  # parsed once: the registry lookup costs ~10 ms a call
@@ -138,9 +142,10 @@ class FeatureStoreSession:
             resp = store.get_online_features(features=self._service, entity_rows=[{"user_id": int(u)} for u in user_ids])
         rows = pd.DataFrame(resp.to_dict())  # to_dict + one DataFrame: ~2.5 ms less per call than to_df()
         rows["event_timestamp"] = request_ts or pd.Timestamp.now(tz="UTC")
-        if entry_points is not None:
-            rows["entry_point"] = entry_points
-        return derive_request_features(rows)
+        if requests is not None:
+            for n in self.contract.request:
+                rows[n] = [r.get(n, 0) for r in requests]
+        return derive_request_features(rows, self.contract)
 
     def online_file(self) -> Path | None:
         """The SQLite file of the online store (None for a server store such as Redis)."""
@@ -160,7 +165,7 @@ class FeatureStoreSession:
         self._views = self._online = None
 
     def online_rows(self, user_ids: list[int], request_ts: pd.Timestamp | None = None,
-                    entry_points: list[int] | None = None) -> list[dict]:
+                    requests: list[dict] | None = None) -> list[dict]:
         """``online_context`` as one dict per user, without pandas (the serving hot path: ~0.3 ms for one
         user instead of ~3 ms). Reads each feature view of the service through the online store's own
         ``online_read`` (the interface SQLite and Redis stores implement), so values and nulls are the ones
@@ -189,7 +194,7 @@ class FeatureStoreSession:
         now = int(ts.timestamp())
         for i, row in enumerate(rows):
             row["event_timestamp"] = ts
-            if entry_points is not None:
-                row["entry_point"] = entry_points[i]
-            derive_request_row(row, now)
+            if requests is not None:
+                row.update({n: requests[i].get(n, 0) for n in self.contract.request})
+            derive_request_row(row, now, self.contract)
         return rows

@@ -75,18 +75,18 @@ class OnlineGuard:
         self._stamp = self._file_stamp()
 
     # ------------------------------------------------------------------ reads
-    def read(self, user_ids: list[int], request_ts=None, entry_points: list[int] | None = None,
+    def read(self, user_ids: list[int], request_ts=None, requests: list[dict] | None = None,
              blocking: bool = True) -> tuple[list[dict] | None, str | None]:
         """``(rows, None)``, or ``(None, reason)`` when the store could not answer in time. ``blocking=False``
         gives up at once when another thread is reading (the probe must not queue behind a request)."""
         if not self._lock.acquire(blocking=blocking):
             return None, "busy"
         try:
-            return self._read(user_ids, request_ts, entry_points)
+            return self._read(user_ids, request_ts, requests)
         finally:
             self._lock.release()
 
-    def _read(self, user_ids, request_ts, entry_points):
+    def _read(self, user_ids, request_ts, requests):
         if self._pending is not None and not self._pending.done():
             return None, self._fail("slow", f"feature store slow: an earlier read is still running past the "
                                             f"{self.deadline_s:g} s deadline")
@@ -94,7 +94,7 @@ class OnlineGuard:
         moved = self._file_changed()
         if moved:
             return None, self._fail("missing", moved)
-        fut = self._pool.submit(self._online_rows, user_ids, request_ts, entry_points)
+        fut = self._pool.submit(self._online_rows, user_ids, request_ts, requests)
         try:
             rows = fut.result(timeout=self.deadline_s)
         except FutureTimeout:
@@ -105,9 +105,9 @@ class OnlineGuard:
         self._recovered()
         return rows, None
 
-    def _online_rows(self, user_ids, request_ts, entry_points):
+    def _online_rows(self, user_ids, request_ts, requests):
         try:
-            return self.store.online_rows(user_ids, request_ts, entry_points)
+            return self.store.online_rows(user_ids, request_ts, requests)
         except Exception:
             self.store.reset_online()      # the next read opens a fresh connection (a restored file is seen)
             raise

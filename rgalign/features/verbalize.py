@@ -1,13 +1,14 @@
 """Feature verbalization (paper section 3.2, Table 1): id -> category string -> prompt fragment.
 
-Only values of the metadata dictionary (``rgalign.features.metadata``) ever enter a prompt: categorical
+Only values of the data contract (``rgalign.contract``, the paper's metadata dictionary) ever enter a prompt: categorical
 features must be integer ids, numbers must be numbers, the behaviour sequence must be intent ids. An id the
 dictionary does not know becomes an explicit placeholder (``[unknown Region id 42]``) and is counted; free
 text is refused with an error naming the feature.
 
 Example:
     >>> from rgalign.features.verbalize import Verbalizer
-    >>> v = Verbalizer(intent_titles={2184: "When will I receive my parcel"})
+    >>> from rgalign.world import bench_contract
+    >>> v = Verbalizer({2184: "When will I receive my parcel"}, bench_contract())
     >>> v.fragment("gender", 1)
     'User Gender: Female'
     >>> v.fragment("recent_intents", [2184])
@@ -22,15 +23,8 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from rgalign.features.metadata import FEATURES, Feature
+from rgalign.contract import DataContract, Feature
 
-# the order in which each group is verbalized (groups as in the paper: profile, behaviour, context)
-PROFILE = ["gender", "age_band", "region", "membership_tier", "device_os", "language", "account_age_days",
-           "orders_90d", "avg_order_value", "return_rate_90d", "cancel_rate_90d"]
-CONTEXT = ["entry_point", "order_status", "days_in_status", "payment_method", "logistics_channel",
-           "product_category", "promotion", "seller_type", "order_amount", "items_count",
-           "expected_delivery_days", "hour_of_day"]
-BEHAVIOUR = ["recent_intents"]
 NONE_STRING = "None"  # what id 0 ("unknown / not applicable") reads as
 
 
@@ -47,13 +41,19 @@ class Verbalizer:
 
     Args:
         intent_titles: intent id -> KB title, used to verbalize the behaviour sequence.
-        max_recent: how many recent intents to verbalize (most recent last).
+        contract: the dataset's contract: labels, vocabularies, units and the prompt layout (groups in order).
+        max_recent: how many recent intents to verbalize (most recent last; default: the contract's cap).
     """
 
-    def __init__(self, intent_titles: Mapping[int, str], max_recent: int = 10):
+    def __init__(self, intent_titles: Mapping[int, str], contract: DataContract, max_recent: int | None = None):
+        if not isinstance(contract, DataContract):
+            raise TypeError(f"Verbalizer needs the dataset's DataContract, got {type(contract).__name__}; load it "
+                            "with rgalign.contract.load_contract(dataset_dir)")
+        max_recent = contract.max_recent if max_recent is None else max_recent
         if max_recent < 1:
             raise ValueError(f"max_recent must be >= 1, got {max_recent}")
         self.intent_titles = {int(k): str(v) for k, v in intent_titles.items()}
+        self.contract = contract
         self.max_recent = max_recent
         self.unknown = Counter()  # feature name -> placeholders emitted
 
@@ -61,8 +61,8 @@ class Verbalizer:
         name = feat.name
         if isinstance(value, str):
             raise VerbalizationError(
-                f"feature '{name}' got free text {value!r}; only metadata-dictionary values may enter a "
-                f"prompt: pass the integer id (see rgalign.features.metadata.FEATURES['{name}']).")
+                f"feature '{name}' got free text {value!r}; only values of the data contract may enter a "
+                f"prompt: pass the integer id (the vocabulary of '{name}' in {self.contract.path or 'the contract'}).")
         if feat.kind == "categorical":
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 return NONE_STRING
@@ -103,21 +103,22 @@ class Verbalizer:
 
     def fragment(self, name: str, value) -> str:
         """One Table 1 prompt fragment, e.g. ``Entry Point: Shipping Page``."""
-        if name not in FEATURES:
-            raise VerbalizationError(f"feature '{name}' is not in the metadata dictionary; known features: "
-                                     f"{sorted(FEATURES)}")
-        feat = FEATURES[name]
+        feats = self.contract.features
+        if name not in feats:
+            raise VerbalizationError(f"feature '{name}' is not in the data contract; known features: "
+                                     f"{sorted(feats)}")
+        feat = feats[name]
         return f"{feat.label}: {self.value_string(feat, value)}"
 
     def context(self, row: Mapping) -> str:
-        """The user context C: three groups of fragments (User Profile, Order Status and Interaction
-        Context, User Historical Behaviour). Missing features are skipped; unknown keys are ignored."""
+        """The user context C: a line per prompt group of the contract (for the benchmark world: User Profile,
+        Order Status and Interaction Context, User Historical Behaviour). Missing features are skipped; unknown
+        keys are ignored."""
         def group(names):
             return ", ".join(self.fragment(n, row[n]) for n in names if n in row)
-        parts = [("User Profile", group(PROFILE)), ("Order Status and Interaction Context", group(CONTEXT)),
-                 ("User Historical Behaviour", group(BEHAVIOUR))]
+        parts = [(title, group(names)) for title, names in self.contract.prompt]
         text = "\n".join(f"{title}: {body}" for title, body in parts if body)
         if not text:
             raise VerbalizationError("the feature row has none of the verbalized features; expected keys such "
-                                     f"as {PROFILE[:3] + CONTEXT[:2]}")
+                                     f"as {self.contract.verbalized[:5]}")
         return text

@@ -6,7 +6,9 @@ ID-based DLRM does: the intent text, which QE-Rec reads, is what it lacks.
 Example:
     >>> import torch
     >>> from rgalign.ranker.baseline import TwoTowerAutoIntMMoE
-    >>> m = TwoTowerAutoIntMMoE(n_intents=50, families=torch.randint(1, 5, (50,)), d=16)
+    >>> from rgalign.ranker.towers import InputShape
+    >>> shape = InputShape(cardinalities=(4,) * 13, n_numerical=10, max_recent=10)
+    >>> m = TwoTowerAutoIntMMoE(shape, n_intents=50, families=torch.randint(1, 5, (50,)), d=16)
     >>> x = {"cat": torch.zeros(4, 13, dtype=torch.long), "user": torch.ones(4, dtype=torch.long),
     ...      "num": torch.zeros(4, 10), "seq": torch.zeros(4, 10, dtype=torch.long),
     ...      "seq_age": torch.zeros(4, 10, dtype=torch.long)}
@@ -19,7 +21,7 @@ import torch
 from torch import nn
 
 from rgalign.ranker.qe_rec import qe_score
-from rgalign.ranker.towers import AutoIntLayer, AutoIntMMoEUser, MMoE  # noqa: F401 (the baseline's towers)
+from rgalign.ranker.towers import AutoIntLayer, AutoIntMMoEUser, InputShape, MMoE  # noqa: F401 (the baseline's towers)
 
 
 class TwoTowerAutoIntMMoE(nn.Module):
@@ -27,16 +29,17 @@ class TwoTowerAutoIntMMoE(nn.Module):
     layers -> 4-expert MMoE. Intent tower: intent id + family id embeddings -> MLP. Score: cos(z_u, z_i).
 
     Args:
+        shape: the encoded feature row's sizes (``FeatureSpec.shape``).
         n_intents: KB size; families: (n_intents,) family id (>= 1) of each intent.
     """
 
-    def __init__(self, n_intents: int, families: torch.Tensor, d: int = 64, n_layers: int = 2, heads: int = 2,
+    def __init__(self, shape: InputShape, n_intents: int, families: torch.Tensor, d: int = 64, n_layers: int = 2, heads: int = 2,
                  n_experts: int = 4, user_buckets: int = 50_000, dropout: float = 0.2):
         super().__init__()
         if families.shape != (n_intents,):
             raise ValueError(f"families must have shape ({n_intents},), got {tuple(families.shape)}")
         self.n_intents, self.d_e = n_intents, None
-        self.user_tower = AutoIntMMoEUser(n_intents, d, n_layers, heads, n_experts, user_buckets, dropout)
+        self.user_tower = AutoIntMMoEUser(shape, n_intents, d, n_layers, heads, n_experts, user_buckets, dropout)
         self.register_buffer("families", torch.cat([torch.zeros(1, dtype=torch.long), families.long()]))
         self.intent_ids = nn.Embedding(n_intents + 1, d, padding_idx=0)
         self.family_ids = nn.Embedding(int(families.max()) + 1, d, padding_idx=0)

@@ -43,8 +43,9 @@ def load_ranker(path: str | Path):
         raise FileNotFoundError(f"no ranker checkpoint at {path} (model.pt missing)")
     cfg = RankerConfig(**json.loads((path / "config.json").read_text()))
     meta = json.loads((path / "meta.json").read_text())
-    model = build_model(cfg, meta["n_intents"], torch.from_numpy(np.load(path / "semantic.npy")),
+    spec = FeatureSpec.from_json((path / "spec.json").read_text())
+    model = build_model(cfg, spec, meta["n_intents"], torch.from_numpy(np.load(path / "semantic.npy")),
                         torch.tensor(meta["families"]), meta["d_e"] or 1)
     model.load_state_dict(torch.load(path / "model.pt", weights_only=True))
     model.eval()
-    return model, FeatureSpec.from_json((path / "spec.json").read_text()), cfg, pd.read_parquet(path / "intents.parquet")
+    return model, spec, cfg, pd.read_parquet(path / "intents.parquet")

@@ -17,15 +17,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rgalign.features.metadata import FEATURES, MAX_RECENT
+from rgalign.contract import DataContract
+from rgalign.ranker.towers import InputShape
 
-CATEGORICAL = ["gender", "age_band", "region", "membership_tier", "device_os", "language", "entry_point",
-               "order_status", "payment_method", "logistics_channel", "product_category", "promotion",
-               "seller_type"]
-NUMERICAL = ["account_age_days", "orders_90d", "avg_order_value", "return_rate_90d", "cancel_rate_90d",
-             "days_in_status", "order_amount", "items_count", "expected_delivery_days", "hour_of_day"]
-LOG1P = {"account_age_days", "orders_90d", "avg_order_value", "order_amount", "items_count", "days_in_status",
-         "expected_delivery_days"}
 AGE_EDGES_H = [1, 3, 6, 12, 24]  # behaviour-sequence click age buckets (hours): ids 1..5, 0 = padding
 
 
@@ -38,19 +32,35 @@ def as_float(col: pd.Series) -> np.ndarray:
 
 @dataclass
 class FeatureSpec:
-    """Everything needed to encode a feature row the way the model was trained."""
+    """Everything needed to encode a feature row the way the model was trained: the contract's model inputs
+    (categorical and numeric columns in prompt order, the log1p-scaled ones, the behaviour-sequence columns),
+    vocabulary sizes, and the numeric standardisation fitted on the training weeks."""
     n_intents: int
+    categorical: list[str]
+    numerical: list[str]
+    cardinality: dict[str, int]
+    seq_intents: str               # the behaviour sequence: intent ids and their click times (epoch s)
+    seq_times: str
+    log1p: list[str] = field(default_factory=list)
+    max_recent: int = 10
     user_buckets: int = 50_000
-    max_recent: int = MAX_RECENT
-    cardinality: dict[str, int] = field(default_factory=lambda: {c: len(FEATURES[c].vocab) + 1 for c in CATEGORICAL})
     mean: dict[str, float] = field(default_factory=dict)
     std: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, train: pd.DataFrame, n_intents: int, **kw) -> "FeatureSpec":
-        spec = cls(n_intents=n_intents, **kw)
-        scaled = spec._log_scale(_frame_matrix(train, NUMERICAL))
-        for j, c in enumerate(NUMERICAL):
+    def of(cls, contract: DataContract, n_intents: int, **kw) -> "FeatureSpec":
+        """The (unfitted) spec of a contract's model inputs."""
+        f = contract.features
+        return cls(n_intents=n_intents, categorical=contract.categorical, numerical=contract.numerical,
+                   cardinality={c: len(f[c].vocab) + 1 for c in contract.categorical}, log1p=contract.log1p,
+                   seq_intents=contract.sequence["intents"], seq_times=contract.sequence["times"],
+                   max_recent=contract.max_recent, **kw)
+
+    @classmethod
+    def fit(cls, train: pd.DataFrame, n_intents: int, contract: DataContract, **kw) -> "FeatureSpec":
+        spec = cls.of(contract, n_intents, **kw)
+        scaled = spec._log_scale(_frame_matrix(train, spec.numerical))
+        for j, c in enumerate(spec.numerical):
             x = scaled[:, j]
             x = x[np.isfinite(x)]
             spec.mean[c] = float(x.mean()) if len(x) else 0.0
@@ -58,8 +68,13 @@ class FeatureSpec:
             spec.std[c] = std if std > 1e-12 else 1.0  # constant or absent column: centre only
         return spec
 
+    @property
+    def shape(self) -> InputShape:
+        """What the towers are built for: vocabulary sizes (id 0 included), numeric inputs, sequence length."""
+        return InputShape(tuple(self.cardinality[c] for c in self.categorical), len(self.numerical), self.max_recent)
+
     def _log_scale(self, num_raw: np.ndarray) -> np.ndarray:
-        """(B, N) numbers on the model's scale: log1p of the heavy-tailed columns (``LOG1P``)."""
+        """(B, N) numbers on the model's scale: log1p of the heavy-tailed columns (``log1p``)."""
         return np.where(self._log1p, np.log1p(np.maximum(num_raw, 0)), num_raw)
 
     def to_json(self) -> str:
@@ -67,11 +82,17 @@ class FeatureSpec:
 
     @classmethod
     def from_json(cls, text: str) -> "FeatureSpec":
-        return cls(**json.loads(text))
+        d = json.loads(text)
+        if "categorical" not in d:
+            raise ValueError("spec.json predates data contracts (no 'categorical' inputs): retrain the ranker")
+        return cls(**d)
 
     def __post_init__(self):
-        self._card = np.array([self.cardinality[c] for c in CATEGORICAL])
-        self._log1p = np.array([c in LOG1P for c in NUMERICAL])
+        missing = [c for c in self.categorical if c not in self.cardinality]
+        if missing:
+            raise ValueError(f"FeatureSpec: no cardinality for categorical input(s) {missing}")
+        self._card = np.array([self.cardinality[c] for c in self.categorical], np.int64)
+        self._log1p = np.array([c in self.log1p for c in self.numerical], bool)
 
     @property
     def oov_intent(self) -> int:
@@ -89,10 +110,10 @@ class FeatureSpec:
         B = len(df)
         now = ((pd.to_datetime(df["event_timestamp"], utc=True) - pd.Timestamp(0, tz="UTC"))
                // pd.Timedelta(seconds=1)).to_numpy() if "event_timestamp" in df else np.zeros(B, np.int64)
-        return self._encode(_frame_matrix(df, CATEGORICAL), _frame_matrix(df, NUMERICAL),
+        si, st = self.seq_intents, self.seq_times
+        return self._encode(_frame_matrix(df, self.categorical), _frame_matrix(df, self.numerical),
                             pd.to_numeric(df["user_id"]).to_numpy(np.int64), now,
-                            df["recent_intents"] if "recent_intents" in df else [[]] * B,
-                            df["recent_click_ts"] if "recent_click_ts" in df else [[]] * B)
+                            df[si] if si in df else [[]] * B, df[st] if st in df else [[]] * B)
 
     def encode_rows(self, rows: list[dict]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
         """``encode`` for feature rows as dicts (the serving path: no DataFrame, ~10x faster for a few rows).
@@ -112,8 +133,8 @@ class FeatureSpec:
         now = np.array([epoch(r["event_timestamp"]) for r in rows] if "event_timestamp" in present
                        else [0] * len(rows), np.int64)
         users = np.array([int(r["user_id"]) for r in rows], np.int64)
-        return self._encode(matrix(CATEGORICAL), matrix(NUMERICAL), users, now,
-                            [r.get("recent_intents") for r in rows], [r.get("recent_click_ts") for r in rows])
+        return self._encode(matrix(self.categorical), matrix(self.numerical), users, now,
+                            [r.get(self.seq_intents) for r in rows], [r.get(self.seq_times) for r in rows])
 
     def _encode(self, cat_raw, num_raw, user_ids, now, recents, times):
         """The one encoding behind ``encode`` and ``encode_rows``: ``cat_raw`` (B, C) and ``num_raw`` (B, N)
@@ -122,10 +143,10 @@ class FeatureSpec:
         cat = np.nan_to_num(cat_raw, nan=0.0).astype(np.int64)
         bad = (cat < 0) | (cat >= self._card)
         for j in np.flatnonzero(bad.any(0)):
-            oov[CATEGORICAL[j]] = int(bad[:, j].sum())
+            oov[self.categorical[j]] = int(bad[:, j].sum())
         cat[bad] = 0
         user = user_ids % self.user_buckets + 1
-        mean, std = (np.array([d[c] for c in NUMERICAL]) for d in (self.mean, self.std))
+        mean, std = (np.array([d[c] for c in self.numerical]) for d in (self.mean, self.std))
         num = np.nan_to_num((self._log_scale(num_raw) - mean) / std, nan=0.0).astype(np.float32)
         seq = np.zeros((B, self.max_recent), np.int64)
         age = np.zeros((B, self.max_recent), np.int64)
@@ -141,7 +162,7 @@ class FeatureSpec:
             hours = (now[b] - ts) / 3600 if len(ts) == len(ids) else np.full(len(ids), 24.0)
             age[b, -len(ids):] = np.searchsorted(AGE_EDGES_H, hours, side="left").clip(0, len(AGE_EDGES_H) - 1) + 1
         if n_oov:
-            oov["recent_intents"] = n_oov
+            oov[self.seq_intents] = n_oov
         return ({"cat": torch.from_numpy(cat), "user": torch.from_numpy(user), "num": torch.from_numpy(num),
                  "seq": torch.from_numpy(seq), "seq_age": torch.from_numpy(age)}, oov)
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from rgalign.features.feast_io import FEATURE_SERVICE, FeatureStoreSession
 from rgalign.features.text_encoders import TEXT_ENCODERS, get_encoder
-from rgalign.features.metadata import FEATURES
+from rgalign.contract import DataContract, load_contract
 from rgalign.features.verbalize import Verbalizer
 
 
@@ -32,6 +32,7 @@ class RankerInputs:
     semantic: np.ndarray                 # (n_intents, d_sem) intent-text embeddings
     query: dict[str, np.ndarray]         # split -> (rows, d_e)
     world: Path
+    contract: DataContract | None = None  # the dataset's contract (features, prompt layout)
     query_encoder: str = ""              # what encoded ``query``: a text encoder's name, or ltp-<reasoner version>
     intent_encoder: str = ""             # what encoded ``semantic``
     train_clicks: np.ndarray | None = None  # (n_intents + 1,) clicks per intent id over *all* clicked sessions
@@ -43,21 +44,30 @@ class RankerInputs:
         return len(self.kb)
 
 
-def _native(col: pd.Series, name: str) -> list:
+def _native(col: pd.Series, name: str, contract: DataContract) -> list:
     """A column as Python values (what ``to_dict("records")`` gives, ~10x faster on small frames); categorical
     ids stored as floats (a column with missing values) become ints / None, as the verbalizer requires."""
     values = col.tolist()
-    if name in FEATURES and FEATURES[name].kind == "categorical" and col.dtype.kind == "f":
+    f = contract.features.get(name)
+    if f is not None and f.kind == "categorical" and col.dtype.kind == "f":
         return [None if x != x else int(x) for x in values]
     return values
 
 
-def verbalize_frame(df: pd.DataFrame, kb: pd.DataFrame | None = None, progress: bool = False,
-                    verbalizer: Verbalizer | None = None) -> list[str]:
+def verbalizer_of(kb: pd.DataFrame, contract: DataContract) -> Verbalizer:
+    """The verbalizer of a dataset: its KB titles (for the behaviour sequence) and its contract."""
+    return Verbalizer(dict(zip(kb.intent_id.tolist(), kb.title.tolist())), contract)
+
+
+def verbalize_frame(df: pd.DataFrame, kb: pd.DataFrame | None, contract: DataContract | None = None,
+                    progress: bool = False, verbalizer: Verbalizer | None = None) -> list[str]:
     """The user context C (Table 1) of every row of a Feast feature frame (pass ``verbalizer`` to reuse one
-    across calls, as the server does; otherwise one is built from ``kb``)."""
-    v = verbalizer or Verbalizer(dict(zip(kb.intent_id.tolist(), kb.title.tolist())))
-    cols = {c: _native(df[c], c) for c in df.columns}
+    across calls, as the server does; otherwise one is built from ``kb`` and ``contract``)."""
+    if verbalizer is None and contract is None:
+        raise TypeError("verbalize_frame needs the dataset's contract (rgalign.contract.load_contract(world)) "
+                        "or a Verbalizer")
+    v = verbalizer or verbalizer_of(kb, contract)
+    cols = {c: _native(df[c], c, v.contract) for c in df.columns}
     rows = [dict(zip(cols, vals)) for vals in zip(*cols.values())] if cols else []
     return [v.context(r) for r in tqdm(rows, desc="verbalize", unit="ctx", disable=None if progress else True, mininterval=2)]
 
@@ -75,10 +85,11 @@ def world_digest(world: Path) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def feature_service_digest(repo: Path) -> str:
-    """Digest of the Feast definitions the training set is read through (views, service, sources)."""
+def feature_service_digest(repo: Path, contract: str | Path) -> str:
+    """Digest of the Feast definitions the training set is read through (views, service, sources): the
+    repo's ``definitions.py`` and the data contract that declares the views."""
     import hashlib
-    return hashlib.sha256((Path(repo) / "definitions.py").read_bytes()).hexdigest()[:12]
+    return hashlib.sha256((Path(repo) / "definitions.py").read_bytes() + Path(contract).read_bytes()).hexdigest()[:12]
 
 
 def cache_dir(world: Path) -> Path:
@@ -126,7 +137,7 @@ def load_ranker_inputs(world: str | Path, query_encoder: str = "hashing", query_
     world = Path(world)
     fs = FeatureStoreSession(world)
     cache = cache_dir(world)
-    ts_path = cache / f"training_set-{FEATURE_SERVICE}-{feature_service_digest(fs.repo)}.parquet"
+    ts_path = cache / f"training_set-{FEATURE_SERVICE}-{feature_service_digest(fs.repo, fs.contract.path)}.parquet"
     if ts_path.is_file():
         full = pd.read_parquet(ts_path)
     else:
@@ -135,6 +146,7 @@ def load_ranker_inputs(world: str | Path, query_encoder: str = "hashing", query_
         full.to_parquet(ts_path.with_suffix(".tmp"), index=False)
         ts_path.with_suffix(".tmp").replace(ts_path)
     kb = pd.read_parquet(world / "kb.parquet")
+    contract = load_contract(world)
     labels = pd.read_parquet(world / "eval_labels.parquet")[["session_id", "true_intent"]]
     train_days = fs.manifest["config"]["days"] - fs.manifest["config"]["eval_days"]
     clicked = full[(full.split == "train") & (full.clicked_intent > 0)]
@@ -158,7 +170,7 @@ def load_ranker_inputs(world: str | Path, query_encoder: str = "hashing", query_
 
     def split_texts(split: str) -> list[str]:
         if split not in texts:
-            texts[split] = verbalize_frame(frames[split], kb, progress)
+            texts[split] = verbalize_frame(frames[split], kb, contract, progress)
         return texts[split]
 
     def fit_corpus() -> list[str]:  # a fitted query encoder (LSA) learns from training-week contexts only
@@ -186,7 +198,7 @@ def load_ranker_inputs(world: str | Path, query_encoder: str = "hashing", query_
     for split, df in frames.items():
         query[split] = _cached_npy(cache / f"query-{key}-{split}-{signature(df)}.npy", lambda s=split: encode(s))
         texts.clear()  # one split's contexts in memory at a time
-    return RankerInputs(frames["train"], frames["val"], frames["eval"], kb, semantic, query, world, query_encoder,
+    return RankerInputs(frames["train"], frames["val"], frames["eval"], kb, semantic, query, world, contract, query_encoder,
                         intent_encoder, train_clicks)
 
 

@@ -5,7 +5,9 @@
 Example:
     >>> import torch
     >>> from rgalign.ranker.qe_rec import QERec
-    >>> m = QERec(n_intents=50, semantic=torch.randn(50, 16), d_e=32, d=16)
+    >>> from rgalign.ranker.towers import InputShape
+    >>> shape = InputShape(cardinalities=(4,) * 13, n_numerical=10, max_recent=10)
+    >>> m = QERec(shape, n_intents=50, semantic=torch.randn(50, 16), d_e=32, d=16)
     >>> x = {"cat": torch.zeros(4, 13, dtype=torch.long), "user": torch.ones(4, dtype=torch.long),
     ...      "num": torch.zeros(4, 10), "seq": torch.zeros(4, 10, dtype=torch.long),
     ...      "seq_age": torch.zeros(4, 10, dtype=torch.long)}
@@ -18,9 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rgalign.ranker.data import CATEGORICAL, NUMERICAL
-from rgalign.ranker.towers import AutoIntMMoEUser, FieldEmbedding, IntentTower, QueryTower, UserTower
-from rgalign.features.metadata import FEATURES, MAX_RECENT
+from rgalign.ranker.towers import AutoIntMMoEUser, FieldEmbedding, InputShape, IntentTower, QueryTower, UserTower
 
 
 def qe_score(z_u: torch.Tensor, z_i: torch.Tensor, z_q: torch.Tensor | None, w: float) -> torch.Tensor:
@@ -39,6 +39,7 @@ class QERec(nn.Module):
     """User, intent and query towers scored by Eq. 4.
 
     Args:
+        shape: the encoded feature row's sizes (``FeatureSpec.shape``).
         n_intents: KB size (intent ids 1..n_intents).
         semantic: (n_intents, d_sem) frozen text embeddings of the intent texts (row k = intent k + 1).
         d_e: query-embedding size (the reasoner's hidden size for LTP).
@@ -50,7 +51,7 @@ class QERec(nn.Module):
             (the autoint-mmoe user tower), as the baseline's.
     """
 
-    def __init__(self, n_intents: int, semantic: torch.Tensor, d_e: int, d: int = 64, w: float = 0.7,
+    def __init__(self, shape: InputShape, n_intents: int, semantic: torch.Tensor, d_e: int, d: int = 64, w: float = 0.7,
                  user_buckets: int = 50_000, dropout: float = 0.2, heads: int = 2, user_activation: str | None = None,
                  non_seq: str | None = None, user_tower: str = "hierarchical", intent_id_std: float = 1.0,
                  families: torch.Tensor | None = None, intent_id_dropout: float = 0.0, autoint_layers: int = 2,
@@ -62,15 +63,15 @@ class QERec(nn.Module):
             raise ValueError(f"semantic has {semantic.shape[0]} rows for n_intents={n_intents}")
         self.w, self.n_intents, self.d_e = w, n_intents, d_e
         if user_tower == "hierarchical":
-            fields = FieldEmbedding([len(FEATURES[c].vocab) + 1 for c in CATEGORICAL], user_buckets, len(NUMERICAL), d)
-            self.user_tower = UserTower(fields, n_intents, d, MAX_RECENT, heads=heads, dropout=dropout,
+            fields = FieldEmbedding(list(shape.cardinalities), user_buckets, shape.n_numerical, d)
+            self.user_tower = UserTower(fields, n_intents, d, shape.max_recent, heads=heads, dropout=dropout,
                                         activation=user_activation or "sigmoid", non_seq=non_seq or "mlp",
                                         autoint_layers=autoint_layers)
             user_activation = None  # applied inside the hierarchical tower
         elif user_tower == "autoint-mmoe":
             if non_seq is not None:
                 raise ValueError("non_seq applies to the hierarchical user tower only")
-            self.user_tower = AutoIntMMoEUser(n_intents, d, autoint_layers, heads, n_experts, user_buckets, dropout)
+            self.user_tower = AutoIntMMoEUser(shape, n_intents, d, autoint_layers, heads, n_experts, user_buckets, dropout)
         else:
             raise ValueError(f"user_tower={user_tower!r}; use 'hierarchical' or 'autoint-mmoe'")
         self.sigma = UserTower.ACTIVATIONS[user_activation] if user_activation not in (None, "none") else None

@@ -26,12 +26,12 @@ from rgalign.ranker.loss import ConfidencePredictor, weighted_intent_loss
 from rgalign.ranker.qe_rec import QERec, qe_score
 
 
-def build_model(cfg: RankerConfig, n_intents: int, semantic: torch.Tensor, families: torch.Tensor,
+def build_model(cfg: RankerConfig, spec: FeatureSpec, n_intents: int, semantic: torch.Tensor, families: torch.Tensor,
                 d_e: int) -> torch.nn.Module:
     if cfg.model == "baseline":
-        return TwoTowerAutoIntMMoE(n_intents, families, cfg.d, cfg.autoint_layers, cfg.heads, cfg.n_experts,
+        return TwoTowerAutoIntMMoE(spec.shape, n_intents, families, cfg.d, cfg.autoint_layers, cfg.heads, cfg.n_experts,
                                    cfg.user_buckets, cfg.dropout)
-    return QERec(n_intents, semantic, d_e, cfg.d, cfg.w, cfg.user_buckets, cfg.dropout, cfg.heads,
+    return QERec(spec.shape, n_intents, semantic, d_e, cfg.d, cfg.w, cfg.user_buckets, cfg.dropout, cfg.heads,
                  cfg.user_activation, cfg.non_seq, cfg.user_tower, cfg.intent_id_std,
                  families if cfg.intent_family else None, cfg.intent_id_dropout, cfg.autoint_layers, cfg.n_experts)
 
@@ -77,7 +77,7 @@ class RankerTrainer:
     def __init__(self, cfg: RankerConfig, inputs: RankerInputs, progress: bool = True, log_fn=None):
         check_encoders(cfg, inputs)
         self.cfg, self.inputs, self.progress, self.log_fn = cfg, inputs, progress, log_fn
-        self.spec = FeatureSpec.fit(inputs.train, inputs.n_intents, user_buckets=cfg.user_buckets)
+        self.spec = FeatureSpec.fit(inputs.train, inputs.n_intents, inputs.contract, user_buckets=cfg.user_buckets)
         self.data = {s: RankerData.build(getattr(inputs, s), self.spec, inputs.query[s],
                                          "true_intent" if s == "eval" else "clicked_intent")
                      for s in ("train", "val", "eval")}
@@ -86,7 +86,7 @@ class RankerTrainer:
         kb = inputs.kb
         fam = kb.family.astype("category").cat.codes.to_numpy() + 1
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg, inputs.n_intents, torch.as_tensor(inputs.semantic, dtype=torch.float32),
+        self.model = build_model(cfg, self.spec, inputs.n_intents, torch.as_tensor(inputs.semantic, dtype=torch.float32),
                                  torch.as_tensor(fam, dtype=torch.long), inputs.query["train"].shape[1])
         self.confidence = (ConfidencePredictor(cfg.d, self.data["train"].shown.shape[1], cfg.confidence_floor,
                                                span=cfg.confidence_span)

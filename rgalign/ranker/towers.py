@@ -8,12 +8,25 @@ Example:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rgalign.features.metadata import FEATURES
-from rgalign.ranker.data import CATEGORICAL, NUMERICAL
+
+@dataclass(frozen=True)
+class InputShape:
+    """Sizes of an encoded feature row (``FeatureSpec.shape``): each categorical field's vocabulary size (id 0
+    included), the number of numeric inputs and the behaviour-sequence length L."""
+    cardinalities: tuple[int, ...]
+    n_numerical: int
+    max_recent: int
+
+    def __post_init__(self):
+        if any(c < 2 for c in self.cardinalities) or self.n_numerical < 0 or self.max_recent < 1:
+            raise ValueError(f"InputShape: cardinalities must be >= 2, n_numerical >= 0 and max_recent >= 1, got "
+                             f"{self}")
 
 
 def _check(name: str, x: torch.Tensor, shape: tuple) -> None:
@@ -82,11 +95,10 @@ class AutoIntMMoEUser(nn.Module):
     """The production user encoder: field embeddings (+ the mean of the recent-intent embeddings as one more
     field) -> AutoInt interacting layers -> dense MMoE. Input as ``UserTower``; output (B, d)."""
 
-    def __init__(self, n_intents: int, d: int = 64, n_layers: int = 2, heads: int = 2, n_experts: int = 4,
-                 user_buckets: int = 50_000, dropout: float = 0.2):
+    def __init__(self, shape: InputShape, n_intents: int, d: int = 64, n_layers: int = 2, heads: int = 2,
+                 n_experts: int = 4, user_buckets: int = 50_000, dropout: float = 0.2):
         super().__init__()
-        self.fields = FieldEmbedding([len(FEATURES[c].vocab) + 1 for c in CATEGORICAL], user_buckets,
-                                     len(NUMERICAL), d)
+        self.fields = FieldEmbedding(list(shape.cardinalities), user_buckets, shape.n_numerical, d)
         self.seq_items = nn.Embedding(n_intents + 2, d, padding_idx=0)
         self.autoint = nn.Sequential(*(AutoIntLayer(d, heads, dropout) for _ in range(n_layers)))
         self.mmoe = MMoE((self.fields.n_fields + 1) * d, d, n_experts, 1, dropout)

@@ -174,7 +174,7 @@ def eval_contexts(world: str | Path, n: int, seed: int = 0) -> tuple[list[str], 
     labels = pd.read_parquet(world / "eval_labels.parquet")[["session_id", "true_intent"]]
     true = frame[["session_id"]].merge(labels, on="session_id", how="left")["true_intent"].to_numpy()
     kb = pd.read_parquet(world / "kb.parquet")
-    return verbalize_frame(frame, kb), true, kb
+    return verbalize_frame(frame, kb, fs.contract), true, kb
 
 
 def check_reasoner(encoder, world: str | Path, cfg: ReasonerCheckConfig | None = None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from rgalign.features.metadata import ENTRY_POINTS, ORDER_STATUSES, SLOTS
+from rgalign.world.vocab import ENTRY_POINTS, ORDER_STATUSES, SLOTS
 from rgalign.features.prompt import ReasonerPrompt
 
 # common sense of a support team, written independently of rgalign.world.intent_model

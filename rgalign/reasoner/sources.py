@@ -233,7 +233,7 @@ def build_reasoner(cfg: ReasonerConfig, world: str | Path, out: str | Path, prog
     sessions = sessions.sample(min(cfg.corpus_sessions, len(sessions)), random_state=cfg.seed)
     frame = fs.training_set(sessions=sessions)
     kb = pd.read_parquet(world / "kb.parquet")
-    contexts = verbalize_frame(frame, kb)
+    contexts = verbalize_frame(frame, kb, fs.contract)
     rows = frame.to_dict("records")
     bitext = pd.read_csv(bitext_path())  # instructions and responses
     vocab = REASONER_SIZES[cfg.source][5] if cfg.source in REASONER_SIZES else None

@@ -8,6 +8,7 @@ Layout of ``<root>/<name>/`` (``name`` like ``ci-s0``):
     behaviour.parquet       Feast source of view ``behaviour_sequence`` (a row per click: last clicks <= 24 h)
     sessions.parquet        the session log: entity rows + click labels (train) ; split = train | eval
     eval_labels.parquet     the evaluation week's true intents (the paper's human-refined labels)
+    contract.yaml           the data contract these tables follow (a copy of rgalign/world/contract.yaml)
     hidden/sessions.parquet true intent, persona, Bayes rank of every session: never a model input
     manifest.json           config, counts, file digests, and the Bayes-optimal vs popularity report
 
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 
 from rgalign.config import WorldConfig
 from rgalign.metrics import evaluate_ranks
+from rgalign.world import CONTRACT_PATH
 from rgalign.world.intent_model import IntentModel
 from rgalign.world.kb import build_kb, load_bitext
 from rgalign.world.simulator import simulate_chunk
@@ -69,6 +71,8 @@ def generate_world(cfg: WorldConfig, root: str | Path = "artifacts/worlds", bite
     if manifest.is_file() and not force:
         old = json.loads(manifest.read_text())
         if old.get("config_digest") == cfg.digest():
+            if not (dest / "contract.yaml").is_file():  # a world written before contracts: add its contract
+                shutil.copyfile(CONTRACT_PATH, dest / "contract.yaml")
             return dest
         raise FileExistsError(f"{dest} holds a world with a different config (digest {old.get('config_digest')} "
                               f"!= {cfg.digest()}); pass --force to replace it or choose another --out.")
@@ -82,6 +86,7 @@ def generate_world(cfg: WorldConfig, root: str | Path = "artifacts/worlds", bite
     t0 = time.perf_counter()
     try:
         kb.to_parquet(tmp / "kb.parquet", index=False)
+        shutil.copyfile(CONTRACT_PATH, tmp / "contract.yaml")
         writers: dict[str, pq.ParquetWriter] = {}
         counts = dict.fromkeys(TABLES, 0)
         clicks_train = np.zeros(len(kb) + 1, np.int64)
@@ -123,6 +128,7 @@ def generate_world(cfg: WorldConfig, root: str | Path = "artifacts/worlds", bite
             "rows": counts, "eval_sessions": counts["eval_labels"], "seconds": round(time.perf_counter() - t0, 1),
             "report": report,
             "files": {p.relative_to(tmp).as_posix(): _sha(p) for p in sorted(tmp.rglob("*.parquet"))},
+            "contract": _sha(tmp / "contract.yaml"),
         }
         (tmp / "manifest.json").write_text(json.dumps(meta, indent=2))
         if dest.exists():

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rgalign.config import WorldConfig
-from rgalign.features.metadata import ENTRY_POINTS, ORDER_STATUSES
+from rgalign.world.vocab import ENTRY_POINTS, ORDER_STATUSES
 from rgalign.world.kb import FAMILIES, FAMILY_NAMES, SLOT_DIMS
 
 FAM = {f: k for k, f in enumerate(FAMILY_NAMES)}

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rgalign.features.metadata import SLOTS
+from rgalign.world.vocab import SLOTS
 
 SLOT_DIMS = tuple(SLOTS)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from rgalign.features.metadata import ENTRY_POINTS, ORDER_STATUSES
+from rgalign.world.vocab import ENTRY_POINTS, ORDER_STATUSES
 
 TO_RECEIVE = ORDER_STATUSES.index("TO_RECEIVE") + 1
 SHIPPING_PAGE = ENTRY_POINTS.index("Shipping Page") + 1

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from rgalign.config import WorldConfig
-from rgalign.features.metadata import (AGE_BANDS, DEVICES, ENTRY_POINTS, GENDERS, LANGUAGES, MAX_RECENT,
+from rgalign.world.vocab import (AGE_BANDS, DEVICES, ENTRY_POINTS, GENDERS, LANGUAGES, MAX_RECENT,
                                        ORDER_STATUSES, SELLER_TYPES, SLOTS, TIERS)
 from rgalign.world.intent_model import RETURN_MEAN, RETURN_STD, IntentModel, ST, overdue_of
 

@@ -1,0 +1,84 @@
+"""A dataset folder: ``contract.yaml`` and its tables. What every stage asks of one, for any producer.
+
+A generated benchmark world is a dataset with extras (``manifest.json``: its config digest and the Bayes /
+popularity headroom report; ``hidden/``: the simulator's truth). Nothing here needs them: digests, time ranges
+and the training days come from the tables when there is no manifest.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from rgalign.contract.contract import FILE, DataContract, load_contract
+
+
+def check_dataset(folder: str | Path) -> Path:
+    """``folder`` as a Path, or a FileNotFoundError saying how to make a dataset."""
+    folder = Path(folder)
+    if not (folder / FILE).is_file():
+        raise FileNotFoundError(f"{folder} is not a dataset (no {FILE}): generate the benchmark world with "
+                                "`rgalign world generate --scale ci`, or scaffold your own with `rgalign data init DIR`")
+    return folder
+
+
+def manifest(folder: str | Path) -> dict:
+    """The producer's manifest (a generated world's), or {}."""
+    p = Path(folder) / "manifest.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def _tables(folder: Path, contract: DataContract) -> list[Path]:
+    names = [contract.tables["kb"], contract.tables["sessions"], contract.tables["eval_labels"],
+             *(v.table for v in contract.views)]
+    return [folder / f"{n}.parquet" for n in names if (folder / f"{n}.parquet").is_file()]
+
+
+def _sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def content_digest(folder: str | Path) -> str:
+    """Digest of a dataset's content (the contract and every table): caches built on it are keyed by it. A
+    generated world's manifest already holds its files' digests."""
+    folder = check_dataset(folder)
+    m = manifest(folder)
+    if "files" in m:
+        return hashlib.sha256(json.dumps(m["files"], sort_keys=True).encode()).hexdigest()[:12]
+    files = {p.name: _sha(p) for p in [folder / FILE, *_tables(folder, load_contract(folder))]}
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def dataset_digest(folder: str | Path) -> str:
+    """What identifies a dataset in lineage tags and reuse keys: a generated world's config digest (its content
+    follows from it), else the content digest."""
+    return manifest(folder).get("config_digest") or content_digest(folder)
+
+
+def time_range(folder: str | Path, contract: DataContract) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """(earliest feature row - 1 day, latest row + 1 day): the window ``materialize`` loads."""
+    lo, hi = [], []
+    for p in _tables(Path(folder), contract):
+        if "event_timestamp" in pq.read_schema(p).names:
+            ts = pd.to_datetime(pd.read_parquet(p, columns=["event_timestamp"]).event_timestamp, utc=True)
+            if len(ts):
+                lo.append(ts.min())
+                hi.append(ts.max())
+    if not lo:
+        raise ValueError(f"{folder}: no table has event_timestamp rows; run `rgalign data validate {folder}`")
+    return min(lo).floor("D") - pd.Timedelta(days=1), max(hi).ceil("D") + pd.Timedelta(days=1)
+
+
+def session_days(sessions: pd.DataFrame) -> pd.Series:
+    """Each session's day index (0 = the first session's UTC day): the log's ``day`` column when it has one."""
+    if "day" in sessions:
+        return sessions["day"]
+    d = pd.to_datetime(sessions.event_timestamp, utc=True).dt.floor("D")
+    return ((d - d.min()) // pd.Timedelta(days=1)).astype("int64")
