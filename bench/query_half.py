@@ -32,7 +32,7 @@ from rgalign.ranker.stage1 import run_ranker
 def measure(run: Path, reasoner: Path, weight: float, seed: int, out: Path, query: str = "ltp") -> dict:
     """One Stage-1 QE-Rec: e = the reasoner's LTP (``query="ltp"``) or a frozen text encoder of the same
     verbalized contexts (``lsa``, ``minilm``, ``hashing``), on the pipeline's sessions."""
-    world = next((run / "prepare-features" / "world").glob("*/manifest.json")).parent
+    world = workflow.world_of(run / "prepare-features" / "world")
     cfg = workflow.WorkflowConfig(tracking=False)
     rcfg = replace(cfg.ranker("qe-rec"), query_loss_weight=weight, seed=seed)
     if query == "ltp":

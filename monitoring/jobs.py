@@ -98,8 +98,10 @@ def run_ab(world: str | Path, champion, challenger, share: float = 0.5, days: in
     log = simulate_ab(eval_window(world, days, max_sessions), arms, share, progress=progress,
                       request=load_contract(world).request)
     log["arm_target"] = log.arm.map(targets)
+    from rgalign.abtest import ab_segments, segment_table
+    log = ab_segments(log, world)
     summary = ab_summary(log)
-    table = summary_table(summary)
+    table = summary_table(summary) + "\n\nBy segment (where the query path should pay):\n" + segment_table(log)
     if judge is not None:
         from rgalign.judge import agreement, judged_hit_rate
         log["judged_intent"] = judge.judge(transcripts(world, log))

@@ -23,6 +23,8 @@ AB_COLUMNS = {"click3": "CTR@3", "hit3": "intent hit rate", "csat_good": "CSAT"}
 STAT_COLUMNS = {"p_ctr3": "CTR@3 p (fixed)", "p_seq_ctr3": "CTR@3 p (sequential)", "p_csat": "CSAT p (fixed)",
                 "p_seq_csat": "CSAT p (sequential: the guardrail's)", "p_hit3": "hit rate p (fixed)",
                 "guardrail": "CSAT guardrail breached (1 = yes)"}
+from rgalign.abtest import AB_SEGMENTS as SEGMENTS   # log columns: sessions where the query path should pay
+
 SCENARIOS = ("none", "logistics")   # drift runs are tagged scenario:<name>; the dashboard plots each apart
 
 
@@ -51,6 +53,10 @@ def _dashboard(p) -> None:
     for col, title in AB_COLUMNS.items():  # one column per arm (the UI merges series that differ only by tags),
         p.dashboard.add_panel(line_plot_panel(f"{title} per arm", [   # both arms in one daily snapshot: lines
             PanelMetric(legend=a, tags=["ab-arms"], metric="MeanValue", metric_labels={"column": f"{col}_{a}"})
+            for a in arms], size="half"), tab="A/B")
+    for seg, title in SEGMENTS.items():    # where the query path should pay: the hit rate of each arm there
+        p.dashboard.add_panel(line_plot_panel(f"intent hit rate per arm: {title}", [
+            PanelMetric(legend=a, tags=["ab-arms"], metric="MeanValue", metric_labels={"column": f"hit3_{seg}_{a}"})
             for a in arms], size="half"), tab="A/B")
     p.dashboard.add_panel(line_plot_panel("A/B p-values (fixed horizon and sequential)", [
         PanelMetric(legend=t, tags=["ab-stats"], metric="MeanValue", metric_labels={"column": c})
@@ -98,6 +104,11 @@ def ab_snapshots(log: pd.DataFrame, summary_by_day: dict | None = None, metadata
     for day, g in log.groupby("day"):   # one snapshot a day with a column per arm (NaN on the other arm's rows)
         frame = pd.DataFrame({f"{c}_{a}": np.where(g.arm == a, g[c].astype(float), np.nan)
                               for c in AB_COLUMNS for a in arms})
+        for seg in (s for s in SEGMENTS if s in g):   # a log with segment columns: the hit rate in each, per arm
+            for a in arms:
+                col = np.where((g.arm == a) & g[seg].astype(bool), g.hit3.astype(float), np.nan)
+                if not np.isnan(col).all():           # a segment without sessions that day has no value
+                    frame[f"hit3_{seg}_{a}"] = col
         label = "; ".join(f"{a}: {targets.get(str(a), 'unrecorded')}" for a in arms)
         snaps.append(_mean_report(frame, list(frame.columns), day.to_pydatetime(), ["ab-arms"],
                                   f"A/B arms {day:%Y-%m-%d} ({label})", meta))

@@ -4,10 +4,13 @@
 
 def report(metrics, values: dict) -> None:
     """Log ``values`` on a KFP ``Metrics`` artifact and also write them to its path: kfp.local's cache treats
-    an output whose file is missing as stale, and lightweight Metrics write no file of their own."""
+    an output whose file is missing as stale, and lightweight Metrics write no file of their own. A value that is
+    not finite (a teacher without one valid query has no mean NDCG) is left out: KFP metadata cannot hold NaN,
+    and the step's MLflow run keeps every value."""
     import json
+    import math
     from pathlib import Path
-    values = {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
+    values = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
     for k, v in values.items():
         metrics.log_metric(k, v)
     Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)

@@ -106,6 +106,38 @@ def simulate_ab(sessions: pd.DataFrame, arms: dict[str, Callable], share: float 
     return log[LOG_COLUMNS + request]
 
 
+AB_SEGMENTS = {"seg_cold": "cold-start intents", "seg_tail": "intents with <= 100 training clicks",
+               "seg_new_user": "users without training clicks"}   # where the query path should pay
+
+
+def ab_segments(log: pd.DataFrame, world: str | Path) -> pd.DataFrame:
+    """``log`` with a boolean column per ``AB_SEGMENTS`` entry: the true intent's and the user's clicked
+    training sessions in the dataset (the segments of ``rgalign.metrics.segment_masks``)."""
+    from rgalign.contract import load_contract
+    c = load_contract(world)
+    s = pd.read_parquet(Path(world) / f"{c.tables['sessions']}.parquet", columns=["user_id", "split", "clicked_intent"])
+    clicked = s[(s.split == "train") & (s.clicked_intent > 0)]
+    intent = clicked.clicked_intent.value_counts().reindex(log.true_intent).fillna(0).to_numpy()
+    user = clicked.user_id.value_counts().reindex(log.user_id).fillna(0).to_numpy()
+    return log.assign(seg_cold=intent == 0, seg_tail=intent <= 100, seg_new_user=user == 0)
+
+
+def segment_table(log: pd.DataFrame) -> str:
+    """Intent hit rate per arm in each ``AB_SEGMENTS`` segment of ``log`` (``ab_segments``), with n and the
+    two-proportion z-test's p (fixed horizon: read it once, at the end of the test)."""
+    lines = ["| segment | n champion | n challenger | hit rate champion | hit rate challenger | p (fixed) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for col, name in AB_SEGMENTS.items():
+        if col not in log:
+            continue
+        seg = log[log[col].astype(bool)]
+        a, b = (seg[seg.arm == arm].hit3 for arm in ("champion", "challenger"))
+        if len(a) and len(b):
+            _, p = two_proportion_ztest(int(a.sum()), len(a), int(b.sum()), len(b))
+            lines.append(f"| {name} | {len(a):,} | {len(b):,} | {a.mean():.4f} | {b.mean():.4f} | {p:.3f} |")
+    return "\n".join(lines)
+
+
 def two_proportion_ztest(x1: int, n1: int, x2: int, n2: int) -> tuple[float, float]:
     """Pooled two-sided z-test of p2 - p1 (statsmodels ``proportions_ztest([x2, x1], [n2, n1])``)."""
     if min(n1, n2) <= 0:

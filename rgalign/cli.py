@@ -55,10 +55,11 @@ def config_from_args(cls, args: argparse.Namespace):
 
 
 def _world_summary(world: Path) -> str:
+    from rgalign.contract.dataset import headroom
     from rgalign.metrics import format_table
-    from rgalign.world.generate import headroom_rows, load_manifest
+    from rgalign.world.generate import load_manifest
     m = load_manifest(world)
-    rows = headroom_rows(m)
+    rows = headroom(world)
     r = m["rows"]
     return "\n".join([
         f"world {m['name']} at {world}",
@@ -172,9 +173,9 @@ def cmd_eval(args) -> int:
     from rgalign.ranker.inputs import load_ranker_inputs
     from rgalign.ranker.ranker_trainer import model_ranks
     from rgalign.tracking import tracking_uri, use
-    from rgalign.world.generate import headroom_rows, load_manifest
+    from rgalign.contract.dataset import check_dataset, headroom
     use(tracking_uri(args.tracking_uri, args.artifacts))
-    rows, ranks = dict(headroom_rows(load_manifest(args.world))), {}
+    rows, ranks = dict(headroom(check_dataset(args.world))), {}
     for uri in args.model_uri:
         path = Path(mlflow.artifacts.download_artifacts(uri)) / "artifacts" / "checkpoint"
         model, spec, cfg, _ = load_ranker(path)
@@ -439,13 +440,13 @@ def cmd_pipeline(args) -> int:
 def _next_steps(root: Path, env: str) -> str | None:
     """The commands that serve and watch what the newest local pipeline run registered, with its real paths."""
     for run in _runs_newest_first(root):
-        worlds = sorted((run / "prepare-features" / "world").glob("*/manifest.json"))
+        worlds = sorted((run / "prepare-features" / "world").glob("*/contract.yaml"))
         if worlds:
             w = worlds[0].parent
             f = run / "prepare-features" / "feast" / w.name
             a, ws = f"--artifacts {root}", root / "evidently"
             return ("\nNext: serve the candidate, replay an A/B week against the popularity list, open the dashboard\n"
-                    f"  rgalign serve --env {env} --alias candidate --world {w} --feast-dir {f} {a}\n"
+                    f"  rgalign serve --env {env} --alias candidate {a}   (features from the run's dataset)\n"
                     f"  rgalign monitor ab --env {env} --world {w} --feast-dir {f} --champion candidate "
                     f"--challenger popularity --days 7 --workspace {ws} {a}\n"
                     f"  rgalign ui --workspace {ws}   (then open http://127.0.0.1:8000)")
@@ -481,7 +482,13 @@ def cmd_serve(args) -> int:
           + f" on http://{args.host}:{args.port}  (V1 /v1/models/recommend:predict, V2 /v2/models/recommend/infer)",
           flush=True)
     cfg = config_from_args(ServeConfig, args)
-    serve(Recommender.from_registry(reg, args.env, args.alias, args.world, args.feast_dir, **cfg.recommender_kw()), cfg)
+    rec = Recommender.from_registry(reg, args.env, args.alias, args.world, args.feast_dir, **cfg.recommender_kw())
+    if rec.store is not None and args.world is None:
+        print(f"features: {rec.store.world_dir} (Feast {rec.store.feast_dir}), from the version's lineage", flush=True)
+    elif rec.store is None:
+        print("no feature store: the version's lineage names no dataset on this machine, so only the reasoner and "
+              "ranker models are served; pass --world DIR [--feast-dir DIR] for recommend", flush=True)
+    serve(rec, cfg)
     return 0
 
 
@@ -792,7 +799,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve a registry alias with KServe on 127.0.0.1 (V1 + V2, recommend)")
     sv.add_argument("--env", default="dev")
     sv.add_argument("--alias", default="champion", help="registry alias or version of the ranker")
-    sv.add_argument("--world", default=None, help="world whose Feast online store serves features (recommend)")
+    sv.add_argument("--world", default=None, help="dataset whose Feast online store serves features (recommend; "
+                    "default: the dataset of the served version's training run, from its registry lineage)")
     sv.add_argument("--feast-dir", default=None, help="Feast registry + online store folder (default: beside the world)")
     add_config_args(sv, ServeConfig)
     add_tracking_args(sv, optional=False)

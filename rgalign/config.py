@@ -112,6 +112,9 @@ class RankerConfig(_Config):
     intent_id_dropout: float = _f(0.0, "qe-rec: in training, zero a candidate's intent-ID embedding with this "
                                         "probability (as if the intent were new), so the text path learns to rank "
                                         "on its own")
+    fusion: str = _f("fixed", "qe-rec: Eq. 4's fusion of the user and query terms: fixed (w for every pair, the paper) "
+                     "or adaptive (a learned gate over the intent's training clicks and the user's recent clicks, "
+                     "started at w; rgalign.ranker.qe_rec.FusionGate)")
     query_loss_weight: float = _f(0.25, "qe-rec: weight of a second Eq. 5 term on the query half alone, cos(z_i, z_q) "
                                        "(deep supervision beyond the paper: the query tower learns to rank by itself, "
                                        "so the reward can read it); 0 = the paper's loss only")
@@ -135,6 +138,10 @@ class RankerConfig(_Config):
             raise ValueError(f"w must be within [0, 1], got {self.w}")
         if self.user_tower not in ("hierarchical", "autoint-mmoe"):
             raise ValueError(f"user_tower={self.user_tower!r}; use 'hierarchical' or 'autoint-mmoe'")
+        if self.fusion not in ("fixed", "adaptive"):
+            raise ValueError(f"fusion={self.fusion!r}; use 'fixed' (Eq. 4, the paper) or 'adaptive'")
+        if self.fusion == "adaptive" and not 0 < self.w < 1:
+            raise ValueError(f"fusion=adaptive starts its gate at w, which must be within (0, 1), got {self.w}")
         if self.non_seq not in (None, "autoint", "mlp"):
             raise ValueError(f"non_seq={self.non_seq!r}; use 'autoint' or 'mlp'")
         if self.non_seq is not None and self.user_tower != "hierarchical":

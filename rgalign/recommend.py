@@ -8,7 +8,7 @@ here and a bad one raises ``RequestError`` naming the field and the fix, so a se
 Example::
 
     rec = Recommender.from_paths("artifacts/ranker", "artifacts/reasoner", "artifacts/worlds/ci-s0")
-    rec.recommend([17, 42], requests=[{"entry_point": 2}, {}], k=3)   # request features of the contract
+    rec.recommend([17, 42], requests=[{"channel": 2}, {}], k=3)   # the contract's request features (name -> id)
     # [{"user_id": 17, "intent_ids": [...], "scores": [...], "titles": [...], "fallback": False}, ...]
 """
 from __future__ import annotations
@@ -251,8 +251,12 @@ class Recommender:
     @classmethod
     def from_registry(cls, registry, env: str, ref: str, world_dir=None, feast_dir=None, ltp_cache=None,
                       **kw) -> "Recommender":
-        """``<env>.ranker@<ref>`` (alias or version) with its parent reasoner, from an ``rgalign.registry.Registry``."""
+        """``<env>.ranker@<ref>`` (alias or version) with its parent reasoner, from an ``rgalign.registry.Registry``.
+        Without ``world_dir`` the online features come from the dataset and Feast store of the version's lineage
+        (the pipeline run that trained it), when that folder is on this machine."""
         b = registry.serving_bundle(env, ref)
+        if world_dir is None and b.get("dataset") and Path(b["dataset"], "contract.yaml").is_file():
+            world_dir, feast_dir = b["dataset"], feast_dir or b.get("feast_dir") or None
         rec = cls(b["ranker"]["dir"], b.get("reasoner", {}).get("dir"), world_dir, feast_dir, ltp_cache, **kw)
         rec.bundle = b      # what was served: names, versions, artifact URIs
         return rec

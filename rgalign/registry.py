@@ -311,6 +311,7 @@ class Registry:
             out["reasoner"] = self._artifact(name, pv, "config.json")
         out["alias"] = ref
         out["world_digest"] = tags.get("world_digest", "")
+        out["dataset"], out["feast_dir"] = tags.get("dataset", ""), tags.get("feast_dir", "")  # training lineage
         return out
 
     def _artifact(self, name: str, version: str, marker: str) -> dict:

@@ -141,7 +141,8 @@ def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
     from rgalign.reasoner.check import check_reasoner
     from rgalign.workflow import (align, base_key, copy_or_build, generated_query_inputs, ltp_inputs, shipped_base,
                                   text_inputs)
-    from rgalign.world.generate import generate_world, headroom_rows, load_manifest
+    from rgalign.contract.dataset import headroom
+    from rgalign.world.generate import generate_world
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -237,7 +238,6 @@ def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
                                                                       cfg.sentence_encoder, **kw))[1]
         t = tick("BGE-style rows", t)
 
-    manifest = load_manifest(world)
     main = {"Baseline": baseline, "QE-Rec": qerec}
     stages = {"Baseline": ["-", "-", "-"], "QE-Rec": ["Raw LLM", "-", "No"]}
     if "V2-cl" in aligned:
@@ -271,7 +271,7 @@ def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
           f"World `{world.name}`; {len(inputs_raw.train):,} training, {len(inputs_raw.val):,} validation and "
           f"{len(inputs_raw.eval):,} evaluation sessions; {cfg.seeds} ranker seeds per row (mean; +- = 95% "
           f"interval combining bootstrap and seed spread); raw reasoner `{raw}` (d = {raw_enc.dim}).", "",
-          "## World headroom", "", format_table(headroom_rows(manifest)), "",
+          "## World headroom", "", format_table(headroom(world)), "",
           "## Table 2: main results", "", _md(table2, ["Stage1(QE)", "Stage2(RGA)", "Stage3"], stages), "",
           "## Table 3: LTP vs BGE-style (generated query -> frozen sentence encoder)", "", _md(table3), "",
           "## Table 4: best-of-N strategies", "", _md(table4), "",

@@ -43,6 +43,8 @@ class WorkflowConfig(_Config):
     """The knobs of one training run (plain values: they are the KFP pipeline's ``config`` parameter and the
     ``rgalign pipeline run`` / ``rgalign align`` flags). Each field reaches exactly one stage config
     (``STAGE_FIELDS``) or the gate / registry; ``tests/test_settings.py`` walks them all."""
+    data: str = _f("", "your own dataset: a folder with contract.yaml and its tables (`rgalign data init`), checked "
+                   "with `rgalign data validate` before any step; empty = generate the benchmark world")
     scale: str = _f("ci", "world scale: ci (~20k sessions), bench (~1M) or paper (~7.5M)")
     world_seed: int = _f(0, "seed of the benchmark world")
     reasoner_steps: int = _f(_CI["pretrain_steps"], "pre-training steps of the built tiny reasoner")
@@ -61,6 +63,8 @@ class WorkflowConfig(_Config):
     max_eval: int = _f(_CI["max_eval"], "evaluation-week sessions reported (0 = all)")
     ranker_epochs: int = _f(10, "maximum epochs of the Stage-1 / Stage-3 rankers and the baseline")
     ranker_seed: int = _f(0, "seed of the rankers' initialisation, shuffling and negative sampling")
+    fusion: str = _f("fixed", "QE-Rec's Eq. 4 fusion: fixed (w = 0.7 for every pair, the paper) or adaptive (a gate "
+                     "over the intent's training clicks and the user's recent clicks, started at 0.7)")
     n_samples: int = _f(_CI["n_samples"], "Stage-2 contexts with candidate queries")
     min_samples: int = _f(8, "fail Stage 2 if fewer contexts keep enough candidate queries")
     strategy: str = _f("V2", "best-of-N strategy: V1, V2, V3 or V4")
@@ -163,7 +167,7 @@ STAGE_FIELDS: dict[str, tuple[str, str]] = {
     "corpus_sessions": ("reasoner", "corpus_sessions"), "max_prompt_tokens": ("reasoner", "max_prompt_tokens"),
     "distil_teacher": ("reasoner", "distil_teacher"),
     "max_train": ("ranker", "max_train_sessions"), "ranker_epochs": ("ranker", "epochs"),
-    "ranker_seed": ("ranker", "seed"),
+    "ranker_seed": ("ranker", "seed"), "fusion": ("ranker", "fusion"),
     "n_samples": ("alignment", "n_samples"), "min_samples": ("alignment", "min_samples"),
     "strategy": ("alignment", "strategy"), "query_prompt": ("alignment", "query_prompt"),
     "sft_epochs": ("sft", "epochs"), "cl_epochs": ("cl", "epochs"), "rga_max_length": ("rga", "max_length"),
@@ -179,13 +183,14 @@ def inject_failure(step: str) -> None:
 
 
 def world_of(folder: str | Path) -> Path:
-    """The world directory inside a ``prepare_features`` output folder (or a world folder itself)."""
+    """The dataset inside a ``prepare_features`` output folder (or a dataset folder itself): the folder with
+    ``contract.yaml``."""
     folder = Path(folder)
-    if (folder / "manifest.json").is_file():
+    if (folder / "contract.yaml").is_file():
         return folder
-    found = [p.parent for p in folder.glob("*/manifest.json")]
+    found = [p.parent for p in folder.glob("*/contract.yaml")]
     if len(found) != 1:
-        raise FileNotFoundError(f"{folder} holds {len(found)} worlds; expected the output of prepare_features")
+        raise FileNotFoundError(f"{folder} holds {len(found)} datasets; expected the output of prepare_features")
     return found[0]
 
 
@@ -279,15 +284,39 @@ def session_frames(world: Path, val_days: int = 3, max_train: int | None = None)
 
 # ------------------------------------------------------------------------------------------------ steps
 def prepare_features(cfg: WorkflowConfig, out: str | Path) -> dict:
-    """Embedded default: generate the world's parquet sources, then Feast apply + materialize + the
-    point-in-time training set (cached beside the world). On a cluster the sources already exist."""
+    """The dataset, then Feast apply + materialize + the point-in-time training set (cached beside it).
+    ``cfg.data``: your dataset, validated against its contract (a problem stops here, before anything is
+    written) and copied into ``out``; otherwise the benchmark world is generated there."""
+    from rgalign.contract.dataset import dataset_digest
     from rgalign.features.feast_io import FeatureStoreSession
-    from rgalign.world.generate import generate_world
-    world = generate_world(cfg.world(), out, progress=False)
+    if cfg.data:
+        world = copy_dataset(cfg.data, out)
+    else:
+        from rgalign.world.generate import generate_world
+        world = generate_world(cfg.world(), out, progress=False)
     fs = FeatureStoreSession(world)
     fs.apply()
     fs.materialize()
-    return {"train_sessions": len(session_frames(world).train), "world_digest": fs.manifest["config_digest"]}
+    return {"train_sessions": len(session_frames(world).train), "world_digest": dataset_digest(world)}
+
+
+def copy_dataset(src: str | Path, out: str | Path) -> Path:
+    """Validate the dataset ``src`` against its contract, then copy it to ``out/<name>`` (what later steps and
+    the registry lineage read). Raises ``ValueError`` listing every problem; nothing is copied then."""
+    from rgalign.contract.dataset import check_dataset
+    from rgalign.contract.validate import validate_dataset
+    src = check_dataset(src)
+    report = validate_dataset(src)
+    if not report.ok:
+        raise ValueError(f"{src} does not follow its data contract (`rgalign data validate {src}`):\n"
+                         + "\n".join(f"  - {p}" for p in report.errors))
+    dest = Path(out) / Path(src).resolve().name
+    tmp = dest.with_name(dest.name + ".copying")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("feature_repo", "*.tmp"))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
 
 
 CHECK_FILE = "rgalign_check.json"
@@ -319,8 +348,9 @@ def check_step(reasoner: str | Path, world_folder: str | Path, cfg: WorkflowConf
 def base_key(rcfg: ReasonerConfig, world: Path) -> str:
     """What a registered base reasoner must match to be reused: its build settings and the world's digest."""
     import hashlib
-    digest = json.loads((world / "manifest.json").read_text())["config_digest"]
-    return hashlib.sha256(f"{rcfg.digest()}:{digest}".encode()).hexdigest()[:16]
+
+    from rgalign.contract.dataset import dataset_digest
+    return hashlib.sha256(f"{rcfg.digest()}:{dataset_digest(world)}".encode()).hexdigest()[:16]
 
 
 SHIPPED_BASES = Path(__file__).parent / "reasoner" / "bases"
@@ -379,6 +409,7 @@ def copy_or_build(rcfg: ReasonerConfig, world: Path, out: str | Path, src: str |
 def register_base(reasoner: str | Path, world: Path, cfg: WorkflowConfig) -> str:
     """Register a built reasoner as a version of ``<env>.reasoner-base`` (alias ``current``), tagged with the
     ``base_key`` of ``cfg``'s reasoner settings and ``world``, which later runs look it up by."""
+    from rgalign.contract.dataset import dataset_digest
     from rgalign.registry import Registry, log_reasoner_model
     rcfg, meta, check = cfg.reasoner(), _meta(reasoner, "rgalign_reasoner.json"), _meta(reasoner, CHECK_FILE)
     key = base_key(rcfg, world)
@@ -386,7 +417,7 @@ def register_base(reasoner: str | Path, world: Path, cfg: WorkflowConfig) -> str
     figures = {k.replace("@", "_at_"): f"{v:.6f}" for k, v in check.get("metrics", {}).items() if not k.endswith(".lo")}
     return Registry(cfg.uri, cfg.root).register(
         "reasoner-base", cfg.env, uri, {"base_key": key, "config_digest": rcfg.digest(), "reasoner_digest": meta.get("digest"),
-                                        "world_digest": json.loads((world / "manifest.json").read_text())["config_digest"],
+                                        "world_digest": dataset_digest(world),
                                         "mlflow_run_id": meta.get("mlflow_run_id"), **figures}, alias="current")
 
 
@@ -656,7 +687,7 @@ def evaluation_gate(world_folder: str | Path, candidate: str | Path, baseline: s
     the popularity floor on ``cfg.gate_metric`` beyond the paired 95% interval. Its paired differences to the
     production baseline and to Stage 1 (same sessions) are recorded: promotion to champion reads them
     (``Registry.promote``). The evaluation week is reported beside it, with the world's Bayes ceiling."""
-    from rgalign.world.generate import headroom_rows, load_manifest
+    from rgalign.contract.dataset import headroom
     metric = cfg.gate_metric
     r = {name: dict(np.load(Path(p) / "ranks.npz")) for name, p in
          (("candidate", candidate), ("baseline", baseline), ("stage1", stage1))}
@@ -678,7 +709,7 @@ def evaluation_gate(world_folder: str | Path, candidate: str | Path, baseline: s
     val = rows("val")
     diffs = {diff_label(k): paired_difference(c["val"], r[k]["val"] if k != "popularity" else
                                                            c["popularity_val"]) for k in ("popularity", "baseline", "stage1")}
-    ev = {**rows("eval"), **{f"{k} (whole week)": v for k, v in headroom_rows(load_manifest(world_of(world_folder))).items()}}
+    ev = {**rows("eval"), **{f"{k} (whole week)": v for k, v in headroom(world_of(world_folder)).items()}}
     seg_rows, seg_diffs = {}, {}
     if "target_eval" in c:     # ranks saved before segments existed have no targets
         from rgalign.metrics import segment_report
@@ -744,12 +775,17 @@ def register(reasoner: str | Path, ranker: str | Path, world_folder: str | Path,
     g = json.loads((Path(gate) / "gate.json").read_text())
     if not g["passed"]:
         raise ValueError("the evaluation gate did not pass: " + "; ".join(g["reasons"]))
+    from rgalign.contract.dataset import dataset_digest
     world = world_of(world_folder)
-    digest = json.loads((world / "manifest.json").read_text())["config_digest"]
+    digest = dataset_digest(world)
     rmeta = _meta(reasoner, "rgalign_reasoner.json")
     kmeta = _meta(ranker, "meta.json")
     reg = Registry(cfg.uri, cfg.root)
-    lineage = {"pipeline_run_id": run_id, "world_digest": digest, "feature_service": FEATURE_SERVICE}
+    from rgalign.features.feast_io import FeatureStoreSession
+    feast = FeatureStoreSession(world).feast_dir
+    # where the served version's features live: `rgalign serve` finds the dataset and its Feast store here
+    lineage = {"pipeline_run_id": run_id, "world_digest": digest, "feature_service": FEATURE_SERVICE,
+               "dataset": str(world.resolve()), "feast_dir": str(feast)}
     reasoner_uri = log_reasoner_model(reasoner, cfg.uri, cfg.root, lineage)   # logging first: no registry writes
     ranker_uri = log_ranker_checkpoint(ranker, cfg.uri, cfg.root, lineage)
     gate_tags = {"gate.metric": g["metric"], "gate.margin": g["margin"], "rga_method": cfg.rga_method,

@@ -6,8 +6,7 @@
 | ranker    | ``{"features": {...}, "query_embedding": [d floats]}``  | ``features`` BYTES [B] (JSON objects), ``query_embedding`` FP32 [B, d] -> ``intent_ids`` INT64 [B, k], ``scores`` FP32 [B, k] |
 | recommend | ``{"user_id": int, <request feature>: int, ...}``     | ``user_id`` INT64 [B], one INT64 [B] per request feature (0 = none) -> ``intent_ids``, ``scores``, ``fallback`` BOOL [B], ``reason`` BYTES [B] |
 
-The request features are the data contract's ``request`` (for the benchmark world ``entry_point``); V2 metadata
-lists them.
+The request features are the data contract's ``request``; V2 metadata lists them.
 
 ``k`` (default 3) is a top-level V1 field or a V2 request parameter. Every input problem becomes
 ``InvalidInput`` (HTTP 400 naming the field); the model work runs on one worker thread, off the event loop, so

@@ -145,15 +145,18 @@ def test_parse_context_inverts_the_verbalizer():
     row = {"region": 3, "order_status": 3, "entry_point": 2, "days_in_status": 6, "logistics_channel": 2,
            "recent_intents": [4, 7]}
     text = Verbalizer({4: "Track my parcel", 7: "Refund status"}, bench_contract()).context(row)
-    back = parse_context(text)
+    back = parse_context(text, bench_contract())
     assert {k: back[k] for k in row if k != "recent_intents"} == {k: v for k, v in row.items() if k != "recent_intents"}
     assert back["recent_intents"] == ["Track my parcel", "Refund status"]
 
 
 def test_offline_teachers_read_only_the_context():
-    q = PlaybookTeacher().generate([CTX])[0]
+    q = PlaybookTeacher(bench_contract()).generate([CTX])[0]
     assert "Economy Post" in q and "3 days late" in q   # 6 days in status, 3 expected
-    assert "Refund status" in FollowUpTeacher().generate([CTX])[0]
+    assert "Refund status" in FollowUpTeacher(bench_contract()).generate([CTX])[0]
+    no_history = CTX.split("\nUser Historical")[0]
+    assert FollowUpTeacher(bench_contract()).generate([no_history])[0].startswith(
+        "I have a question about my to receive order")
 
 
 class Flaky(Teacher):
@@ -214,7 +217,7 @@ def test_openai_teacher_against_a_local_fake_endpoint(fake_endpoint):
     ok, slow, empty = t.generate(["User Profile: ok", "User Profile: slow", "User Profile: empty"])
     assert ok.startswith("Where is my parcel") and slow is None and empty == ""
     assert sum(t.failures.values()) == 1
-    pool = TeacherPool([t, PlaybookTeacher()], retries=1, min_candidates=2, min_samples=1)
+    pool = TeacherPool([t, PlaybookTeacher(bench_contract())], retries=1, min_candidates=2, min_samples=1)
     with pytest.warns(UserWarning, match="openai:fake-gpt: 2 of 3"):
         res = pool.generate(["User Profile: ok", "User Profile: slow", "User Profile: empty"])
     assert res.kept.tolist() == [0]
@@ -438,6 +441,9 @@ def test_the_reward_counts_ties_against_the_clicked_intent_as_the_metrics_do():
 
         def query_tower(self, e):
             return torch.ones(len(e), 3)
+
+        def weight(self, x):
+            return self.w
     r = candidate_ndcg(Flat(), {"u": torch.zeros(2)}, np.zeros((2, 3, 4), np.float32), np.array([1, 4]))
     last = ranks_from_scores(np.ones((1, 5)), np.array([0]))[0]
     assert last == 4 and np.allclose(r, 1 / np.log2(last + 2))

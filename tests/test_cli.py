@@ -68,12 +68,13 @@ def test_the_next_steps_a_pipeline_run_prints_name_its_folders_and_real_commands
     assert _next_steps(tmp_path, "dev") is None                      # no run yet: nothing to point at
     pf = tmp_path / "kfp" / "rgalign-training-2026-12-01" / "prepare-features"
     (pf / "world" / "ci-s0").mkdir(parents=True)
-    (pf / "world" / "ci-s0" / "manifest.json").write_text("{}")
+    (pf / "world" / "ci-s0" / "contract.yaml").write_text("version: 1")
     text = _next_steps(tmp_path, "staging")
     commands = [line.strip().split("   (")[0] for line in text.splitlines() if line.strip().startswith("rgalign ")]
     assert len(commands) == 3 and all(check(c, build_parser()) is None for c in commands)
-    assert f"--world {pf / 'world' / 'ci-s0'} --feast-dir {pf / 'feast' / 'ci-s0'}" in commands[0]
-    assert "--env staging --alias candidate" in commands[0]
+    # serve finds the run's dataset from the version's lineage; the A/B replay names the run's folders
+    assert commands[0].startswith("rgalign serve --env staging --alias candidate --artifacts") and "--world" not in commands[0]
+    assert f"--world {pf / 'world' / 'ci-s0'} --feast-dir {pf / 'feast' / 'ci-s0'}" in commands[1]
 
 
 def test_the_popularity_arm_reads_through_the_other_arms_version_so_a_candidate_needs_no_champion(monkeypatch):

@@ -2,7 +2,10 @@
 catches each class of bad input on a broken copy of the world, naming the table, the column and the fix,
 while writing nothing."""
 import hashlib
+import json
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,10 +29,10 @@ def test_bench_contract_round_trips_and_orders_the_model_inputs():
 
 
 @pytest.mark.parametrize("edit, where, fix", [
-    (lambda d: d["views"][0]["features"][0].update(kind="blob"), "views[0].features[0](gender).kind", "use one of"),
-    (lambda d: d["views"][0]["features"][0].pop("vocab"), "(gender).vocab", "list the strings"),
+    (lambda d: d["views"][0]["features"][0].update(kind="blob"), "views[0].features[0] (gender).kind", "use one of"),
+    (lambda d: d["views"][0]["features"][0].pop("vocab"), " (gender).vocab", "list the strings"),
     (lambda d: d["prompt"][0]["features"].append("shoe_size"), "prompt[0].features", "declare it"),
-    (lambda d: d["derived"][1].update(utc_offsets=[0, 1]), "(hour_of_day).utc_offsets", "give 9 offsets"),
+    (lambda d: d["derived"][1].update(utc_offsets=[0, 1]), " (hour_of_day).utc_offsets", "give 9 offsets"),
     (lambda d: d.update(version=2), "version", "version: 1"),
     (lambda d: d["sequence"].update(times="nope"), "sequence", "point `sequence`"),
 ])
@@ -45,7 +48,7 @@ def test_the_init_scaffold_is_a_valid_contract_and_never_overwrites(tmp_path):
     from rgalign.contract.scaffold import init_project
     written = init_project(tmp_path / "telco")
     c = load_contract(tmp_path / "telco")
-    assert c.name == "telco" and c.request == ("channel",) and c.derived == ("days_in_status",)
+    assert c.name == "telco" and c.request == ("channel",) and c.derived == ("days_since_change",)
     assert {p.name for p in written} >= {"contract.yaml", "definitions.py", "feature_store.yaml", "README.md"}
     with pytest.raises(FileExistsError, match="never overwrites"):
         init_project(tmp_path / "telco")
@@ -120,3 +123,63 @@ def test_the_world_follows_its_contract_and_the_cli_exit_codes(ci_world, broken,
     d = broken("sessions", lambda df: df.drop(columns="split"))
     assert main(["data", "validate", str(d)]) == 1
     assert "sessions.split: column is missing" in capsys.readouterr().out
+
+
+def test_prepare_features_refuses_a_dataset_that_breaks_its_contract_and_writes_nothing(broken, tmp_path):
+    from rgalign.workflow import WorkflowConfig, prepare_features
+    d = broken("sessions", lambda df: df.assign(clicked_intent=df.clicked_intent.where(df.index != 0, 99_999)))
+    out = tmp_path / "step"
+    with pytest.raises(ValueError, match=r"sessions.clicked_intent: 1 row\(s\) name intents not in the KB"):
+        prepare_features(WorkflowConfig(data=str(d), tracking=False), out)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_telecom_example_follows_its_contract_and_differs_in_shape(telecom):
+    c = load_contract(telecom)
+    bench = bench_contract()
+    assert validate_dataset(telecom).ok
+    assert not set(c.features) & set(bench.features)          # no feature of the benchmark world
+    assert c.request == ("opened_from",) and c.derived == ("days_since_change",)
+    assert c.sequence["window_hours"] == 48 and c.max_recent == 6 and not c.playbook
+    kb = pd.read_parquet(telecom / "kb.parquet")
+    assert len(kb) < 100 and (kb.launch_day > 0).any()        # a small KB with cold-start intents
+
+
+@pytest.mark.slow
+def test_the_telecom_domain_runs_the_pipeline_and_answers_through_the_kserve_server(telecom, tmp_path, two_threads):
+    """The second domain through the training pipeline (kfp.local, small settings: a 40-step tiny reasoner built on
+    the domain's own corpus, RG-SFT only, no reasoner check: a reasoner that short is near-constant) and a
+    recommend call through `rgalign serve`, which finds the dataset from the version's lineage: no code knows the
+    domain, only its contract."""
+    import httpx
+    from conftest import free_port, start_server
+    from pipelines.run import run_local
+    from rgalign.registry import Registry
+    from rgalign.workflow import WorkflowConfig
+    cfg = WorkflowConfig(data=str(telecom), reasoner_steps=40, corpus_sessions=300, n_samples=48, min_samples=4,
+                         ranker_epochs=4, max_eval=500, rga_method="sft", check_reasoner=False, artifacts=str(tmp_path))
+    run_local(cfg)
+    (run,) = sorted((tmp_path / "kfp").glob("rgalign-training-*"))
+    gate = json.loads((run / "evaluation-gate" / "gate" / "gate.json").read_text())
+    assert gate["passed"], gate["reasons"]
+    (ranker,) = Registry(root=tmp_path).versions("dev", "ranker")
+    assert Path(ranker["tags"]["dataset"]).name == "telecom" and ranker["aliases"] == ["candidate"]
+    port = free_port()
+    cmd = [sys.executable, "-m", "rgalign.cli", "serve", "--env", "dev", "--alias", "candidate", "--artifacts",
+           str(tmp_path), "--port", str(port), "--threads", "1"]
+    proc, url = start_server(cmd, port, tmp_path / "serve.log")
+    try:
+        meta = httpx.get(f"{url}/v2/models/recommend", timeout=30).json()
+        assert [i["name"] for i in meta["inputs"]] == ["user_id", "opened_from"]   # the contract's request
+        user = int(pd.read_parquet(telecom / "subscriber_profile.parquet").user_id.iloc[0])
+        r = httpx.post(f"{url}/v1/models/recommend:predict", timeout=60,
+                       json={"instances": [{"user_id": user, "opened_from": 2}, {"user_id": 10**9}], "k": 3})
+        assert r.status_code == 200, r.text
+        known, unknown = r.json()["predictions"]
+        assert not known["fallback"] and len(known["intent_ids"]) == 3 and unknown["reason"] == "unknown user"
+        bad = httpx.post(f"{url}/v1/models/recommend:predict", timeout=30,
+                         json={"instances": [{"user_id": user, "entry_point": 2}]})
+        assert bad.status_code == 400 and "entry_point" in bad.text and "opened_from" in bad.text
+    finally:
+        proc.terminate()
+        proc.wait(30)

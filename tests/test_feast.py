@@ -52,26 +52,32 @@ def test_training_set_reproduces_the_worlds_context(fs, ci_world):
     assert row.orders_90d == snap.orders_90d and row.account_age_days == snap.account_age_days
 
 
-def test_point_in_time_join_never_reads_the_future(small_world, tmp_path):
-    world = tmp_path / small_world.name
-    shutil.copytree(small_world, world)
+@pytest.mark.parametrize("domain", ["benchmark world", "telecom example"])
+def test_point_in_time_join_never_reads_the_future(domain, request, tmp_path):
+    """For both domains: a value of the contract's first view written one second after a session does not
+    reach that session's training row, and does reach a request one second after the write."""
+    src = request.getfixturevalue("small_world" if domain == "benchmark world" else "telecom")
+    world = tmp_path / src.name
+    shutil.copytree(src, world)
     fs = FeatureStoreSession(world, feast_dir=tmp_path / "feast")
     fs.apply()
+    c = fs.contract
+    view = c.views[0]
+    feat = next(n for n in view.features if c.features[n].kind == "numerical")
     sessions = fs.sessions()
     s = sessions.iloc[len(sessions) // 2]
-    # a profile value written one second AFTER the session must not reach the session's row...
-    prof = pd.read_parquet(world / "profiles.parquet")
-    late = prof[prof.user_id == s.user_id].iloc[[-1]].copy()
+    table = world / f"{view.table}.parquet"
+    rows = pd.read_parquet(table)
+    late = rows[rows.user_id == s.user_id].iloc[[-1]].copy()
     late["event_timestamp"] = s.event_timestamp + pd.Timedelta(seconds=1)
-    late["orders_90d"] = 987654
-    pq.write_table(pa.Table.from_pandas(pd.concat([prof, late], ignore_index=True), preserve_index=False),
-                   world / "profiles.parquet")
+    late[feat] = 987654
+    pq.write_table(pa.Table.from_pandas(pd.concat([rows, late], ignore_index=True), preserve_index=False), table)
     probe = pd.DataFrame({"session_id": [s.session_id, -1], "user_id": [s.user_id, s.user_id],
                           "event_timestamp": [s.event_timestamp, s.event_timestamp + pd.Timedelta(seconds=2)]})
     out = fs.training_set(sessions=probe).set_index("session_id")
-    assert out.loc[s.session_id, "orders_90d"] != 987654
+    assert out.loc[s.session_id, feat] != 987654
     # ...while a request one second after the write does see it (the row is readable, just not early)
-    assert out.loc[-1, "orders_90d"] == 987654
+    assert out.loc[-1, feat] == 987654
 
 
 def test_online_store_serves_latest_values(fs, ci_world):
@@ -139,7 +145,7 @@ def test_production_config_parses(tmp_path, monkeypatch):
 
 
 def test_not_a_world_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a generated world"):
+    with pytest.raises(FileNotFoundError, match="not a dataset .no contract.yaml.: generate the benchmark world"):
         FeatureStoreSession(tmp_path)
 
 

@@ -122,3 +122,24 @@ def test_across_seeds_is_a_student_t_interval_that_widens_with_the_seed_spread()
         M.across_seeds([0.1])
     with pytest.raises(ValueError, match="non-finite"):
         M.across_seeds([0.1, float("nan")])
+
+
+def test_power_script_matches_statsmodels_and_needs_sessions_when_they_dominate():
+    """bench/power.py: without session noise the seeds needed are statsmodels' one-sample t-test solve; with it,
+    more seeds cannot beat the per-session floor, more sessions can."""
+    import importlib.util
+    import math
+    from pathlib import Path
+
+    from statsmodels.stats.power import TTestPower
+    spec = importlib.util.spec_from_file_location("power", Path(__file__).resolve().parents[1] / "bench" / "power.py")
+    power = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(power)
+    for delta, sd in ((0.002, 0.003), (0.001, 0.004), (0.005, 0.002)):
+        want = math.ceil(TTestPower().solve_power(effect_size=delta / sd, power=0.8, alpha=0.05))
+        assert power.seeds_needed(delta, 10**12, sd, 0.0) == max(2, want)
+    assert power.seeds_needed(0.0015, 5_000, 0.002, 0.4) is None           # 5k sessions can never see 0.15 points
+    assert power.seeds_needed(0.0015, 2_000_000, 0.002, 0.4) is not None
+    sd_train, sd_sess = power.spreads([{"R@3": {"value": v, "lo": v - 0.01, "hi": v + 0.01}} for v in (0.0, 0.002)],
+                                      "R@3", 5_000)
+    assert math.isclose(sd_train, math.sqrt(2) * 0.001) and math.isclose(sd_sess, 0.01 * math.sqrt(5_000) / 1.96)

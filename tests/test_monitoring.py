@@ -128,6 +128,16 @@ def test_ab_job_log_judge_workspace_and_bad_input(small_world, tmp_path):
     log = pd.read_parquet(out)
     assert len(log) == len(res["log"]) and (log.judged_intent == log.true_intent).all()
     assert "agreement with the true intent 1.000" in res["table"]
+    # segments: the true intent's and the user's training clicks, and the hit rate per arm in each
+    s = pd.read_parquet(small_world / "sessions.parquet")
+    clicks = s[(s.split == "train") & (s.clicked_intent > 0)].clicked_intent.value_counts()
+    assert (log.seg_cold == ~log.true_intent.isin(clicks.index)).all() and log.seg_tail.sum() >= log.seg_cold.sum()
+    tail = log[log.seg_tail & (log.arm == "champion")]
+    assert f"| intents with <= 100 training clicks | {len(tail):,} |" in res["table"]
+    from monitoring.workspace import ab_snapshots
+    snap = ab_snapshots(log)[0].dict()
+    cols = {m["config"].get("column") for m in snap["metrics"] if "column" in m.get("config", {})}
+    assert {"hit3_seg_tail_champion", "hit3_seg_tail_challenger"} <= cols
     wsp, p = project(ws)
     before = len(wsp.list_runs(p.id))
     assert before > 0

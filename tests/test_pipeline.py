@@ -226,3 +226,18 @@ def test_monitoring_pipeline_requests_retraining_only_on_drift(tmp_path, two_thr
     assert requests() == 1
     reports = list((tmp_path / "kfp").rglob("report_md"))
     assert any("FIRED" in p.read_text() for p in reports) and any("quiet" in p.read_text() for p in reports)
+
+
+def test_step_metrics_leave_out_what_kfp_metadata_cannot_hold(tmp_path):
+    """A teacher without one valid query has a NaN mean NDCG: the step's KFP metrics leave it out (protobuf
+    refuses NaN, which failed the telecom example's run) and keep the finite values."""
+    from pipelines.artifacts import report
+
+    class Metrics:
+        path, logged = str(tmp_path / "m" / "metrics"), {}
+
+        def log_metric(self, k, v):
+            self.logged[k] = v
+    m = Metrics()
+    report(m, {"kept": 48, "mean_ndcg_reasoner": float("nan"), "inf": float("inf"), "name": "x", "ndcg": 0.46})
+    assert m.logged == {"kept": 48.0, "ndcg": 0.46} and json.loads(Path(m.path).read_text()) == m.logged

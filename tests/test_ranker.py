@@ -51,6 +51,33 @@ def test_eq4_holds_exactly_for_hand_set_embeddings():
     assert torch.allclose(qe_score(z_u, z_i, None, 0.7), torch.tensor([[c, 1.0, 0.0]]), atol=1e-6)
 
 
+def test_adaptive_fusion_starts_at_the_papers_w_and_learns_per_intent_weights():
+    """FusionGate: at initialisation every pair weighs w = 0.7 (the same scores as the fixed fusion); one training
+    step moves its click coefficients, after which warm and cold intents get different weights."""
+    from rgalign.ranker.qe_rec import FusionGate
+    x, e, cand = batch(), torch.randn(B, 32), torch.randint(1, N_INTENTS + 1, (B, 7))
+    models = {}
+    for fusion in ("fixed", "adaptive"):
+        torch.manual_seed(0)
+        models[fusion] = QERec(SHAPE, N_INTENTS, torch.randn(N_INTENTS, 24), d_e=32, d=16, user_buckets=100,
+                               dropout=0.0, fusion=fusion)
+    m = models["adaptive"]
+    clicks = torch.arange(N_INTENTS + 1).float() ** 2          # intent k has k^2 training clicks
+    m.gate.set_intent_clicks(clicks)
+    assert torch.allclose(m.weight(x, cand), torch.full((B, 7), 0.7))
+    assert torch.allclose(m(x, e, cand), models["fixed"](x, e, cand), atol=1e-6)
+    opt = torch.optim.SGD(m.parameters(), lr=1.0)
+    y = torch.zeros(B, 7)
+    y[:, 0] = 1
+    weighted_intent_loss(m(x, e, cand), y, None, torch.ones(B, 7, dtype=torch.bool)).backward()
+    opt.step()
+    assert m.gate.a.item() != 0 and m.gate.b.item() != 0
+    w_all = m.weight(x)                                        # (B, n_intents)
+    assert w_all.shape == (B, N_INTENTS) and not torch.allclose(w_all[:, 0], w_all[:, -1])
+    with pytest.raises(ValueError, match="0 < w < 1"):
+        FusionGate(N_INTENTS, w0=1.0)
+
+
 def test_confidence_weighted_listnet_equals_hand_computation():
     s = torch.tensor([[0.5, -0.2, 0.1], [0.0, 0.9, -0.4], [0.3, 0.3, 0.8]])
     y = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 0]])

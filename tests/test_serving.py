@@ -2,8 +2,6 @@
 composed recommend path, bad input (4xx naming the field, never 5xx, connection kept), the cluster path
 (ranker -> reasoner over V2) and a schemathesis run against the server's OpenAPI document."""
 import json
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -17,10 +15,7 @@ httpx = pytest.importorskip("httpx")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import free_port, start_server
 
 
 @pytest.fixture(scope="module")
@@ -46,21 +41,7 @@ def server(bundle, tmp_path_factory):
     cmd = [sys.executable, "-m", "serving.server", "--ranker", str(bundle["ranker"]), "--reasoner",
            str(bundle["reasoner"]), "--world", str(bundle["world"]), "--port", str(port), "--threads", "1",
            "--unready-after-s", "2", "--max-body-bytes", "200000"]
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail(f"server not ready in 180 s:\n{log.read_text()[-3000:]}")
+    proc, url = start_server(cmd, port, log)
     yield {"url": url, "log": log, "proc": proc, **bundle}
     proc.terminate()
     proc.wait(30)

@@ -26,10 +26,11 @@ WORKFLOW_OWN = {
     "gate_metric": None, "gate_margin": None,                      # tests/test_workflow.py (the gate)
     "env": None, "tracking": None, "artifacts": None, "tracking_uri": None,   # test_log_step_* below
     "reuse_base": None, "check_reasoner": None,                    # tests/test_workflow.py (the base, the check)
+    "data": None,                                                  # tests/test_contract.py (prepare_features)
 }
 NEW = {int: lambda v: v + 3, float: lambda v: v + 0.5, bool: lambda v: not v,
        str: lambda v: {"ci": "bench", "V2": "V1", "sft-cl": "sft-dpo", "MRR": "R@3", "minilm": "lsa",
-                             "context": "chat"}.get(v, v + "-x")}
+                             "context": "chat", "fixed": "adaptive"}.get(v, v + "-x")}
 
 
 def test_every_workflow_field_reaches_its_stage_config_or_the_workflow():
@@ -77,7 +78,7 @@ RANKER = {
     "batch_size": (64, "scores", {}), "n_neg": (5, "scores", {}), "user_tower": ("hierarchical", "scores", {}),
     "non_seq": ("autoint", "scores", {"user_tower": "hierarchical"}), "user_activation": ("tanh", "scores", {}),
     "intent_id_std": (0.01, "scores", {}), "intent_family": (True, "scores", {}),
-    "intent_id_dropout": (0.5, "scores", {}), "query_loss_weight": (0.0, "scores", {}), "confidence": (False, "scores", {}),
+    "intent_id_dropout": (0.5, "scores", {}), "fusion": ("adaptive", "scores", {}), "query_loss_weight": (0.0, "scores", {}), "confidence": (False, "scores", {}),
     "confidence_floor": (0.1, "scores", {}), "confidence_span": (0.5, "scores", {}),
     "user_buckets": (1000, "scores", {}), "seed": (1, "scores", {}),
     "query_encoder": ("lsa", "refused", {}), "query_dim": (128, "refused", {}), "intent_encoder": ("hashing", "refused", {}),

@@ -73,7 +73,9 @@ def candidate_ndcg(model, inputs: dict[str, torch.Tensor], e: np.ndarray, clicke
         s_u = F.normalize(model.user(x), dim=-1) @ z_i.T                  # (B, n)
         eb = e[a:a + batch_size]
         z_q = F.normalize(model.query_tower(eb.reshape(-1, eb.shape[-1])), dim=-1).view(*eb.shape[:2], -1)  # (B, K, d)
-        s = model.w * s_u[:, None, :] + (1 - model.w) * z_q @ z_i.T       # Eq. 4, (B, K, n)
+        w = model.weight(x)                                                # Eq. 4's w: scalar or (B, n)
+        w = w[:, None, :] if torch.is_tensor(w) else w
+        s = w * s_u[:, None, :] + (1 - w) * z_q @ z_i.T                     # Eq. 4, (B, K, n)
         c = clicked[a:a + batch_size]
         target = s.gather(2, c[:, None, None].expand(-1, s.shape[1], 1))
         rank = (s > target).sum(-1) + (s == target).sum(-1) - 1            # 0-based, ties count against it

@@ -16,6 +16,7 @@ from rgalign.alignment.teachers import (FollowUpTeacher, HFTeacher, OpenAITeache
                                         Teacher, TeacherPool)
 from rgalign.config import AlignmentConfig
 from rgalign.contract import DataContract
+from rgalign.features.prompt import ReasonerPrompt
 from rgalign.ranker.inputs import intent_texts, verbalize_frame
 from rgalign.reasoner.ltp import LTPEncoder
 
@@ -34,18 +35,19 @@ class ReasonerTeacher(Teacher):
         return generate_queries(self.encoder, contexts, batch_size=32)   # the reasoner's own max_new_tokens
 
 
-def make_teachers(cfg: AlignmentConfig, kb: pd.DataFrame, encoder: LTPEncoder) -> list[Teacher]:
+def make_teachers(cfg: AlignmentConfig, kb: pd.DataFrame, contract: DataContract, encoder: LTPEncoder) -> list[Teacher]:
     out: list[Teacher] = []
     for t in cfg.teacher_list:
         if t == "kb-retrieval":
-            out.append(RetrievalTeacher(intent_texts(kb), kb.title.tolist()))
+            out.append(RetrievalTeacher(intent_texts(kb), kb.title.tolist(), contract))
         elif t == "playbook":
-            out.append(PlaybookTeacher())
+            out.append(PlaybookTeacher(contract))
         elif t == "follow-up":
-            out.append(FollowUpTeacher())
+            out.append(FollowUpTeacher(contract))
         elif t == "openai":
             teacher = OpenAITeacher(cfg.teacher_url, cfg.teacher_model, name="openai", api_key_env=cfg.teacher_key_env,
-                                    timeout_s=cfg.teacher_timeout_s, retries=cfg.retries)
+                                    timeout_s=cfg.teacher_timeout_s, retries=cfg.retries,
+                                    prompt=ReasonerPrompt(**contract.prompt_words()))
             teacher.check()
             out.append(teacher)
         else:
@@ -153,7 +155,7 @@ def generate_candidates(train_frame: pd.DataFrame, kb: pd.DataFrame, contract: D
     frame = train_frame[train_frame.clicked_intent > 0]
     frame = frame.sample(min(cfg.n_samples, len(frame)), random_state=cfg.seed).sort_values("session_id")
     contexts = verbalize_frame(frame, kb, contract, progress)
-    pool = TeacherPool(make_teachers(cfg, kb, encoder), cfg.max_words, cfg.retries, cfg.min_candidates,
+    pool = TeacherPool(make_teachers(cfg, kb, contract, encoder), cfg.max_words, cfg.retries, cfg.min_candidates,
                        cfg.min_samples)
     res = pool.generate(contexts)
     return Proposals(frame.iloc[res.kept].reset_index(drop=True), [encoder.render(contexts[i]) for i in res.kept],

@@ -7,13 +7,14 @@ click, a true intent or a parameter of the world's hidden model. Backends:
   HF runtime): base URL, model and key from config/env, batched with a thread pool, retries, timeouts.
 - ``HFTeacher``: a local Hugging Face causal LM directory (e.g. the ``smollm2`` reasoner), greedy decoding.
 - Offline teachers for tests and benchmarks, of deliberately different quality:
-  * ``PlaybookTeacher`` ("playbook"): a support team's rule of thumb over order status, entry point and
-    overdue delivery (the same heuristic the reasoner's pre-training corpus uses). Medium quality.
+  * ``PlaybookTeacher`` ("playbook"): the domain playbook's rule of thumb (``rgalign.features.playbook``;
+    for the benchmark world order status, entry point and overdue delivery: the same heuristic the
+    reasoner's pre-training corpus uses). Medium quality.
   * ``RetrievalTeacher`` ("kb-retrieval"): lexical retrieval of the KB intent whose title and description
-    best match the context's slots (channel, payment, category, region, status words), phrased as a
-    question. The strongest offline teacher: it names KB-like intents.
-  * ``FollowUpTeacher`` ("follow-up"): asks again about the most recently clicked intent of the last 24 h,
-    else a generic status question. Weak: right only for follow-up sessions.
+    best match the context (its values, plus the playbook's topic words), phrased as a question. The
+    strongest offline teacher: it names KB-like intents.
+  * ``FollowUpTeacher`` ("follow-up"): asks again about the most recently clicked intent of the behaviour
+    sequence, else a generic status question. Weak: right only for follow-up sessions.
 - The reasoner itself is the 4th candidate (``rgalign.reasoner.generate``), added by the caller.
 
 ``TeacherPool.generate`` validates every answer (empty, over-long): a bad answer is retried, then dropped
@@ -30,26 +31,32 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rgalign.world.vocab import ENTRY_POINTS, FEATURES, ORDER_STATUSES
 from rgalign.chat import ChatClient, EndpointUnreachable
+from rgalign.contract import DataContract
+from rgalign.features.playbook import load_playbook
 from rgalign.features.prompt import ReasonerPrompt
-from rgalign.reasoner.corpus import rule_question
-
-_LABELS = {f.label: name for name, f in FEATURES.items()}
-_LABEL_RE = re.compile(r"(?:^|, |: )(" + "|".join(re.escape(lbl) for lbl in sorted(_LABELS, key=len, reverse=True))
-                       + r"): ")
 
 
-def parse_context(context: str) -> dict:
+def _label_re(contract: DataContract):
+    if getattr(contract, "_label_re", None) is None:
+        labels = {f.label: name for name, f in contract.features.items() if f.group}
+        pattern = re.compile(r"(?:^|, |: )(" + "|".join(re.escape(lbl) for lbl in sorted(labels, key=len, reverse=True))
+                             + r"): ")
+        object.__setattr__(contract, "_label_re", (labels, pattern))   # cached on the (frozen) contract
+    return contract._label_re
+
+
+def parse_context(context: str, contract: DataContract) -> dict:
     """Inverse of ``Verbalizer.context`` for the fields a teacher may read: ``{feature name: id or number}``
-    (categoricals back to ids, numbers without units, the 24 h intents as a list of titles)."""
+    (categoricals back to ids, numbers without units, the behaviour sequence as a list of titles)."""
+    labels, pattern = _label_re(contract)
     row: dict = {}
     for line in context.splitlines():
-        hits = list(_LABEL_RE.finditer(line))
+        hits = list(pattern.finditer(line))
         for a, b in zip(hits, hits[1:] + [None]):
-            name = _LABELS[a.group(1)]
+            name = labels[a.group(1)]
             value = line[a.end():b.start() if b else len(line)].strip()
-            feat = FEATURES[name]
+            feat = contract.features[name]
             if feat.kind == "categorical":
                 row[name] = feat.vocab.index(value) + 1 if value in feat.vocab else 0
             elif feat.kind == "numerical":
@@ -68,37 +75,46 @@ class Teacher:
         raise NotImplementedError
 
 
-class PlaybookTeacher(Teacher):
+class _ContextTeacher(Teacher):
+    """A teacher that reads the context back into features (``parse_context``) and asks the domain playbook."""
+
+    def __init__(self, contract: DataContract, playbook=None):
+        self.contract, self.playbook = contract, playbook or load_playbook(contract)
+
+    def rows(self, contexts):
+        return [parse_context(c, self.contract) for c in contexts]
+
+
+class PlaybookTeacher(_ContextTeacher):
     name = "playbook"
 
     def generate(self, contexts):
-        return [rule_question(parse_context(c)) for c in contexts]
+        return [self.playbook.question(r) for r in self.rows(contexts)]
 
 
-class FollowUpTeacher(Teacher):
+class FollowUpTeacher(_ContextTeacher):
     name = "follow-up"
 
     def generate(self, contexts):
-        out = []
-        for c in contexts:
-            row = parse_context(c)
-            recent = row.get("recent_intents") or []
+        out, seq = [], self.contract.sequence["intents"]
+        for row in self.rows(contexts):
+            recent = row.get(seq) or []
             if recent:
                 out.append(f"I asked about '{recent[-1]}' earlier today and still need help with it, what now?")
             else:
-                s = int(row.get("order_status", 0) or 0)
-                status = ORDER_STATUSES[s - 1].replace("_", " ").lower() if 1 <= s <= len(ORDER_STATUSES) else "my"
-                out.append(f"I have a question about my {status} order, can someone from support help me please?")
+                out.append(f"I have a question about my {self.playbook.status(row)}, can someone from "
+                           "support help me please?")
         return out
 
 
-class RetrievalTeacher(Teacher):
-    """Lexical KB retrieval: TF-IDF over word unigrams and bigrams of the intent texts; the context's
-    entry point and order status add their words. Deterministic, no training, no labels."""
+class RetrievalTeacher(_ContextTeacher):
+    """Lexical KB retrieval: TF-IDF over word unigrams and bigrams of the intent texts; the playbook's
+    ``retrieval_query`` of the context is the query. Deterministic, no training, no labels."""
     name = "kb-retrieval"
 
-    def __init__(self, intent_texts: list[str], titles: list[str]):
+    def __init__(self, intent_texts: list[str], titles: list[str], contract: DataContract, playbook=None):
         from sklearn.feature_extraction.text import TfidfVectorizer
+        super().__init__(contract, playbook)
         if len(intent_texts) != len(titles) or not titles:
             raise ValueError("RetrievalTeacher needs one title per intent text (and at least one intent)")
         self.titles = titles
@@ -106,16 +122,7 @@ class RetrievalTeacher(Teacher):
         self.index = self.vec.fit_transform(intent_texts)
 
     def generate(self, contexts):
-        queries = []
-        for c in contexts:
-            row = parse_context(c)
-            words = [c.split("\nUser Historical")[0]]
-            e, s = int(row.get("entry_point", 0) or 0), int(row.get("order_status", 0) or 0)
-            if 1 <= e <= len(ENTRY_POINTS):
-                words.append(ENTRY_POINTS[e - 1])
-            if 1 <= s <= len(ORDER_STATUSES):
-                words += [ORDER_STATUSES[s - 1].replace("_", " ").lower()] * 3
-            queries.append(" ".join(words))
+        queries = [self.playbook.retrieval_query(c, row) for c, row in zip(contexts, self.rows(contexts))]
         sims = (self.vec.transform(queries) @ self.index.T).toarray()
         best = sims.argmax(1)
         return [f"Can you help me with this: {self.titles[i].lower()}, what should I do next?" for i in best]
@@ -145,10 +152,10 @@ class OpenAITeacher(Teacher):
 
     def __init__(self, base_url: str, model: str, name: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  timeout_s: float = 30.0, retries: int = 2, concurrency: int = 8, max_tokens: int = 64,
-                 temperature: float = 0.0):
+                 temperature: float = 0.0, prompt: ReasonerPrompt | None = None):
         self.client = ChatClient(base_url, model, api_key_env, timeout_s, retries, concurrency, max_tokens, temperature)
         self.name = name or f"openai:{model}"
-        self.prompt = ReasonerPrompt()
+        self.prompt = prompt or ReasonerPrompt()   # the dataset's domain words (``DataContract.prompt_words``)
 
     @property
     def failures(self):

@@ -8,13 +8,14 @@ benchmark world is one producer of a conforming dataset (``rgalign/world/contrac
 
 Categorical ids start at 1; id 0 means "unknown / not applicable" for every categorical feature.
 
-Example:
-    >>> from rgalign.world import bench_contract
-    >>> c = bench_contract()
-    >>> c.features["order_status"].vocab[2]
-    'TO_RECEIVE'
-    >>> c.categorical[:2]
-    ['gender', 'age_band']
+Example (the contract ``rgalign data init`` scaffolds):
+    >>> from rgalign.contract.contract import contract_from_yaml
+    >>> from rgalign.contract.scaffold import TEMPLATE
+    >>> c = contract_from_yaml(TEMPLATE.format(name="telco", folder="data/telco"))
+    >>> c.features["account_status"].vocab[1]
+    'Overdue'
+    >>> c.categorical
+    ['plan', 'channel', 'account_status']
 """
 from __future__ import annotations
 
@@ -98,6 +99,8 @@ class DataContract:
     eval_optional: bool = True
     entity: dict = field(default_factory=dict)
     critical: tuple[str, ...] = ()
+    playbook: str = ""            # "module:Class" of the domain's playbook ("": rgalign.features.playbook's generic one)
+    assistant: dict = field(default_factory=dict)   # the reasoner prompt's domain words: chatbot, information
     description: str = ""
     path: str = ""
 
@@ -124,6 +127,14 @@ class DataContract:
     def max_recent(self) -> int:
         return int(self.sequence["max_len"])
 
+    def prompt_words(self) -> dict:
+        """The reasoner prompt's domain words (``ReasonerPrompt`` fields): the contract's ``assistant``, whose
+        ``information`` defaults to the prompt groups' titles; {} keeps the paper's wording."""
+        if not self.assistant:
+            return {}
+        titles = ", ".join(t for t, _ in self.prompt)
+        return {"information": f"User Context Information, {titles}", **self.assistant}
+
     def view_features(self) -> dict[str, list[str]]:
         return {v.name: list(v.features) for v in self.views}
 
@@ -145,7 +156,8 @@ class DataContract:
                            "features": [feat(n) for n in v.features]} for v in self.views],
                 "request": [feat(n) for n in self.request], "derived": [feat(n) for n in self.derived],
                 "prompt": [{"title": t, "features": list(ns)} for t, ns in self.prompt],
-                "monitoring": {"critical": list(self.critical)}}
+                "monitoring": {"critical": list(self.critical)}, **({"playbook": self.playbook} if self.playbook else {}),
+                **({"assistant": dict(self.assistant)} if self.assistant else {})}
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / FILE
@@ -165,7 +177,7 @@ def _req(d: dict, key: str, where: str, kind=str, fix: str = ""):
 
 def _feature(d: dict, where: str, source: str) -> Feature:
     name = _req(d, "name", where)
-    where = f"{where}({name})"
+    where = f"{where} ({name})"
     kind = _req(d, "kind", where)
     if kind not in KINDS:
         raise ContractError(f"{where}.kind", f"{kind!r} is not a kind", f"use one of {list(KINDS)}")
@@ -189,6 +201,15 @@ def _feature(d: dict, where: str, source: str) -> Feature:
     return Feature(name=name, kind=kind, label=str(_req(d, "label", where)), source=source, vocab=vocab,
                    unit=str(d.get("unit") or ""), dtype=d.get("dtype") or "", scale=d.get("scale") or "",
                    op=op, from_=d.get("from", ""), utc_offsets=tuple(int(x) for x in d.get("utc_offsets") or ()))
+
+
+def _assistant(d, path: str) -> dict:
+    if d is None:
+        return {}
+    if not isinstance(d, dict) or set(d) - {"chatbot", "information"}:
+        raise ContractError(f"{path}: assistant", f"{d!r} is not a mapping of chatbot / information",
+                            'write e.g. `assistant: {chatbot: "a telecom support Chatbot", information: "..."}`')
+    return {k: str(v) for k, v in d.items()}
 
 
 def contract_from_dict(d: dict, path: str = FILE) -> DataContract:
@@ -226,10 +247,10 @@ def contract_from_dict(d: dict, path: str = FILE) -> DataContract:
         src = features.get(f.from_)
         need = "timestamp" if f.op == "days_since" else "categorical"
         if src is None or src.kind != need:
-            raise ContractError(f"{path}: derived[{j}]({f.name}).from", f"{f.from_!r} is not a {need} feature",
+            raise ContractError(f"{path}: derived[{j}] ({f.name}).from", f"{f.from_!r} is not a {need} feature",
                                 f"name the {need} feature {f.op} reads")
         if f.op == "local_hour" and len(f.utc_offsets) != len(src.vocab) + 1:
-            raise ContractError(f"{path}: derived[{j}]({f.name}).utc_offsets",
+            raise ContractError(f"{path}: derived[{j}] ({f.name}).utc_offsets",
                                 f"{len(f.utc_offsets)} offsets for {len(src.vocab)} ids of {src.name}",
                                 f"give {len(src.vocab) + 1} offsets: one for id 0 (unknown), then one per id")
 
@@ -272,7 +293,17 @@ def contract_from_dict(d: dict, path: str = FILE) -> DataContract:
                         derived=tuple(f.name for f in derived), tables=tables,
                         eval_optional=bool((d.get("eval_labels") or {}).get("optional", True)),
                         entity=dict(d.get("entity") or {"name": "user"}), critical=critical,
+                        playbook=str(d.get("playbook") or ""), assistant=_assistant(d.get("assistant"), path),
                         description=str(d.get("description") or ""), path=path)
+
+
+def contract_from_yaml(text: str, path: str = FILE) -> DataContract:
+    """The contract of a YAML text."""
+    try:
+        d = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ContractError(path, f"is not valid YAML ({e})", "fix the YAML syntax") from None
+    return contract_from_dict(d, path)
 
 
 def load_contract(path: str | Path) -> DataContract:
@@ -283,8 +314,4 @@ def load_contract(path: str | Path) -> DataContract:
     if not p.is_file():
         raise ContractError(str(p), "no data contract here",
                             "run `rgalign data init DIR` for a new project, or regenerate the world")
-    try:
-        d = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ContractError(str(p), f"is not valid YAML ({e})", "fix the YAML syntax") from None
-    return contract_from_dict(d, str(p))
+    return contract_from_yaml(p.read_text(), str(p))

@@ -82,3 +82,23 @@ def session_days(sessions: pd.DataFrame) -> pd.Series:
         return sessions["day"]
     d = pd.to_datetime(sessions.event_timestamp, utc=True).dt.floor("D")
     return ((d - d.min()) // pd.Timedelta(days=1)).astype("int64")
+
+
+def headroom(folder: str | Path) -> dict:
+    """Reference rows a producer measured on its own truth, ``{name: {metric: MetricValue}}``: a generated
+    world's Bayes-optimal ceiling and popularity floor of the evaluation week; {} for other datasets."""
+    from rgalign.metrics import MetricValue
+    return {name: {k: MetricValue(**v) for k, v in r.items()}
+            for name, r in manifest(folder).get("report", {}).items() if isinstance(r, dict)}
+
+
+def load_kb(folder: str | Path, contract: DataContract | None = None) -> pd.DataFrame:
+    """The knowledge base with its optional columns filled: ``family`` (default: each intent its own family)
+    and ``launch_day`` (default 0: launched before training)."""
+    contract = contract or load_contract(folder)
+    kb = pd.read_parquet(Path(folder) / f"{contract.tables['kb']}.parquet")
+    if "family" not in kb:
+        kb["family"] = "intent-" + kb.intent_id.astype(str)
+    if "launch_day" not in kb:
+        kb["launch_day"] = 0
+    return kb

@@ -29,7 +29,7 @@ sessions: {{table: sessions}}
 eval_labels: {{table: eval_labels, optional: true}}
 
 # the behaviour sequence: recent intent clicks and their times (epoch s), cut to a window before each request
-sequence: {{view: recent_activity, intents: recent_intents, times: recent_click_ts, window_hours: 24, max_len: 10}}
+sequence: {{view: recent_activity, intents: recent_topics, times: recent_topic_ts, window_hours: 24, max_len: 10}}
 
 # Feast feature views keyed by user_id with an event_timestamp. kind: categorical | numerical | timestamp
 # (epoch s) | sequence (int list); dtype int64 | float64 for numbers; scale: log1p for heavy tails.
@@ -50,8 +50,8 @@ views:
     table: recent_activity
     ttl_days: 1
     features:
-      - {{name: recent_intents, kind: sequence, label: Recent Help Topics}}
-      - {{name: recent_click_ts, kind: sequence, label: Click Times}}
+      - {{name: recent_topics, kind: sequence, label: Recent Help Topics}}
+      - {{name: recent_topic_ts, kind: sequence, label: Click Times}}
 
 # sent with each recommend call (and stored in the session log)
 request:
@@ -59,7 +59,7 @@ request:
 
 # computed at request time, the same way for training and serving
 derived:
-  - {{name: days_in_status, kind: numerical, label: Days In Current Status, unit: days, op: days_since,
+  - {{name: days_since_change, kind: numerical, label: Days In Current Status, unit: days, op: days_since,
      from: status_changed_at}}
 
 # the user context of the reasoner prompt: groups in order, each a title and its features
@@ -67,9 +67,9 @@ prompt:
   - title: Customer Profile
     features: [plan, tenure_days]
   - title: Account and Interaction Context
-    features: [channel, account_status, days_in_status]
+    features: [channel, account_status, days_since_change]
   - title: Recent Activity
-    features: [recent_intents]
+    features: [recent_topics]
 
 monitoring:
   critical: [account_status, channel]

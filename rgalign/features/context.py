@@ -53,7 +53,7 @@ def derive_request_features(df: pd.DataFrame, contract: DataContract, ts_col: st
 
     Args:
         df: one row per request with ``ts_col`` (the request time) and the Feast features the derivations
-            read (for the benchmark world ``status_updated_at`` and ``region``) and the sequence's two lists.
+            read (each derived feature's ``from``) and the sequence's two lists.
         contract: the dataset's contract.
     Returns:
         A copy of ``df`` with the derived columns (``days_since`` is NaN without its timestamp; an unknown

@@ -22,8 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from rgalign.contract import load_contract
+from rgalign.contract.dataset import check_dataset, manifest, session_days, time_range
 from rgalign.features.context import derive_request_features, derive_request_row
-from rgalign.world.generate import load_manifest
 
 FEATURE_SERVICE = "intent_ranking_v1"
 LABEL_COLUMNS = ["session_id", "user_id", "event_timestamp", "shown_intents", "clicked_intent", "click_position",
@@ -55,18 +55,18 @@ def _env(**values: str):
 
 
 class FeatureStoreSession:
-    """A Feast store bound to one world.
+    """A Feast store bound to one dataset (a folder with ``contract.yaml`` and its tables).
 
     Args:
-        world_dir: a generated world (``rgalign world generate``).
+        world_dir: the dataset: a generated world (``rgalign world generate``) or your own (``rgalign data init``).
         feast_dir: registry + online store folder; default ``<world_dir>/../../feast/<world name>``.
         repo: the Feast repo (default: ``feature_repo_path()``).
     """
 
     def __init__(self, world_dir: str | Path, feast_dir: str | Path | None = None, repo: str | Path | None = None):
         self.world_dir = Path(world_dir).resolve()
-        self.manifest = load_manifest(self.world_dir)
-        self.contract = load_contract(self.world_dir)
+        self.contract = load_contract(check_dataset(self.world_dir))
+        self.manifest = manifest(self.world_dir)  # a generated world's extras ({} for other datasets)
         self.feast_dir = Path(feast_dir or self.world_dir.parent.parent / "feast" / self.world_dir.name).resolve()
         self.repo = Path(repo).resolve() if repo else feature_repo_path()
         self.env = {"RGALIGN_WORLD_DIR": str(self.world_dir), "RGALIGN_FEAST_DIR": str(self.feast_dir),
@@ -100,9 +100,10 @@ class FeatureStoreSession:
         return sorted(o.name for o in objs)
 
     def time_range(self) -> tuple[pd.Timestamp, pd.Timestamp]:
-        cfg = self.manifest["config"]
-        start = pd.Timestamp(cfg["start_date"], tz="UTC")
-        return start - pd.Timedelta(days=8), start + pd.Timedelta(days=cfg["days"] + 1)
+        """The window of the dataset's feature rows (what ``materialize`` loads)."""
+        if getattr(self, "_range", None) is None:
+            self._range = time_range(self.world_dir, self.contract)
+        return self._range
 
     def materialize(self, end: pd.Timestamp | None = None) -> None:
         """Load the latest feature values up to ``end`` (default: the end of the world) into the online store."""
@@ -111,16 +112,20 @@ class FeatureStoreSession:
             self.store().materialize(start.to_pydatetime(), (end or stop).to_pydatetime())
 
     def sessions(self, split: str | None = None) -> pd.DataFrame:
-        """The session log (labels and entity rows), optionally one split (``train`` or ``eval``)."""
+        """The session log (labels and entity rows, with each session's ``day`` index), optionally one split
+        (``train`` or ``eval``)."""
         if split not in (None, "train", "eval"):
             raise ValueError(f"split={split!r}; use 'train', 'eval' or None")
-        df = pd.read_parquet(self.world_dir / "sessions.parquet")
+        df = pd.read_parquet(self.world_dir / f"{self.contract.tables['sessions']}.parquet")
+        df["day"] = session_days(df)
         return df if split is None else df[df.split == split].reset_index(drop=True)
 
     def training_set(self, split: str | None = None, sessions: pd.DataFrame | None = None) -> pd.DataFrame:
         """Point-in-time correct features of each session (``get_historical_features`` on the feature
         service), derived request features, and the session's labels; one row per session."""
         s = sessions if sessions is not None else self.sessions(split)
+        if "day" not in s:  # sessions read elsewhere: the day index is the log's
+            s = s.merge(self.sessions()[["session_id", "day"]], on="session_id", how="left")
         entity = s[["session_id", "user_id", "event_timestamp"]]
         with _env(**self.env):
             store = self.store()

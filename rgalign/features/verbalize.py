@@ -6,13 +6,14 @@ dictionary does not know becomes an explicit placeholder (``[unknown Region id 4
 text is refused with an error naming the feature.
 
 Example:
+    >>> from rgalign.contract.contract import contract_from_yaml
+    >>> from rgalign.contract.scaffold import TEMPLATE
     >>> from rgalign.features.verbalize import Verbalizer
-    >>> from rgalign.world import bench_contract
-    >>> v = Verbalizer({2184: "When will I receive my parcel"}, bench_contract())
-    >>> v.fragment("gender", 1)
-    'User Gender: Female'
-    >>> v.fragment("recent_intents", [2184])
-    "Clicked Intents In 24 Hours: ('When will I receive my parcel')"
+    >>> v = Verbalizer({21: "Pay an overdue bill"}, contract_from_yaml(TEMPLATE.format(name="telco", folder=".")))
+    >>> v.fragment("plan", 3)
+    'Plan: Premium'
+    >>> v.fragment("recent_topics", [21])
+    "Recent Help Topics: ('Pay an overdue bill')"
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from rgalign.features.feast_io import FEATURE_SERVICE, FeatureStoreSession
 from rgalign.features.text_encoders import TEXT_ENCODERS, get_encoder
-from rgalign.contract import DataContract, load_contract
+from rgalign.contract import DataContract
 from rgalign.features.verbalize import Verbalizer
 
 
@@ -72,17 +72,26 @@ def verbalize_frame(df: pd.DataFrame, kb: pd.DataFrame | None, contract: DataCon
     return [v.context(r) for r in tqdm(rows, desc="verbalize", unit="ctx", disable=None if progress else True, mininterval=2)]
 
 
+def eval_labels(world: Path, contract: DataContract, full: pd.DataFrame) -> pd.DataFrame:
+    """``session_id, true_intent`` of the evaluation sessions: the refined labels (``eval_labels``) when the
+    dataset has them, else the logged clicks (a session without a click is not evaluated)."""
+    path = Path(world) / f"{contract.tables['eval_labels']}.parquet"
+    if path.is_file():
+        return pd.read_parquet(path)[["session_id", "true_intent"]]
+    ev = full[(full.split == "eval") & (full.clicked_intent > 0)]
+    return ev[["session_id"]].assign(true_intent=ev.clicked_intent.to_numpy())
+
+
 def intent_texts(kb: pd.DataFrame) -> list[str]:
     return (kb.title + ". " + kb.description).tolist()
 
 
 def world_digest(world: Path) -> str:
-    """Content digest of a world: its manifest's file digests (a world regenerated under the same name with
-    other knobs, or replaced with ``--force``, gets another digest, so no cache built on the old one is reused)."""
-    import hashlib
-    import json
-    files = json.loads((Path(world) / "manifest.json").read_text())["files"]
-    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
+    """Content digest of a dataset (a world regenerated under the same name with other knobs, replaced with
+    ``--force``, or a dataset whose tables changed, gets another digest, so no cache built on the old one is
+    reused)."""
+    from rgalign.contract.dataset import content_digest
+    return content_digest(world)
 
 
 def feature_service_digest(repo: Path, contract: str | Path) -> str:
@@ -145,10 +154,11 @@ def load_ranker_inputs(world: str | Path, query_encoder: str = "hashing", query_
         full = fs.training_set()
         full.to_parquet(ts_path.with_suffix(".tmp"), index=False)
         ts_path.with_suffix(".tmp").replace(ts_path)
-    kb = pd.read_parquet(world / "kb.parquet")
-    contract = load_contract(world)
-    labels = pd.read_parquet(world / "eval_labels.parquet")[["session_id", "true_intent"]]
-    train_days = fs.manifest["config"]["days"] - fs.manifest["config"]["eval_days"]
+    contract = fs.contract
+    from rgalign.contract.dataset import load_kb
+    kb = load_kb(world, contract)
+    labels = eval_labels(world, contract, full)
+    train_days = int(full.day[full.split == "train"].max()) + 1
     clicked = full[(full.split == "train") & (full.clicked_intent > 0)]
     val = clicked[clicked.day >= train_days - val_days]
     train = clicked[clicked.day < train_days - val_days]

@@ -33,7 +33,8 @@ def build_model(cfg: RankerConfig, spec: FeatureSpec, n_intents: int, semantic: 
                                    cfg.user_buckets, cfg.dropout)
     return QERec(spec.shape, n_intents, semantic, d_e, cfg.d, cfg.w, cfg.user_buckets, cfg.dropout, cfg.heads,
                  cfg.user_activation, cfg.non_seq, cfg.user_tower, cfg.intent_id_std,
-                 families if cfg.intent_family else None, cfg.intent_id_dropout, cfg.autoint_layers, cfg.n_experts)
+                 families if cfg.intent_family else None, cfg.intent_id_dropout, cfg.autoint_layers, cfg.n_experts,
+                 cfg.fusion)
 
 
 @torch.inference_mode()
@@ -97,6 +98,9 @@ class RankerTrainer:
         pop = (clicks + 1) * launched
         self.neg_probs = 0.5 * pop / pop.sum() + 0.5 * launched / launched.sum()
         self.launched = launched.bool()
+        if getattr(self.model, "gate", None) is not None:   # adaptive fusion reads each intent's training clicks
+            self.model.gate.set_intent_clicks(torch.as_tensor(inputs.train_clicks if inputs.train_clicks is not None
+                                                              else torch.cat([torch.zeros(1), clicks])))
 
     def _params(self):
         ps = list(self.model.parameters())
@@ -107,7 +111,7 @@ class RankerTrainer:
         x = batch.inputs
         if self.cfg.model == "qe-rec":
             z_u, z_i, z_q = self.model.user(x), self.model.intent_tower(cand), self.model.query_tower(batch.query)
-            s = qe_score(z_u, z_i, z_q, self.model.w)
+            s = qe_score(z_u, z_i, z_q, self.model.weight(x, cand))
             wts = self.confidence(z_u, batch.click_pos) if self.confidence is not None else None
         else:
             s, wts = self.model(x, None, cand), None

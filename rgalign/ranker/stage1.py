@@ -13,7 +13,7 @@ from rgalign.features.feast_io import FEATURE_SERVICE
 from rgalign.metrics import MetricValue
 from rgalign.ranker.inputs import RankerInputs, load_ranker_inputs
 from rgalign.ranker.ranker_trainer import RankerTrainer, TrainResult, evaluate_model
-from rgalign.world.generate import headroom_rows, load_manifest
+from rgalign.contract.dataset import dataset_digest, headroom
 
 MODEL_LABEL = {"baseline": "Baseline (AutoInt + MMoE)", "qe-rec": "QE-Rec"}
 
@@ -52,7 +52,7 @@ def run_ranker(cfg: RankerConfig, world: str | Path, tracking: bool = True, trac
                label: str | None = None, experiment_name: str = "rgalign-ranker") -> RankerRun:
     t0 = time.perf_counter()
     world = Path(world)
-    manifest = load_manifest(world)
+    digest = dataset_digest(world)
     inputs = inputs or load_ranker_inputs(world, cfg.query_encoder, cfg.query_dim, cfg.intent_encoder,
                                           cfg.val_days, cfg.max_train_sessions, cfg.seed, progress)
     label = label or MODEL_LABEL[cfg.model]
@@ -67,7 +67,7 @@ def run_ranker(cfg: RankerConfig, world: str | Path, tracking: bool = True, trac
         # the encoders that built the inputs (a reasoner's LTP is not one of cfg's text encoders)
         built = {k: getattr(inputs, k) for k in ("query_encoder", "intent_encoder") if getattr(inputs, k)}
         mlflow.log_params({f"ranker.{k}": v for k, v in {**cfg.to_dict(), **built}.items()})
-        mlflow.set_tags({"world": world.name, "world_digest": manifest["config_digest"],
+        mlflow.set_tags({"world": world.name, "world_digest": digest,
                          "feature_service": FEATURE_SERVICE, "stage": label, "model": cfg.model})
         mlflow.log_params({"train_sessions": len(inputs.train), "val_sessions": len(inputs.val),
                            "eval_sessions": len(inputs.eval), "query_dim": inputs.query["train"].shape[1]})
@@ -76,6 +76,5 @@ def run_ranker(cfg: RankerConfig, world: str | Path, tracking: bool = True, trac
         mlflow.log_metrics({f"eval_{k.replace('@', '_at_')}": v.value for k, v in table[label].items()})
         mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds,
                             "train_samples_per_s": result.samples_per_s})
-        uri = log_ranker(result, inputs, {**headroom_rows(manifest), **table},
-                         {"world_digest": manifest["config_digest"]})
+        uri = log_ranker(result, inputs, {**headroom(world), **table}, {"world_digest": digest})
         return RankerRun(result, table, inputs, run.info.run_id, uri, time.perf_counter() - t0)

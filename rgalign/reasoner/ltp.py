@@ -146,7 +146,7 @@ class LTPEncoder:
             raise ValueError(f"max_prompt_tokens must be >= 16, got {max_prompt_tokens}")
         self.reasoner, self.max_prompt_tokens, self.batch_size = reasoner, max_prompt_tokens, batch_size
         self.cache = LTPCache(cache) if isinstance(cache, (str, Path)) else cache
-        self.prompt = prompt or ReasonerPrompt()
+        self.prompt = prompt or ReasonerPrompt(**own.get("prompt", {}))   # the domain words it was built with
         self.truncated = self.hits = self.misses = 0
         self.prefix_cache = prefix_cache
         self._affix: tuple | None = None

@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rgalign.config import REASONER_SIZES, ReasonerConfig
+from rgalign.features.prompt import ReasonerPrompt
 from rgalign.reasoner.ltp import LTPEncoder, ltp_of_ids
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -221,6 +222,7 @@ def build_reasoner(cfg: ReasonerConfig, world: str | Path, out: str | Path, prog
     if cfg.source == "smollm2":
         return convert_smollm2(out, ltp_settings(cfg))
     from rgalign.features.feast_io import FeatureStoreSession
+    from rgalign.features.playbook import load_playbook
     from rgalign.ranker.inputs import verbalize_frame
     from rgalign.reasoner.corpus import build_corpus, distil_pairs
     from rgalign.world.kb import bitext_path
@@ -232,21 +234,25 @@ def build_reasoner(cfg: ReasonerConfig, world: str | Path, out: str | Path, prog
     sessions = fs.sessions("train")
     sessions = sessions.sample(min(cfg.corpus_sessions, len(sessions)), random_state=cfg.seed)
     frame = fs.training_set(sessions=sessions)
-    kb = pd.read_parquet(world / "kb.parquet")
+    kb = pd.read_parquet(world / f"{fs.contract.tables['kb']}.parquet")
     contexts = verbalize_frame(frame, kb, fs.contract)
+    playbook = load_playbook(fs.contract)
     rows = frame.to_dict("records")
     bitext = pd.read_csv(bitext_path())  # instructions and responses
     vocab = REASONER_SIZES[cfg.source][5] if cfg.source in REASONER_SIZES else None
     if vocab is None:
         raise ValueError(f"source={cfg.source!r}: build supports tiny, small and smollm2; load any other HF "
                          "directory with --reasoner PATH")
-    tokenizer = train_tokenizer([p + c for p, c in build_corpus(bitext, kb, contexts, rows, cfg.seed)], vocab)
-    docs = build_corpus(bitext, kb, contexts, rows, cfg.seed, tokenizer)
+    tokenizer = train_tokenizer([p + c for p, c in build_corpus(bitext, kb, contexts, rows, cfg.seed,
+                                                                 playbook=playbook)], vocab)
+    docs = build_corpus(bitext, kb, contexts, rows, cfg.seed, tokenizer, playbook, fs.contract.prompt_words())
     model = build_model(cfg.source, len(tokenizer), cfg.seed)
     distil = None
     if cfg.distil_teacher != "none":
-        pairs = distil_pairs(bitext, kb, contexts, rows, cfg.distil_texts, cfg.seed)
-        enc = LTPEncoder(Reasoner(model, tokenizer, "building"), max_prompt_tokens=cfg.max_prompt_tokens)
+        pairs = distil_pairs(bitext, kb, contexts, rows, cfg.distil_texts, cfg.seed, playbook,
+                             fs.contract.sequence["intents"])
+        enc = LTPEncoder(Reasoner(model, tokenizer, "building"), max_prompt_tokens=cfg.max_prompt_tokens,
+                         prompt=ReasonerPrompt(**fs.contract.prompt_words()))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # over-long contexts are cut as LTP cuts them
             ids = enc.token_ids([enc.render(x) for x, _ in pairs])
@@ -254,8 +260,10 @@ def build_reasoner(cfg: ReasonerConfig, world: str | Path, out: str | Path, prog
         distil = Distillation(ids, torch.from_numpy(targets), enc.prefix)
     curves = pretrain(model, tokenizer, docs, cfg, progress, distil)
     losses, dl = curves["lm"], curves["distil"]
+    words = fs.contract.prompt_words()
     return save_reasoner(model, tokenizer, out, {
-        "source": cfg.source, "config": cfg.to_dict(), "config_digest": cfg.digest(), "ltp": ltp_settings(cfg),
+        "source": cfg.source, "config": cfg.to_dict(), "config_digest": cfg.digest(),
+        "ltp": {**ltp_settings(cfg), **({"prompt": words} if words else {})},
         "world": world.name, "documents": len(docs), "distil_pairs": len(distil.targets) if distil else 0,
         "loss_first": losses[0] if losses else None, "loss_last": float(np.mean(losses[-20:])) if losses else None,
         "distil_last": float(np.mean(dl[-20:])) if dl else None,

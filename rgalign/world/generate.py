@@ -158,13 +158,6 @@ def headroom_report(bayes_ranks: np.ndarray, users: np.ndarray, true: np.ndarray
         "eval_sessions_with_cold_start_intent": int(cold.sum())}
 
 
-def headroom_rows(manifest: dict) -> dict:
-    """The Bayes-optimal and popularity rows of a world's manifest as ``{name: {metric: MetricValue}}``."""
-    from rgalign.metrics import MetricValue
-    return {name: {k: MetricValue(**v) for k, v in r.items()}
-            for name, r in manifest["report"].items() if isinstance(r, dict)}
-
-
 def load_manifest(path: str | Path) -> dict:
     """Read a world's manifest.json, with a clear error when the folder is not a complete world."""
     m = Path(path) / "manifest.json"

@@ -1,0 +1,100 @@
+"""Adaptive fusion vs the paper's fixed w = 0.7 (issue: where the query path pays).
+
+Trains the Stage-1 QE-Rec (the pipeline's settings, ``WorkflowConfig``) with ``--fusion fixed`` and
+``adaptive`` (``rgalign.ranker.qe_rec.FusionGate``) at each ``--seeds`` seed on the same sessions and the same
+query embeddings (a reasoner's LTP), and reports, for adaptive - fixed: validation-day MRR / R@3 (what the
+choice reads) and the evaluation week overall and by segment (the target intent's training clicks, the user's
+history), a paired bootstrap interval per seed and a t-interval over seeds; plus the gates' learned
+coefficients (a: intent clicks, b: recent clicks) and the mean w of cold and warm intents.
+
+    python bench/fusion.py --run artifacts/kfp/<run> --seeds 0,1,2          # the main job's world and reasoner
+    python bench/fusion.py --world DIR --reasoner DIR --seeds 0,1,2 --max-train 8000
+
+~30 s a model on 2 cores at ci scale once the LTP cache exists. Writes fusion.{md,json} to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rgalign import workflow
+from rgalign.metrics import across_seeds, paired_difference
+from rgalign.ranker.ranker_trainer import RankerTrainer
+from rgalign.reproduce import paired_md, paired_seeds
+
+FUSIONS = ("fixed", "adaptive")
+
+
+def train(inputs, rcfg) -> object:
+    r = RankerTrainer(rcfg, inputs, progress=False).train()
+    r.inputs, r.ranks = inputs, None
+    r.ranks = workflow.split_ranks(r.model, r.spec, inputs)
+    return r
+
+
+def gate_figures(r) -> dict:
+    g = r.model.gate
+    with torch.no_grad():
+        w = g(torch.zeros(1, g.max_recent, dtype=torch.long))[0].numpy()      # a user without recent clicks
+    cold = r.inputs.train_clicks[1:] == 0
+    return {"a": float(g.a), "b": float(g.b), "w_cold": float(w[cold].mean()) if cold.any() else float("nan"),
+            "w_warm": float(w[~cold].mean())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", help="a local pipeline run folder (its world and raw reasoner are read)")
+    ap.add_argument("--world", help="a dataset folder (instead of --run)")
+    ap.add_argument("--reasoner", help="the reasoner whose LTP is e (default with --run: build-reasoner/reasoner)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--max-train", type=int, default=None, help="training sessions (default: the pipeline's)")
+    ap.add_argument("--out", default="artifacts/bench/fusion")
+    args = ap.parse_args()
+    if args.run:
+        run = Path(args.run)
+        world = workflow.world_of(run / "prepare-features" / "world")
+        reasoner = Path(args.reasoner) if args.reasoner else run / "build-reasoner" / "reasoner"
+    else:
+        world, reasoner = Path(args.world), Path(args.reasoner)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = workflow.WorkflowConfig(tracking=False, **({"max_train": args.max_train} if args.max_train else {}))
+    base = cfg.ranker("qe-rec")
+    inputs = workflow.ltp_inputs(world, reasoner, base, progress=False, **cfg.inputs_kw)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs = {f: [] for f in FUSIONS}
+    for s in seeds:
+        for f in FUSIONS:
+            runs[f].append(train(inputs, replace(base, fusion=f, seed=s)))
+            print(f"seed {s} {f}: best epoch {runs[f][-1].best_epoch}", flush=True)
+    val = [{m: paired_difference(a.ranks["val"], b.ranks["val"])[m] for m in ("MRR", "R@3")}
+           for a, b in zip(runs["adaptive"], runs["fixed"])]
+    val_over = {m: across_seeds([v[m].value for v in val]) if len(val) > 1 else val[0][m] for m in ("MRR", "R@3")}
+    pairs = {"adaptive - fixed": paired_seeds(runs["adaptive"], runs["fixed"])}
+    gates = [gate_figures(r) for r in runs["adaptive"]]
+
+    def ci(v):
+        return f"{100 * v.value:+.2f} [{100 * v.lo:+.2f}, {100 * v.hi:+.2f}]"
+    md = [f"# Adaptive fusion - fixed w = {base.w} ({world.name}, reasoner {reasoner.name}, seeds {seeds})", "",
+          "## Validation days (the choice reads these)", "", "| seed | MRR | R@3 |", "|---|---|---|"]
+    md += [f"| {s} | {ci(v['MRR'])} | {ci(v['R@3'])} |" for s, v in zip(seeds, val)]
+    md += [f"| across seeds | {ci(val_over['MRR'])} | {ci(val_over['R@3'])} |", "",
+           "## Evaluation week (reported)", "", paired_md(pairs), "",
+           "## Learned gates", "", "| seed | a (intent clicks) | b (recent clicks) | mean w, cold intents | "
+           "mean w, warm intents |", "|---|---|---|---|---|"]
+    md += [f"| {s} | {g['a']:+.3f} | {g['b']:+.3f} | {g['w_cold']:.3f} | {g['w_warm']:.3f} |" for s, g in zip(seeds, gates)]
+    text = "\n".join(md)
+    (out / "fusion.md").write_text(text + "\n")
+    (out / "fusion.json").write_text(json.dumps({"val": [{m: vars(v[m]) for m in v} for v in val],
+                                                 "gates": gates, "seeds": seeds}, indent=1, default=float))
+    print(text)
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()
