@@ -4,8 +4,9 @@ Trains the Stage-1 QE-Rec (the pipeline's settings, ``WorkflowConfig``) with ``-
 ``adaptive`` (``rgalign.ranker.qe_rec.FusionGate``) at each ``--seeds`` seed on the same sessions and the same
 query embeddings (a reasoner's LTP), and reports, for adaptive - fixed: validation-day MRR / R@3 (what the
 choice reads) and the evaluation week overall and by segment (the target intent's training clicks, the user's
-history), a paired bootstrap interval per seed and a t-interval over seeds; plus the gates' learned
-coefficients (a: intent clicks, b: recent clicks) and the mean w of cold and warm intents.
+history), a paired bootstrap interval per seed and a t-interval over seeds; each QE-Rec minus the production
+baseline (AutoInt + MMoE, same seeds and sessions) the same way; plus the gates' learned coefficients (a:
+intent clicks, b: recent clicks) and the mean w of cold and warm intents.
 
     python bench/fusion.py --run artifacts/kfp/<run> --seeds 0,1,2          # the main job's world and reasoner
     python bench/fusion.py --world DIR --reasoner DIR --seeds 0,1,2 --max-train 8000
@@ -28,6 +29,7 @@ from rgalign.ranker.ranker_trainer import RankerTrainer
 from rgalign.reproduce import paired_md, paired_seeds
 
 FUSIONS = ("fixed", "adaptive")
+PAIRS = (("adaptive", "fixed"), ("adaptive", "baseline"), ("fixed", "baseline"))
 
 
 def train(inputs, rcfg) -> object:
@@ -67,31 +69,37 @@ def main() -> None:
     base = cfg.ranker("qe-rec")
     inputs = workflow.ltp_inputs(world, reasoner, base, progress=False, **cfg.inputs_kw)
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs = {f: [] for f in FUSIONS}
+    runs = {f: [] for f in (*FUSIONS, "baseline")}
     for s in seeds:
         for f in FUSIONS:
             runs[f].append(train(inputs, replace(base, fusion=f, seed=s)))
             print(f"seed {s} {f}: best epoch {runs[f][-1].best_epoch}", flush=True)
-    val = [{m: paired_difference(a.ranks["val"], b.ranks["val"])[m] for m in ("MRR", "R@3")}
-           for a, b in zip(runs["adaptive"], runs["fixed"])]
-    val_over = {m: across_seeds([v[m].value for v in val]) if len(val) > 1 else val[0][m] for m in ("MRR", "R@3")}
-    pairs = {"adaptive - fixed": paired_seeds(runs["adaptive"], runs["fixed"])}
+        runs["baseline"].append(train(inputs, replace(cfg.ranker("baseline"), seed=s)))
+    val = {f"{a} - {b}": [{m: paired_difference(x.ranks["val"], y.ranks["val"])[m] for m in ("MRR", "R@3")}
+                          for x, y in zip(runs[a], runs[b])] for a, b in PAIRS}
+    val_over = {k: {m: across_seeds([v[m].value for v in vs]) if len(vs) > 1 else vs[0][m] for m in ("MRR", "R@3")}
+                for k, vs in val.items()}
+    pairs = {f"{a} - {b}": paired_seeds(runs[a], runs[b]) for a, b in PAIRS}
     gates = [gate_figures(r) for r in runs["adaptive"]]
 
     def ci(v):
         return f"{100 * v.value:+.2f} [{100 * v.lo:+.2f}, {100 * v.hi:+.2f}]"
     md = [f"# Adaptive fusion - fixed w = {base.w} ({world.name}, reasoner {reasoner.name}, seeds {seeds})", "",
-          "## Validation days (the choice reads these)", "", "| seed | MRR | R@3 |", "|---|---|---|"]
-    md += [f"| {s} | {ci(v['MRR'])} | {ci(v['R@3'])} |" for s, v in zip(seeds, val)]
-    md += [f"| across seeds | {ci(val_over['MRR'])} | {ci(val_over['R@3'])} |", "",
+          "## Validation days (the choice reads these)", "", "| difference | seed | MRR | R@3 |", "|---|---|---|---|"]
+    for k, vs in val.items():
+        md += [f"| {k} | {s} | {ci(v['MRR'])} | {ci(v['R@3'])} |" for s, v in zip(seeds, vs)]
+        md += [f"| {k} | across seeds | {ci(val_over[k]['MRR'])} | {ci(val_over[k]['R@3'])} |"]
+    md += ["",
            "## Evaluation week (reported)", "", paired_md(pairs), "",
            "## Learned gates", "", "| seed | a (intent clicks) | b (recent clicks) | mean w, cold intents | "
            "mean w, warm intents |", "|---|---|---|---|---|"]
     md += [f"| {s} | {g['a']:+.3f} | {g['b']:+.3f} | {g['w_cold']:.3f} | {g['w_warm']:.3f} |" for s, g in zip(seeds, gates)]
     text = "\n".join(md)
     (out / "fusion.md").write_text(text + "\n")
-    (out / "fusion.json").write_text(json.dumps({"val": [{m: vars(v[m]) for m in v} for v in val],
-                                                 "gates": gates, "seeds": seeds}, indent=1, default=float))
+    (out / "fusion.json").write_text(json.dumps({"val": {k: [{m: vars(v[m]) for m in v} for v in vs]
+                                                         for k, vs in val.items()},
+                                                 "paired": pairs, "gates": gates, "seeds": seeds},
+                                                indent=1, default=lambda o: vars(o) if hasattr(o, "__dict__") else float(o)))
     print(text)
 
 

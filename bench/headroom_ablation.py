@@ -16,31 +16,11 @@ import numpy as np
 import pandas as pd
 
 from rgalign.config import WorldConfig
-from rgalign.world.vocab import MAX_RECENT
 from rgalign.metrics import evaluate_ranks, ranks_from_scores
 from rgalign.ranker.inputs import load_ranker_inputs
-from rgalign.world.intent_model import RETURN_MEAN, RETURN_STD, IntentModel, overdue_of
+from rgalign.world.intent_model import IntentModel, context_arrays
 
 BUCKETS = [(0, 0), (1, 20), (21, 100), (101, 500), (501, 10 ** 9)]
-
-
-def context_arrays(ev: pd.DataFrame, m: IntentModel) -> dict[str, np.ndarray]:
-    """The intent model's context, rebuilt from the observed features (checked against the stored p_true)."""
-    st = ev.order_status.to_numpy()
-    recent = np.zeros((len(ev), MAX_RECENT), np.int64)   # right-aligned: the last click in the last column
-    for r, seq in enumerate(ev.recent_intents):
-        s = list(seq)[-MAX_RECENT:]
-        recent[r, MAX_RECENT - len(s):] = s
-    last = recent[:, -1]
-    return {"order_status": st, "entry_point": ev.entry_point.to_numpy(),
-            "overdue": overdue_of(st, ev.days_in_status.to_numpy(), ev.expected_delivery_days.to_numpy()),
-            "last_family": np.where(last > 0, m.fam_of[np.maximum(last, 1) - 1], len(m.fam_base)),
-            "persona": ev.persona.to_numpy(), "new_account": ev.account_age_days.to_numpy() < 30,
-            "return_z": (ev.return_rate_90d.to_numpy() - RETURN_MEAN) / RETURN_STD,
-            "platinum": ev.membership_tier.to_numpy() == 4,
-            "slot_channel": ev.logistics_channel.to_numpy(), "slot_payment": ev.payment_method.to_numpy(),
-            "slot_category": ev.product_category.to_numpy(), "slot_promo": ev.promotion.to_numpy(),
-            "slot_region": ev.region.to_numpy(), "recent": recent}
 
 
 def main() -> None:

@@ -115,6 +115,8 @@ class RankerConfig(_Config):
     fusion: str = _f("fixed", "qe-rec: Eq. 4's fusion of the user and query terms: fixed (w for every pair, the paper) "
                      "or adaptive (a learned gate over the intent's training clicks and the user's recent clicks, "
                      "started at w; rgalign.ranker.qe_rec.FusionGate)")
+    fusion_lr: float = _f(0.05, "qe-rec, fusion=adaptive: AdamW learning rate of the gate's three scalars (Adam moves a "
+                          "scalar at most lr a step, so at the towers' 1e-3 the gate would hardly leave w)")
     query_loss_weight: float = _f(0.25, "qe-rec: weight of a second Eq. 5 term on the query half alone, cos(z_i, z_q) "
                                        "(deep supervision beyond the paper: the query tower learns to rank by itself, "
                                        "so the reward can read it); 0 = the paper's loss only")
@@ -140,6 +142,8 @@ class RankerConfig(_Config):
             raise ValueError(f"user_tower={self.user_tower!r}; use 'hierarchical' or 'autoint-mmoe'")
         if self.fusion not in ("fixed", "adaptive"):
             raise ValueError(f"fusion={self.fusion!r}; use 'fixed' (Eq. 4, the paper) or 'adaptive'")
+        if self.fusion_lr <= 0:
+            raise ValueError(f"fusion_lr must be > 0, got {self.fusion_lr}")
         if self.fusion == "adaptive" and not 0 < self.w < 1:
             raise ValueError(f"fusion=adaptive starts its gate at w, which must be within (0, 1), got {self.w}")
         if self.non_seq not in (None, "autoint", "mlp"):
@@ -308,6 +312,8 @@ class ReproduceConfig(_Config):
     strategies: str = _f("V1,V2,V3,V4", "best-of-N strategies aligned with RG-CL (Table 4); V2 also gives Table 2's "
                          "aligned rows")
     sft_dpo: bool = _f(True, "also align V2 with RG-DPO (Table 2's SFT&DPO row)")
+    fusion: str = _f("fixed", "QE-Rec's Eq. 4 fusion in every row: fixed (the paper's w = 0.7) or adaptive "
+                     "(rgalign.ranker.qe_rec.FusionGate)")
     bge_rows: bool = _f(True, "Table 3's BGE-style rows (the reasoner generates a query, sentence_encoder embeds it)")
 
     @property

@@ -127,7 +127,7 @@ def workflow_config(cfg: ReproduceConfig, **overrides):
                           max_train=cfg.max_train or 0, max_val=cfg.max_val or 0, max_eval=cfg.max_eval or 0,
                           ranker_epochs=cfg.ranker_epochs, n_samples=cfg.n_samples, sft_epochs=cfg.sft_epochs,
                           cl_epochs=cfg.cl_epochs, dpo_epochs=cfg.dpo_epochs, dpo_pairs=cfg.dpo_pairs,
-                          tracking=False, register=False, **overrides)
+                          fusion=cfg.fusion, tracking=False, register=False, **overrides)
 
 
 def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:

@@ -78,7 +78,8 @@ RANKER = {
     "batch_size": (64, "scores", {}), "n_neg": (5, "scores", {}), "user_tower": ("hierarchical", "scores", {}),
     "non_seq": ("autoint", "scores", {"user_tower": "hierarchical"}), "user_activation": ("tanh", "scores", {}),
     "intent_id_std": (0.01, "scores", {}), "intent_family": (True, "scores", {}),
-    "intent_id_dropout": (0.5, "scores", {}), "fusion": ("adaptive", "scores", {}), "query_loss_weight": (0.0, "scores", {}), "confidence": (False, "scores", {}),
+    "intent_id_dropout": (0.5, "scores", {}), "fusion": ("adaptive", "scores", {}),
+    "fusion_lr": (0.2, "scores", {"fusion": "adaptive"}), "query_loss_weight": (0.0, "scores", {}), "confidence": (False, "scores", {}),
     "confidence_floor": (0.1, "scores", {}), "confidence_span": (0.5, "scores", {}),
     "user_buckets": (1000, "scores", {}), "seed": (1, "scores", {}),
     "query_encoder": ("lsa", "refused", {}), "query_dim": (128, "refused", {}), "intent_encoder": ("hashing", "refused", {}),
@@ -366,10 +367,10 @@ def test_every_reproduce_size_reaches_the_workflow_it_runs():
              "corpus_sessions": "corpus_sessions", "max_train": "max_train", "max_val": "max_val",
              "max_eval": "max_eval", "n_samples": "n_samples", "ranker_epochs": "ranker_epochs",
              "sft_epochs": "sft_epochs", "cl_epochs": "cl_epochs", "dpo_epochs": "dpo_epochs", "dpo_pairs": "dpo_pairs",
-             "world_seed": "world_seed", "scale": "scale"}
+             "world_seed": "world_seed", "scale": "scale", "fusion": "fusion"}
     base = ReproduceConfig()
     for field, target in sizes.items():
-        value = "bench" if field == "scale" else getattr(base, field) + 1
+        value = {"scale": "bench", "fusion": "adaptive"}.get(field) or getattr(base, field) + 1
         assert getattr(workflow_config(ReproduceConfig(**{field: value})), target) == value, field
     # the rest act in run_reproduce itself (tests/test_reproduce.py runs --seeds 2 --strategies V2 --no-sft-dpo
     # into its own --out and checks the rows they add or drop)

@@ -137,7 +137,11 @@ class RankerTrainer:
     def train(self) -> TrainResult:
         cfg, train = self.cfg, self.data["train"]
         gen = torch.Generator().manual_seed(cfg.seed)
-        opt = torch.optim.AdamW(self._params(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        gate = list(self.model.gate.parameters()) if getattr(self.model, "gate", None) is not None else []
+        rest = [p for p in self._params() if all(p is not g for g in gate)]
+        # the fusion gate's three scalars move at most lr a step under Adam: they get their own rate, no decay
+        groups = [{"params": rest}] + ([{"params": gate, "lr": cfg.fusion_lr, "weight_decay": 0.0}] if gate else [])
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         history, best, best_state, best_epoch, bad = [], -np.inf, None, 0, 0
         t0, seen = time.perf_counter(), 0
         for epoch in range(1, cfg.epochs + 1):
