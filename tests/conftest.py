@@ -177,3 +177,19 @@ def start_server(cmd: list[str], port: int, log, timeout_s: float = 180):
             time.sleep(0.5)
     proc.kill()
     pytest.fail(f"server not ready in {timeout_s:.0f} s:\n{Path(log).read_text()[-3000:]}")
+
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_STRAYS = ("mlflow.db", "mlruns")   # MLflow's defaults in the current directory: a call that missed its store
+
+
+def pytest_sessionstart(session):
+    session.config._strays_before = {s for s in _STRAYS if os.path.exists(os.path.join(_REPO, s))}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run when a test wrote MLflow's default store into the checkout (a tracking URI not passed on)."""
+    new = {s for s in _STRAYS if os.path.exists(os.path.join(_REPO, s))} - session.config._strays_before
+    if new and not hasattr(session.config, "workerinput"):
+        print(f"\nERROR: the tests created {sorted(new)} in {_REPO}: some MLflow call used the default store")
+        session.exitstatus = 1

@@ -166,8 +166,9 @@ def test_copying_a_ranker_brings_its_parent_reasoner(reg, micro_reasoner, tmp_pa
     class Stub(mlflow.pyfunc.PythonModel):   # a logged model holding a ranker-shaped folder (model.pt)
         def predict(self, context, model_input):
             return model_input
-    reg.client      # points mlflow at the registry's store
-    with mlflow.start_run() as run:
+    from rgalign.tracking import experiment
+    exp = experiment("ranker-copy", reg.uri, reg.root)   # in the registry's store, artifacts under its root
+    with mlflow.start_run(experiment_id=exp) as run:
         info = mlflow.pyfunc.log_model(name="ranker", python_model=Stub(), artifacts={"ranker": str(tmp_path / "ranker")})
     kv = reg.register("ranker", "dev", info.model_uri,
                       {"parent_reasoner": f"dev.reasoner/{rv}"}, {"MRR": 0.3, "gate.vs_baseline.MRR.lo": 0.01})
