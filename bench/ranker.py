@@ -35,11 +35,12 @@ def main() -> None:
         data, gen = tr.data["train"], torch.Generator().manual_seed(0)
         opt = torch.optim.AdamW(tr._params(), lr=cfg.lr)
         tr.model.train()
-        tr.train_step(data.subset(torch.arange(cfg.batch_size)), opt, gen)  # warm-up
+        idx = torch.arange(cfg.batch_size)
+        tr.train_step(*tr.global_batch(data, idx, gen), opt, len(idx))  # warm-up
         t = time.perf_counter()
         for s in range(args.steps):
             idx = torch.arange(s * cfg.batch_size, (s + 1) * cfg.batch_size) % len(data)
-            tr.train_step(data.subset(idx), opt, gen)
+            tr.train_step(*tr.global_batch(data, idx, gen), opt, len(idx))
         sps = args.steps * cfg.batch_size / (time.perf_counter() - t)
         m = tr.model.eval()
         ev = inputs.eval

@@ -42,8 +42,9 @@ def train_ranker(config: dict, label: str, model: str, world: Input[Dataset], re
                  ranker: Output[Model], metrics: Output[Metrics]):
     """Stage 1 / Stage 3 QE-Rec on LTP, or the baseline: early stopping and ranks on the validation days."""
     from pipelines.artifacts import report
-    from rgalign.workflow import WorkflowConfig, train_ranker as step
-    report(metrics, step(world.path, reasoner.path, WorkflowConfig(**config), ranker.path, label, model))
+    from pipelines.trainjob import run_step   # here, or a TrainJob when the profile gives the step ranks
+    report(metrics, run_step("train-ranker", {"world_folder": world.path, "reasoner": reasoner.path, "cfg": config,
+                                              "out": ranker.path, "label": label, "model": model}))
     ranker.metadata.update({"label": label, "model": model})
 
 
@@ -71,8 +72,9 @@ def rg_sft(config: dict, candidates: Input[Dataset], reasoner: Input[Model], ali
            metrics: Output[Metrics]):
     """RG-SFT (Eq. 8) on the winners, LoRA merged."""
     from pipelines.artifacts import report
-    from rgalign.workflow import WorkflowConfig, rga_step
-    report(metrics, rga_step("rg-sft", candidates.path, reasoner.path, WorkflowConfig(**config), aligned.path))
+    from pipelines.trainjob import run_step
+    report(metrics, run_step("rga", {"step": "rg-sft", "candidates": candidates.path, "reasoner": reasoner.path,
+                                     "cfg": config, "out": aligned.path}))
 
 
 @component
@@ -81,10 +83,11 @@ def rg_refine(config: dict, candidates: Input[Dataset], reasoner: Input[Model], 
     """The config's rga_method on the RG-SFT reasoner: RG-CL (Eq. 11, InfoNCE + 0.01 causal LM, NEFTune) or
     RG-DPO (Eq. 9-10, the RG-SFT checkpoint as reference)."""
     from pipelines.artifacts import report
-    from rgalign.workflow import WorkflowConfig, rga_step
-    cfg = WorkflowConfig(**config)
-    report(metrics, rga_step("rg-refine", candidates.path, reasoner.path, cfg, aligned.path))
-    aligned.metadata["rga_method"] = cfg.rga_method
+    from pipelines.trainjob import run_step
+    from rgalign.workflow import WorkflowConfig
+    report(metrics, run_step("rga", {"step": "rg-refine", "candidates": candidates.path, "reasoner": reasoner.path,
+                                     "cfg": config, "out": aligned.path}))
+    aligned.metadata["rga_method"] = WorkflowConfig(**config).rga_method
 
 
 @component

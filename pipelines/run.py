@@ -44,7 +44,30 @@ def compile_pipeline(out: str | Path, profile: str | None = "gpu-a100", profiles
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(builders[pipeline](prof), str(out))
+    if pipeline == "training":
+        write_trainjobs(prof, out.with_suffix(".trainjobs.yaml"))
     return out
+
+
+def write_trainjobs(profile: dict | None, path: Path) -> Path | None:
+    """For review and ``kubectl apply --dry-run=server``: the TrainJob each rank step of ``profile`` submits at
+    run time (its arguments file named by a placeholder), validated against the vendored CRD schema; none
+    when the profile trains inside the pipeline's pods."""
+    import yaml
+
+    from pipelines.training import trainjob_spec
+    from pipelines.trainjob import render
+    docs = []
+    for kind, steps in (("training", ("train-ranker",)), ("llm", ("rga",))):
+        spec = trainjob_spec(kind, profile)
+        for step in steps if spec is not None else ():
+            docs.append(render(step, "<staged-args.json>", spec, f"rgalign-{step}-example", "<result.json>"))
+    if path.exists():
+        path.unlink()
+    if not docs:
+        return None
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return path
 
 
 def submit(package: str | Path, host: str, cfg: WorkflowConfig, experiment: str = "rgalign", namespace: str | None = None,

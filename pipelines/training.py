@@ -45,13 +45,28 @@ def _apply(task, settings: dict | None, profile: dict) -> None:
         kubernetes.use_secret_as_env(task, secret, keys)
 
 
-def configure(task, kind: str, profile: dict | None, retries: int = 0, cache: bool = True):
+def trainjob_spec(kind: str, profile: dict | None):
+    """The Kubeflow Trainer spec of a kind's rank steps (None: they train inside their pod)."""
+    from pipelines.trainjob import TrainJobSpec
+    return TrainJobSpec.from_profile(profile.get(kind), profile, c.BASE_IMAGE) if profile else None
+
+
+def configure(task, kind: str, profile: dict | None, retries: int = 0, cache: bool = True, ranks: bool = False):
+    """Apply ``profile``'s settings of ``kind`` to ``task``. ``ranks``: the step can run on several ranks
+    (``rgalign.workflow.rank_steps``); when the kind has a ``trainjob`` block it submits a TrainJob with the
+    kind's accelerators, and its own pod gets the ``light`` resources (it waits)."""
     task.set_display_name(task.name)   # (train-baseline and train-ranker-stage3 rename theirs)
     if not cache:
         task.set_caching_options(False)
     if retries:
         task.set_retry(retries, backoff_duration="30s")
     if profile is not None:
+        spec = trainjob_spec(kind, profile) if ranks else None
+        if spec is not None:
+            import json
+            from pipelines.trainjob import ENV
+            task.set_env_variable(ENV, json.dumps(dataclasses.asdict(spec)))
+            kind = "light"
         _apply(task, profile.get(kind), profile)
     return task
 
@@ -70,9 +85,9 @@ def build_pipeline(profile: dict | None = None):
             world = data.outputs["world"]
             raw = configure(c.build_reasoner(config=config, world=world), "llm", profile)
             s1 = configure(c.train_ranker(config=config, label="Stage 1", model="qe-rec", world=world,
-                                          reasoner=raw.outputs["reasoner"]), "training", profile)
+                                          reasoner=raw.outputs["reasoner"]), "training", profile, ranks=True)
             base = configure(c.train_ranker(config=config, label="Baseline", model="baseline", world=world,
-                                            reasoner=raw.outputs["reasoner"]), "training", profile)
+                                            reasoner=raw.outputs["reasoner"]), "training", profile, ranks=True)
             base.set_display_name("train-baseline")
             props = configure(c.teacher_queries(config=config, world=world, reasoner=raw.outputs["reasoner"]),
                               "llm", profile, retries=2)
@@ -80,11 +95,11 @@ def build_pipeline(profile: dict | None = None):
                                                  ranker=s1.outputs["ranker"], proposals=props.outputs["proposals"]),
                               "llm", profile)
             sft = configure(c.rg_sft(config=config, candidates=cands.outputs["candidates"],
-                                     reasoner=raw.outputs["reasoner"]), "llm", profile)
+                                     reasoner=raw.outputs["reasoner"]), "llm", profile, ranks=True)
             aligned = configure(c.rg_refine(config=config, candidates=cands.outputs["candidates"],
-                                            reasoner=sft.outputs["aligned"]), "llm", profile)
+                                            reasoner=sft.outputs["aligned"]), "llm", profile, ranks=True)
             s3 = configure(c.train_ranker(config=config, label="Stage 3", model="qe-rec", world=world,
-                                          reasoner=aligned.outputs["aligned"]), "training", profile)
+                                          reasoner=aligned.outputs["aligned"]), "training", profile, ranks=True)
             s3.set_display_name("train-ranker-stage3")
             gate = configure(c.evaluation_gate(config=config, world=world, candidate=s3.outputs["ranker"],
                                                baseline=base.outputs["ranker"], stage1=s1.outputs["ranker"]),

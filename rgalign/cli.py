@@ -148,14 +148,21 @@ def cmd_features_prompt(args) -> int:
 
 def cmd_train_ranker(args) -> int:
     from rgalign.metrics import format_table
-    from rgalign.ranker.stage1 import run_ranker
-    from rgalign.world.generate import headroom_rows, load_manifest
+    from rgalign.ranker.stage1 import run_ranker, save_run
+    from rgalign.contract.dataset import headroom
+    from rgalign.distributed import DistEnv
     cfg = config_from_args(RankerConfig, args)
-    print("config:", json.dumps(cfg.to_dict()))
+    dist = DistEnv.from_env().init()   # several ranks under torchrun: DDP, rank 0 logs, prints and saves
+    if dist.main:
+        print("config:", json.dumps(cfg.to_dict()) + (f"  ({dist.world} ranks, DDP)" if dist.enabled else ""))
     run = run_ranker(cfg, Path(args.world), tracking=not args.no_tracking, tracking_uri=args.tracking_uri,
-                     root=args.artifacts)
+                     root=args.artifacts, dist=dist)
     r = run.result
-    print(format_table({**headroom_rows(load_manifest(args.world)), **run.table},
+    if args.out:
+        save_run(run, args.out, dist)
+    if not dist.main:
+        return 0
+    print(format_table({**headroom(args.world), **run.table},
                        f"{Path(args.world).name}: evaluation week (true intents), 95% bootstrap CI"))
     print(f"\ntrain sessions {len(run.inputs.train):,}, best epoch {r.best_epoch}/{len(r.history)}, "
           f"{r.samples_per_s:,.0f} samples/s, {run.seconds:.0f} s in all")
@@ -460,6 +467,17 @@ def _ui_hint(args) -> int:
     return 0
 
 
+def cmd_step(args) -> int:
+    from rgalign.distributed import DistEnv
+    from rgalign.workflow import launch_step
+    kwargs = json.loads(Path(args.args[1:]).read_text() if args.args.startswith("@") else args.args)
+    out = launch_step(args.name, kwargs)
+    if args.result and DistEnv.from_env().main:
+        Path(args.result).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.result).write_text(json.dumps(out))
+    return 0
+
+
 def cmd_reproduce(args) -> int:
     from rgalign.reproduce import run_reproduce
     cfg = config_from_args(ReproduceConfig, args)
@@ -643,6 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = t.add_parser("ranker", help="Stage 1: train QE-Rec or the baseline, evaluate, log to MLflow")
     add_config_args(r, RankerConfig)
     r.add_argument("--world", required=True, help="a generated world folder")
+    r.add_argument("--out", default=None, help="also save the checkpoint here (rgalign.ranker.checkpoint; with "
+                                               "several ranks, each writes shards/rank<r>.npz: the rows it trained on, per epoch)")
     add_tracking_args(r)
     r.set_defaults(fn=cmd_train_ranker)
     e = sub.add_parser("eval", help="evaluate logged rankers on a world's evaluation week")
@@ -753,6 +773,13 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--namespace", default=None)
         c.set_defaults(fn=cmd_pipeline)
 
+    st = sub.add_parser("step", help="run one pipeline step on this process's rank (what torchrun or a Kubeflow "
+                                     "Trainer TrainJob runs: every rank calls it, rank 0 saves and logs)")
+    st.add_argument("name", choices=["train-ranker", "rga"], help="the step (rgalign.workflow.rank_steps)")
+    st.add_argument("--args", required=True, help="the step's keyword arguments as JSON, or @FILE holding it "
+                                                  "(cfg: the WorkflowConfig dict; paths as seen by the ranks)")
+    st.add_argument("--result", default=None, help="write the step's metrics here as JSON (rank 0)")
+    st.set_defaults(fn=cmd_step)
     rp = sub.add_parser("reproduce", help="the paper's Tables 2-4 (Stages 1-3, 3 seeds) as markdown + a plot")
     add_config_args(rp, ReproduceConfig)
     rp.set_defaults(fn=cmd_reproduce)

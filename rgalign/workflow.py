@@ -501,16 +501,26 @@ def train_ranker(world_folder: str | Path, reasoner: str | Path, cfg: WorkflowCo
     """Stage 1 (raw reasoner), Stage 3 (aligned reasoner) or the production baseline (``model="baseline"``,
     which reads no query) on the same sessions: trained with early stopping on the validation days, saved
     as a checkpoint with its validation and evaluation-week ranks (what the gate compares), logged to MLflow."""
+    from rgalign.distributed import DistEnv
     from rgalign.ranker.checkpoint import save_ranker
-    from rgalign.ranker.stage1 import run_ranker
+    from rgalign.ranker.stage1 import run_ranker, save_shards
     inject_failure(f"train_ranker:{label}")
     world = world_of(world_folder)
     rcfg = cfg.ranker(model)
-    inputs = ltp_inputs(world, reasoner, rcfg, progress=progress, **cfg.inputs_kw)
+    dist = DistEnv.from_env().init()   # several ranks under torchrun / a TrainJob: DDP, rank 0 saves and logs
+    if not dist.main:
+        dist.barrier()                 # rank 0 embeds first and fills the LTP cache; the others read it
+    inputs = ltp_inputs(world, reasoner, rcfg, progress=progress and dist.main, **cfg.inputs_kw)
+    if dist.main and dist.enabled:
+        dist.barrier()
     checked = check_step(reasoner, world, cfg, "aligned" if label.startswith("Stage 3") else "built") \
-        if model != "baseline" else {}
+        if model != "baseline" and dist.main else {}
     run = run_ranker(rcfg, world, cfg.tracking, cfg.uri, cfg.root, inputs, progress, label=label,
-                     experiment_name=WORKFLOW_EXPERIMENT)
+                     experiment_name=WORKFLOW_EXPERIMENT, dist=dist)
+    if dist.enabled:
+        save_shards(run.result, out, dist)   # the rows each rank trained on
+        if not dist.main:
+            return {}
     ranks = split_ranks(run.result.model, run.result.spec, inputs)
     metrics = {f"{s}_{k}": v.value for s in ("val", "eval")
                for k, v in evaluate_ranks(ranks[s], ranks[f"users_{s}"], inputs.n_intents).items()}
@@ -633,6 +643,24 @@ def rga_step(step: str, candidates: str | Path, reasoner: str | Path, cfg: Workf
     path = (rg_sft if step == "rg-sft" else rg_refine)(c, sel, reasoner, cfg, out)
     meta = _meta(path, "rgalign_reasoner.json")
     return {"train_loss": meta.get("train_loss") or 0.0, "samples": int(len(sel.kept))}
+
+
+def rank_steps() -> dict:
+    """The steps a launcher may start on several ranks (``rgalign step NAME``: the command of a Kubeflow
+    Trainer ``TrainJob``, or of ``torchrun`` on one machine): name -> (function, its path arguments: inputs,
+    outputs). Every other argument is a plain value."""
+    return {"train-ranker": (train_ranker, ("world_folder", "reasoner"), ("out",)),
+            "rga": (rga_step, ("candidates", "reasoner"), ("out",))}
+
+
+def launch_step(name: str, kwargs: dict) -> dict:
+    """Run ``rank_steps()[name]`` with ``kwargs`` (``cfg`` as the ``WorkflowConfig`` dict); every rank calls it."""
+    steps = rank_steps()
+    if name not in steps:
+        raise ValueError(f"unknown step {name!r}; steps that run on ranks: {', '.join(steps)}")
+    kw = dict(kwargs)
+    kw["cfg"] = WorkflowConfig(**kw["cfg"]) if isinstance(kw.get("cfg"), dict) else kw["cfg"]
+    return steps[name][0](**kw)
 
 
 # ------------------------------------------------------------------------------------------------ the gate

@@ -22,7 +22,6 @@ sends the same chat-rendered prompt (``LTPEncoder.render``) without adding speci
 """
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -141,26 +140,19 @@ def reasoner_vllm_isvc(bundle: dict, cfg: DeployConfig) -> dict:
                  {"rgalign/kind": "reasoner", "rgalign/version": str(bundle["reasoner"]["version"]), "rgalign/runtime": "vllm"})
 
 
-@functools.lru_cache(maxsize=1)
 def crd_schema() -> dict:
-    """The vendored InferenceService v1beta1 schema (parsed once per process: the CRD is a large YAML file)."""
-    crd = yaml.load(SCHEMA.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    return next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")["schema"]["openAPIV3Schema"]
-
-
-@functools.lru_cache(maxsize=1)
-def _validator():
-    import jsonschema
-    return jsonschema.Draft7Validator(crd_schema())
+    """The vendored InferenceService v1beta1 schema."""
+    from rgalign.crd import schema
+    return schema(SCHEMA, "v1beta1")
 
 
 def validate(manifest: dict) -> None:
     """Raise ``ManifestError`` naming the path of the first violation of the InferenceService CRD schema."""
-    errors = sorted(_validator().iter_errors(manifest), key=lambda e: list(e.path))
+    from rgalign.crd import violations
+    errors = violations(manifest, SCHEMA, "v1beta1")
     if errors:
-        e = errors[0]
-        raise ManifestError(f"{manifest.get('metadata', {}).get('name')}: {'.'.join(map(str, e.path)) or '<root>'}: "
-                            f"{e.message} ({len(errors)} violation(s) of the KServe CRD schema)")
+        raise ManifestError(f"{manifest.get('metadata', {}).get('name')}: {errors[0]} "
+                            f"({len(errors)} violation(s) of the KServe CRD schema)")
 
 
 def render(champion: dict, cfg: DeployConfig, out: str | Path, challenger: dict | None = None) -> list[Path]:

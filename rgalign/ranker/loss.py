@@ -67,9 +67,15 @@ class ConfidencePredictor(nn.Module):
         self.net = nn.Sequential(nn.Linear(d + hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, z_u: torch.Tensor, click_pos: torch.Tensor) -> torch.Tensor:
+        return self.weights(self.logits(z_u, click_pos))
+
+    def logits(self, z_u: torch.Tensor, click_pos: torch.Tensor) -> torch.Tensor:
+        """(B,) raw scores g (bounded by the span); ``weights`` normalises them over the batch."""
         g = self.net(torch.cat([z_u.detach(), self.pos((click_pos + 1).clamp(0, self.n_positions))], -1)).squeeze(-1)
-        if self.span > 0:
-            g = self.span * torch.tanh(g)
+        return self.span * torch.tanh(g) if self.span > 0 else g
+
+    def weights(self, g: torch.Tensor) -> torch.Tensor:
+        """(B,) w_j from the logits of a whole batch (under DDP: the global batch, gathered from every rank)."""
         return self.floor + (1 - self.floor) * len(g) * F.softmax(g, 0)
 
 

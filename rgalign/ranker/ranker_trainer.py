@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rgalign.config import RankerConfig
+from rgalign.distributed import DistEnv
 from rgalign.metrics import MetricValue, evaluate_ranks, ranks_from_scores
 from rgalign.ranker.baseline import TwoTowerAutoIntMMoE
 from rgalign.ranker.data import FeatureSpec, RankerData, candidate_lists
@@ -66,6 +67,36 @@ class TrainResult:
     seconds: float = 0.0
     samples_per_s: float = 0.0
     confidence: ConfidencePredictor | None = None
+    shard_rows: list[np.ndarray] = field(default_factory=list)   # per epoch, the training rows this rank trained on
+
+
+class RankingLoss(torch.nn.Module):
+    """The training objective as one module (what DDP wraps): Eq. 5 on a batch's candidate lists, with the
+    confidence weights and the query-half deep supervision.
+
+    Inputs: ``x`` encoded features, ``query`` (B, d_e), ``cand`` / ``y`` / ``mask`` (B, N), ``click_pos`` (B,),
+    ``n_global`` the global batch size (the confidence weights are normalised over it). Output: scalar loss.
+    """
+
+    def __init__(self, model: torch.nn.Module, confidence: ConfidencePredictor | None, cfg: RankerConfig,
+                 dist: DistEnv):
+        super().__init__()
+        self.model, self.confidence, self.cfg, self.dist = model, confidence, cfg, dist
+
+    def forward(self, x, query, cand, y, mask, click_pos, n_global):
+        if self.cfg.model != "qe-rec":
+            return weighted_intent_loss(self.model(x, None, cand), y, None, mask)
+        z_u, z_i, z_q = self.model.user(x), self.model.intent_tower(cand), self.model.query_tower(query)
+        s = qe_score(z_u, z_i, z_q, self.model.weight(x, cand))
+        wts = None
+        if self.confidence is not None:
+            g = self.dist.gather(self.confidence.logits(z_u, click_pos), n_global)
+            wts = self.confidence.weights(g)[self.dist.part(n_global)]
+        loss = weighted_intent_loss(s, y, wts, mask)
+        if self.cfg.query_loss_weight > 0:
+            # Eq. 5 once more on the query term alone (qe_score at w = 0 is cos(z_i, z_q)): deep supervision
+            loss = loss + self.cfg.query_loss_weight * weighted_intent_loss(qe_score(z_u, z_i, z_q, 0.0), y, wts, mask)
+        return loss
 
 
 class RankerTrainer:
@@ -73,11 +104,16 @@ class RankerTrainer:
 
     Args:
         log_fn: called as ``log_fn(metrics: dict, step: int)`` after every epoch (MLflow hooks in here).
+        dist: this process's rank (``rgalign.distributed.DistEnv``; default one process). With several ranks
+            (DDP) each trains on its part of every global batch; all ranks validate on all validation sessions
+            and so stop at the same epoch.
     """
 
-    def __init__(self, cfg: RankerConfig, inputs: RankerInputs, progress: bool = True, log_fn=None):
+    def __init__(self, cfg: RankerConfig, inputs: RankerInputs, progress: bool = True, log_fn=None,
+                 dist: DistEnv | None = None):
         check_encoders(cfg, inputs)
         self.cfg, self.inputs, self.progress, self.log_fn = cfg, inputs, progress, log_fn
+        self.dist = dist or DistEnv()
         self.spec = FeatureSpec.fit(inputs.train, inputs.n_intents, inputs.contract, user_buckets=cfg.user_buckets)
         self.data = {s: RankerData.build(getattr(inputs, s), self.spec, inputs.query[s],
                                          "true_intent" if s == "eval" else "clicked_intent")
@@ -101,29 +137,32 @@ class RankerTrainer:
         if getattr(self.model, "gate", None) is not None:   # adaptive fusion reads each intent's training clicks
             self.model.gate.set_intent_clicks(torch.as_tensor(inputs.train_clicks if inputs.train_clicks is not None
                                                               else torch.cat([torch.zeros(1), clicks])))
+        self.objective = self.dist.wrap(RankingLoss(self.model, self.confidence, cfg, self.dist))
+        self.rows_seen: list[list[torch.Tensor]] = [[]]   # per epoch (train() starts a list each), this rank's rows
 
     def _params(self):
         ps = list(self.model.parameters())
         return ps + (list(self.confidence.parameters()) if self.confidence is not None else [])
 
-    def train_step(self, batch: RankerData, opt, gen: torch.Generator) -> float:
-        cand, y, mask = candidate_lists(batch.clicked, batch.shown, self.cfg.n_neg, self.neg_probs, gen)
-        x = batch.inputs
-        if self.cfg.model == "qe-rec":
-            z_u, z_i, z_q = self.model.user(x), self.model.intent_tower(cand), self.model.query_tower(batch.query)
-            s = qe_score(z_u, z_i, z_q, self.model.weight(x, cand))
-            wts = self.confidence(z_u, batch.click_pos) if self.confidence is not None else None
-        else:
-            s, wts = self.model(x, None, cand), None
-        loss = weighted_intent_loss(s, y, wts, mask)
-        if self.cfg.model == "qe-rec" and self.cfg.query_loss_weight > 0:
-            # Eq. 5 once more on the query term alone (qe_score at w = 0 is cos(z_i, z_q)): deep supervision
-            loss = loss + self.cfg.query_loss_weight * weighted_intent_loss(qe_score(z_u, z_i, z_q, 0.0), y, wts, mask)
+    def global_batch(self, train: RankerData, idx: torch.Tensor, gen: torch.Generator):
+        """``(part, lists)``: this rank's rows of the global batch ``idx`` and their training lists (cand, y,
+        mask; ``candidate_lists``). The negatives are drawn for the whole batch from the shared generator, so
+        every rank draws the same and a part's lists are those of one process."""
+        cand, y, mask = candidate_lists(train.clicked[idx], train.shown[idx], self.cfg.n_neg, self.neg_probs, gen)
+        part = self.dist.part(len(idx))
+        self.rows_seen[-1].append(idx[part])
+        return train.subset(idx[part]), (cand[part], y[part], mask[part])
+
+    def train_step(self, part: RankerData, lists, opt, n_global: int) -> float:
+        """One optimizer step on this rank's ``part`` of a global batch of ``n_global`` sessions; returns the
+        global batch's loss (the same on every rank)."""
+        loss = self.objective(part.inputs, part.query, *lists, part.click_pos, n_global)
+        loss = loss * self.dist.loss_scale(n_global)   # DDP averages the ranks: the gradient of the global mean
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self._params(), self.cfg.grad_clip)
         opt.step()
-        return loss.item()
+        return self.dist.mean(loss.detach()).item()
 
     def validate(self) -> float:
         """MRR of the clicked intent among the intents launched in training, on the validation days."""
@@ -143,16 +182,19 @@ class RankerTrainer:
         groups = [{"params": rest}] + ([{"params": gate, "lr": cfg.fusion_lr, "weight_decay": 0.0}] if gate else [])
         opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         history, best, best_state, best_epoch, bad = [], -np.inf, None, 0, 0
+        self.rows_seen = []
         t0, seen = time.perf_counter(), 0
         for epoch in range(1, cfg.epochs + 1):
             self.model.train()
             perm = torch.randperm(len(train), generator=gen)
+            self.rows_seen.append([])
             losses = []
             bar = tqdm(range(0, len(train), cfg.batch_size), desc=f"{cfg.model} epoch {epoch}/{cfg.epochs}",
                        unit="step", disable=None if self.progress else True, leave=False)
             for i in bar:
-                losses.append(self.train_step(train.subset(perm[i:i + cfg.batch_size]), opt, gen))
-                seen += min(cfg.batch_size, len(train) - i)
+                idx = perm[i:i + cfg.batch_size]
+                losses.append(self.train_step(*self.global_batch(train, idx, gen), opt, len(idx)))
+                seen += len(idx)
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
             val_mrr = self.validate()
             rec = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_mrr": val_mrr}
@@ -171,8 +213,9 @@ class RankerTrainer:
         train_seconds = time.perf_counter() - t0
         self.model.load_state_dict(best_state)
         self.model.eval()
+        rows = [torch.cat(r).sort().values.numpy() for r in self.rows_seen]
         return TrainResult(self.model, self.spec, cfg, history, best_epoch, train_seconds,
-                           seen / max(train_seconds, 1e-9), self.confidence)
+                           seen / max(train_seconds, 1e-9), self.confidence, rows)
 
 
 def model_ranks(model: torch.nn.Module, data: RankerData, query_half: bool = False) -> np.ndarray:
