@@ -588,6 +588,9 @@ def load_selection(folder: str | Path):
 
 
 def _log_rga(cfg: WorkflowConfig, step: str, tcfg, path: Path, samples: int) -> dict:
+    from rgalign.distributed import DistEnv
+    if not DistEnv.from_env().main:   # under several ranks, rank 0 saved the reasoner and logs it
+        return {"samples": samples}
     meta = _meta(path, "rgalign_reasoner.json")
     losses = [h["loss"] for h in meta.get("log_history", []) if "loss" in h]
     run_id = log_step(cfg, step, {f"{step}.{k}": v for k, v in tcfg.to_dict().items()},

@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # README command (b): install, then run the test suite (slow end-to-end tests included, at ci scale).
+# One test process per core, at most 4 (pytest-xdist; RGALIGN_TEST_WORKERS=1 runs them in this process), each test file
+# on one worker, so a file's module fixtures are built once.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 set +e
-python -m pytest "$@"
+workers="${RGALIGN_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}"
+if [ "$workers" -gt 1 ]; then
+  python -m pytest -n "$workers" --dist loadfile "$@"
+else
+  python -m pytest "$@"
+fi
 rc=$?
 [ "$rc" -eq 5 ] && { echo "pytest collected no tests"; exit 1; }
 exit "$rc"

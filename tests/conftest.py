@@ -14,12 +14,15 @@ def _isolated_mlflow_env(monkeypatch):
 
 @pytest.fixture
 def two_threads(monkeypatch):
-    """Long single-job tests (pre-training, reproduce, the pipeline) use both cores of the CI machine; the
+    """Long single-job tests (pre-training, reproduce, the pipeline) use the cores no other test process uses
+    (both on the 2-core CI machine when the suite runs in one process, one each under ``pytest -n 2``); the
     default of 1 thread is for tests and servers that run next to other work."""
     import torch
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    n = max(1, min(2, (os.cpu_count() or 1) // workers))
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")   # kfp.local subprocesses inherit it
+    torch.set_num_threads(n)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(n))   # kfp.local subprocesses inherit it
     yield
     torch.set_num_threads(before)
 

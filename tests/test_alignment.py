@@ -458,3 +458,53 @@ def test_input_caches_are_keyed_by_the_worlds_content(tmp_path):
     before = cache_dir(a)
     b = generate_world(WorldConfig(scale="ci", n_users=60, temperature=2.0), tmp_path, force=True, progress=False)
     assert a == b and cache_dir(b) != before
+
+
+ZERO3_RANKS_SCRIPT = """
+import sys, numpy as np
+from rgalign.alignment.rg_cl_config import RGCLConfig
+from rgalign.alignment.rg_cl_trainer import rg_cl
+from rgalign.reasoner.ltp import LTPEncoder
+from rgalign.reasoner.sources import load_reasoner
+raw, out, accum, ds = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "ds"
+enc = LTPEncoder(load_reasoner(raw))
+prompts = [enc.render(f"User Profile: Orders In Last 90 Days: {i}") for i in range(8)]
+qs = [f"where is my parcel {i}?" for i in range(8)]
+e = np.random.default_rng(0).standard_normal((8, enc.dim)).astype("f4")
+rg_cl(raw, list(zip(prompts, qs)), e, RGCLConfig(batch_size=2, grad_accum=accum, max_steps=2, learning_rate=1e-3,
+                                                 neftune_alpha=0.0, deepspeed=ds), out)
+"""
+
+
+@pytest.mark.slow
+def test_rg_cl_on_two_zero3_ranks_partitions_the_parameters_and_matches_one_process(micro_reasoner, tmp_path):
+    """``torchrun --nproc_per_node 2`` with ZeRO-3: each rank holds half of the parameters' elements, and the
+    aligned weights equal one process's at the same effective batch (2 per rank x 2 ranks = 2 x 2 accumulation
+    steps; the same micro-batches, so the same in-batch negatives; NEFTune off) within 1e-3 of the update."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from conftest import free_port
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "rgalign-torch-ext"))}
+    one = subprocess.run([sys.executable, "-c", ZERO3_RANKS_SCRIPT, str(micro_reasoner), str(tmp_path / "one"), "2", "plain"],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert one.returncode == 0, one.stderr[-3000:]
+    script = tmp_path / "cl.py"
+    script.write_text(ZERO3_RANKS_SCRIPT)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(free_port()), str(script), str(micro_reasoner), str(tmp_path / "two"), "1", "ds"],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert two.returncode == 0, two.stderr[-3000:]
+    meta = json.loads((tmp_path / "two" / "rgalign_reasoner.json").read_text())
+    part = meta["zero3_partition"]
+    assert meta["deepspeed_zero_stage"] == 3 and len(part["per_rank"]) == 2 and sum(part["per_rank"]) == part["params"]
+    assert all(abs(n - part["params"] / 2) <= 0.01 * part["params"] for n in part["per_rank"]), part
+    raw, a, b = (load_file(next(Path(d).glob("*.safetensors"))) for d in (micro_reasoner, tmp_path / "one", tmp_path / "two"))
+    moved = torch.cat([(a[k] - raw[k]).flatten() for k in raw])
+    apart = torch.cat([(a[k] - b[k]).flatten() for k in raw])
+    assert moved.norm() > 0.1, "the one-process run left the weights where they were"
+    assert apart.norm() / moved.norm() < 1e-3, (apart.norm().item(), moved.norm().item())

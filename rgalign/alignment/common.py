@@ -96,6 +96,20 @@ def check_prompt_lengths(tok, prompts: list[str], max_length: int, room: int = 2
                          f"query: raise max_length to at least {longest + room}")
 
 
+def zero3_partition(model) -> dict | None:
+    """What each rank holds of a ZeRO-3-partitioned ``model``: ``{"params": total elements, "per_rank": [its
+    shard's elements per rank]}`` (None when the parameters are not partitioned). Every rank must call it."""
+    ps = [p for p in model.parameters() if hasattr(p, "ds_tensor")]
+    if not ps:
+        return None
+    local = int(sum(p.ds_tensor.numel() for p in ps))
+    per_rank = [local]
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        per_rank = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(per_rank, local)
+    return {"params": int(sum(p.ds_numel for p in ps)), "per_rank": per_rank}
+
+
 def save_aligned(trainer, tok, out: str | Path, parent: str | Path, method: str, meta: dict) -> Path:
     """Save a finished trainer's model as a reasoner directory whose ``rgalign_reasoner.json`` names its
     parent and the method (lineage for the registry). ``trainer.save_model`` gathers ZeRO-3 partitions; a
@@ -109,8 +123,11 @@ def save_aligned(trainer, tok, out: str | Path, parent: str | Path, method: str,
     plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None) if trainer.is_deepspeed_enabled else None
     meta = {**meta, "deepspeed_zero_stage": plugin.zero_stage if plugin is not None else None,
             "log_history": [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in trainer.state.log_history]}
+    meta["zero3_partition"] = zero3_partition(trainer.model)
     staged = out.with_name(out.name + ".trained")
-    trainer.save_model(str(staged))
+    trainer.save_model(str(staged))   # every rank: ZeRO-3 gathers the partitions; rank 0 writes
+    if not trainer.is_world_process_zero():
+        return out                    # rank 0 merges and saves the reasoner
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
     unset_hf_deepspeed_config()  # otherwise from_pretrained below would partition the fresh copy again
     if (staged / "adapter_config.json").is_file():
