@@ -73,3 +73,14 @@ def test_two_ddp_ranks_train_disjoint_shards_and_match_one_process(small_world, 
     assert epochs(one.stdout) == epochs(two.stdout) and len(epochs(one.stdout)) == 3, (one.stdout, two.stdout)
     losses = [float(e.split()[1]) for e in epochs(one.stdout)]
     assert losses[-1] < losses[0]
+
+
+def test_the_step_command_offers_exactly_the_rank_steps_and_refuses_others():
+    from rgalign.cli import build_parser
+    from rgalign.workflow import launch_step, rank_steps
+    sub = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices and "step" in a.choices)
+    step = sub.choices["step"]
+    name = next(a for a in step._actions if a.dest == "name")
+    assert sorted(name.choices) == sorted(rank_steps())
+    with pytest.raises(ValueError, match="unknown step 'gate'"):
+        launch_step("gate", {})
