@@ -58,10 +58,6 @@ class TrainJobSpec:
             raise ValueError(f"trainjob: runtime {self.runtime!r} is not supported; use torch-distributed (torchrun "
                              f"launches every rank; DeepSpeed ZeRO-3 runs under it through the Hugging Face Trainer)")
 
-    @property
-    def distributed(self) -> bool:
-        return self.nodes * self.procs_per_node > 1
-
     @classmethod
     def from_profile(cls, kind: dict, profile: dict, image: str) -> "TrainJobSpec | None":
         """The spec of a profile kind with a ``trainjob`` block (None without one: the step trains in its pod)."""

@@ -67,7 +67,7 @@ class DistEnv:
 
     def sizes(self, n: int) -> list[int]:
         """Rows of each rank's part of a global batch of ``n`` (contiguous, sizes differ by at most one)."""
-        return [len(p) for p in torch.arange(n).tensor_split(self.world)]
+        return [n // self.world + (r < n % self.world) for r in range(self.world)]
 
     def part(self, n: int) -> slice:
         """This rank's rows of a global batch of ``n``."""

@@ -51,7 +51,8 @@ def log_ranker(result, inputs, table: dict, extra_tags: dict | None = None) -> s
     import mlflow
     from rgalign.metrics import format_table
     from rgalign.ranker.checkpoint import save_ranker
-    fam = inputs.kb.family.astype("category").cat.codes.to_numpy() + 1
+    from rgalign.ranker.data import family_ids
+    fam = family_ids(inputs.kb)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = save_ranker(result.model, result.spec, result.cfg, inputs.semantic, fam, inputs.kb,
                            Path(tmp) / "checkpoint", meta={"world": inputs.world.name, **(extra_tags or {})})

@@ -503,6 +503,7 @@ def train_ranker(world_folder: str | Path, reasoner: str | Path, cfg: WorkflowCo
     as a checkpoint with its validation and evaluation-week ranks (what the gate compares), logged to MLflow."""
     from rgalign.distributed import DistEnv
     from rgalign.ranker.checkpoint import save_ranker
+    from rgalign.ranker.data import family_ids
     from rgalign.ranker.stage1 import run_ranker, save_shards
     inject_failure(f"train_ranker:{label}")
     world = world_of(world_folder)
@@ -511,7 +512,7 @@ def train_ranker(world_folder: str | Path, reasoner: str | Path, cfg: WorkflowCo
     if not dist.main:
         dist.barrier()                 # rank 0 embeds first and fills the LTP cache; the others read it
     inputs = ltp_inputs(world, reasoner, rcfg, progress=progress and dist.main, **cfg.inputs_kw)
-    if dist.main and dist.enabled:
+    if dist.main:
         dist.barrier()
     checked = check_step(reasoner, world, cfg, "aligned" if label.startswith("Stage 3") else "built") \
         if model != "baseline" and dist.main else {}
@@ -524,7 +525,7 @@ def train_ranker(world_folder: str | Path, reasoner: str | Path, cfg: WorkflowCo
     ranks = split_ranks(run.result.model, run.result.spec, inputs)
     metrics = {f"{s}_{k}": v.value for s in ("val", "eval")
                for k, v in evaluate_ranks(ranks[s], ranks[f"users_{s}"], inputs.n_intents).items()}
-    fam = inputs.kb.family.astype("category").cat.codes.to_numpy() + 1
+    fam = family_ids(inputs.kb)
     rmeta = _meta(reasoner, "rgalign_reasoner.json")
     save_ranker(run.result.model, run.result.spec, rcfg, inputs.semantic, fam, inputs.kb, out,
                 meta={"world": world.name, "reasoner_digest": rmeta.get("digest"), "label": label, "model": model,

@@ -110,17 +110,15 @@ def micro_reasoner(tmp_path_factory):
 
 
 class json_server:
-    """A loopback HTTP server whose POST answers are ``reply(path, body) -> (status, dict)``; GET -> 404.
-    Use as a context manager; ``.url`` is its base URL."""
+    """A loopback HTTP server whose POST answers are ``reply(path, body) -> (status, dict)`` and GET answers
+    ``get(path) -> (status, dict)`` (404 without one). Use as a context manager; ``.url`` is its base URL."""
 
-    def __init__(self, reply):
+    def __init__(self, reply, get=None):
         import json
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                status, out = reply(self.path, body)
+            def _send(self, status, out):
                 data = json.dumps(out).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -128,9 +126,15 @@ class json_server:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def do_POST(self):
+                self._send(*reply(self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+
             def do_GET(self):
-                self.send_response(404)
-                self.end_headers()
+                if get is None:
+                    self.send_response(404)
+                    self.end_headers()
+                else:
+                    self._send(*get(self.path))
 
             def log_message(self, *a):
                 pass

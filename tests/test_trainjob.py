@@ -6,13 +6,12 @@ import os
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import free_port
+from conftest import free_port, json_server
 from pipelines.trainjob import RUNTIME_CRD, SCHEMAS, TRAINJOB_CRD, TrainJobError, TrainJobSpec, render, run_step
 from rgalign.crd import violations
 
@@ -75,41 +74,26 @@ class FakeKubernetes:
 
     def __init__(self):
         self.jobs, self.created = {}, []
-        fake = self
+        self.server = json_server(self.create, self.get).__enter__()
+        self.url = self.server.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def _send(self, status, body):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+    def create(self, path, job):
+        errors = violations(job, TRAINJOB_CRD, "v1alpha1")
+        if errors:
+            return 422, {"kind": "Status", "message": errors[0], "reason": "Invalid", "code": 422}
+        name = job["metadata"]["name"]
+        if name in self.jobs:
+            return 409, {"kind": "Status", "reason": "AlreadyExists", "code": 409}
+        self.jobs[name] = job
+        self.created.append(name)
+        threading.Thread(target=self.controller, args=(name,), daemon=True).start()
+        return 201, job
 
-            def do_POST(self):
-                job = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                errors = violations(job, TRAINJOB_CRD, "v1alpha1")
-                if errors:
-                    return self._send(422, {"kind": "Status", "message": errors[0], "reason": "Invalid", "code": 422})
-                name = job["metadata"]["name"]
-                if name in fake.jobs:
-                    return self._send(409, {"kind": "Status", "reason": "AlreadyExists", "code": 409})
-                fake.jobs[name] = job
-                fake.created.append(name)
-                threading.Thread(target=fake.controller, args=(name,), daemon=True).start()
-                self._send(201, job)
-
-            def do_GET(self):
-                name = self.path.rstrip("/").split("/")[-1]
-                if name not in fake.jobs:
-                    return self._send(404, {"kind": "Status", "reason": "NotFound", "code": 404})
-                self._send(200, fake.jobs[name])
-
-            def log_message(self, *a):
-                pass
-        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}"
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+    def get(self, path):
+        name = path.rstrip("/").split("/")[-1]
+        if name not in self.jobs:
+            return 404, {"kind": "Status", "reason": "NotFound", "code": 404}
+        return 200, self.jobs[name]
 
     def controller(self, name):
         t = self.jobs[name]["spec"]["trainer"]
@@ -135,7 +119,7 @@ class FakeKubernetes:
 def fake_k8s():
     k = FakeKubernetes()
     yield k
-    k.srv.shutdown()
+    k.server.__exit__()
 
 
 @pytest.mark.slow

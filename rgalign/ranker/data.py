@@ -219,6 +219,11 @@ class RankerData:
                    df["session_id"].to_numpy())
 
 
+def family_ids(kb: pd.DataFrame) -> np.ndarray:
+    """(n_intents,) each KB intent's family as a 1-based id (0 is left for padding), in KB order."""
+    return kb.family.astype("category").cat.codes.to_numpy() + 1
+
+
 def candidate_lists(clicked: torch.Tensor, shown: torch.Tensor, n_neg: int, neg_probs: torch.Tensor,
                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training lists: the logged ``shown`` intents plus ``n_neg`` sampled negatives per session.

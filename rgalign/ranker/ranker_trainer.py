@@ -21,7 +21,7 @@ from rgalign.config import RankerConfig
 from rgalign.distributed import DistEnv
 from rgalign.metrics import MetricValue, evaluate_ranks, ranks_from_scores
 from rgalign.ranker.baseline import TwoTowerAutoIntMMoE
-from rgalign.ranker.data import FeatureSpec, RankerData, candidate_lists
+from rgalign.ranker.data import FeatureSpec, RankerData, candidate_lists, family_ids
 from rgalign.ranker.inputs import RankerInputs, check_encoders
 from rgalign.ranker.loss import ConfidencePredictor, weighted_intent_loss
 from rgalign.ranker.qe_rec import QERec, qe_score
@@ -121,7 +121,7 @@ class RankerTrainer:
         if len(self.data["train"]) == 0:
             raise ValueError("no clicked training sessions: the world is too small for a ranker")
         kb = inputs.kb
-        fam = kb.family.astype("category").cat.codes.to_numpy() + 1
+        fam = family_ids(kb)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, self.spec, inputs.n_intents, torch.as_tensor(inputs.semantic, dtype=torch.float32),
                                  torch.as_tensor(fam, dtype=torch.long), inputs.query["train"].shape[1])

@@ -91,12 +91,12 @@ def save_run(run: RankerRun, out: str | Path, dist: DistEnv | None = None) -> Pa
     the training rows it trained on in each epoch (``epoch1``, ...; under DDP the ranks' rows of an epoch are
     disjoint and together all of them)."""
     from rgalign.ranker.checkpoint import save_ranker
+    from rgalign.ranker.data import family_ids
     dist, out = dist or DistEnv(), Path(out)
     save_shards(run.result, out, dist)
     if dist.main:
         kb = run.inputs.kb
-        save_ranker(run.result.model, run.result.spec, run.result.cfg, run.inputs.semantic,
-                    kb.family.astype("category").cat.codes.to_numpy() + 1, kb, out,
+        save_ranker(run.result.model, run.result.spec, run.result.cfg, run.inputs.semantic, family_ids(kb), kb, out,
                     meta={"label": MODEL_LABEL[run.result.cfg.model], "ranks": dist.world,
                           "train_sessions": len(run.inputs.train)})
     dist.barrier()
