@@ -8,6 +8,7 @@ body (only the body is shipped), never pip-installs anything (``install_kfp_pack
 """
 
 import os
+from typing import List
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
@@ -38,13 +39,26 @@ def build_reasoner(config: dict, world: Input[Dataset], reasoner: Output[Model])
 
 
 @component
+def embed_ltp(config: dict, world: Input[Dataset], reasoner: Input[Model], shard: int, shards: int,
+              vectors: Output[Dataset], metrics: Output[Metrics]):
+    """One shard of the bulk LTP of every context the rankers read (a ParallelFor iteration; resumable)."""
+    from pipelines.artifacts import report
+    from rgalign.workflow import WorkflowConfig, embed_ltp as step
+    out = step(world.path, reasoner.path, WorkflowConfig(**config), shard, shards, vectors.path)
+    vectors.metadata.update({"shard": shard, "shards": shards, "reasoner_version": out["reasoner_version"]})
+    report(metrics, {k: v for k, v in out.items() if k != "reasoner_version"})
+
+
+@component
 def train_ranker(config: dict, label: str, model: str, world: Input[Dataset], reasoner: Input[Model],
-                 ranker: Output[Model], metrics: Output[Metrics]):
-    """Stage 1 / Stage 3 QE-Rec on LTP, or the baseline: early stopping and ranks on the validation days."""
+                 ltp: Input[List[Dataset]], ranker: Output[Model], metrics: Output[Metrics]):
+    """Stage 1 / Stage 3 QE-Rec on LTP (the sharded LTP's vectors), or the baseline: early stopping and ranks
+    on the validation days."""
     from pipelines.artifacts import report
     from pipelines.trainjob import run_step   # here, or a TrainJob when the profile gives the step ranks
     report(metrics, run_step("train-ranker", {"world_folder": world.path, "reasoner": reasoner.path, "cfg": config,
-                                              "out": ranker.path, "label": label, "model": model}))
+                                              "out": ranker.path, "label": label, "model": model,
+                                              "ltp": [a.path for a in ltp]}))
     ranker.metadata.update({"label": label, "model": model})
 
 

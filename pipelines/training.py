@@ -71,6 +71,26 @@ def configure(task, kind: str, profile: dict | None, retries: int = 0, cache: bo
     return task
 
 
+def ltp_shards(profile: dict | None) -> int:
+    """How many shards the bulk LTP runs as (the profile's ``ltp_shards``; one in the embedded default)."""
+    n = 1 if profile is None else profile.get("ltp_shards", 1)
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"ltp_shards={n!r} in the cluster profile must be an integer >= 1")
+    return n
+
+
+def sharded_ltp(config, world, reasoner, profile: dict | None, name: str):
+    """A ParallelFor of ``ltp_shards(profile)`` LTP shards of ``reasoner`` (``rgalign.reasoner.ltp_shards``), on
+    the profile's ``llm`` nodes; returns a function that gives each training step the collected vectors (one
+    ``dsl.Collected`` per consumer: KFP 2.17 fails to compile one shared by two tasks)."""
+    n = ltp_shards(profile)
+    with dsl.ParallelFor(items=list(range(n)), name=f"{name}-shards") as shard:
+        task = configure(c.embed_ltp(config=config, world=world, reasoner=reasoner, shard=shard, shards=n),
+                         "ltp" if profile and "ltp" in profile else "llm", profile, retries=1)
+        task.set_display_name(name)
+    return lambda: dsl.Collected(task.outputs["vectors"])
+
+
 def build_pipeline(profile: dict | None = None):
     """The pipeline function; ``profile`` = a cluster profile (None for kfp.local). One task per step of
     ``rgalign.workflow.STEPS`` (the KFP task names; a test checks them), wired as ``workflow.run`` chains them."""
@@ -84,10 +104,13 @@ def build_pipeline(profile: dict | None = None):
             data = configure(c.prepare_features(config=config), "light", profile)
             world = data.outputs["world"]
             raw = configure(c.build_reasoner(config=config, world=world), "llm", profile)
+            raw_ltp = sharded_ltp(config, world, raw.outputs["reasoner"], profile, "embed-ltp")
             s1 = configure(c.train_ranker(config=config, label="Stage 1", model="qe-rec", world=world,
-                                          reasoner=raw.outputs["reasoner"]), "training", profile, ranks=True)
+                                          reasoner=raw.outputs["reasoner"], ltp=raw_ltp()), "training", profile,
+                           ranks=True)
             base = configure(c.train_ranker(config=config, label="Baseline", model="baseline", world=world,
-                                            reasoner=raw.outputs["reasoner"]), "training", profile, ranks=True)
+                                            reasoner=raw.outputs["reasoner"], ltp=raw_ltp()), "training", profile,
+                             ranks=True)
             base.set_display_name("train-baseline")
             props = configure(c.teacher_queries(config=config, world=world, reasoner=raw.outputs["reasoner"]),
                               "llm", profile, retries=2)
@@ -98,8 +121,10 @@ def build_pipeline(profile: dict | None = None):
                                      reasoner=raw.outputs["reasoner"]), "llm", profile, ranks=True)
             aligned = configure(c.rg_refine(config=config, candidates=cands.outputs["candidates"],
                                             reasoner=sft.outputs["aligned"]), "llm", profile, ranks=True)
+            aligned_ltp = sharded_ltp(config, world, aligned.outputs["aligned"], profile, "embed-ltp-stage3")
             s3 = configure(c.train_ranker(config=config, label="Stage 3", model="qe-rec", world=world,
-                                          reasoner=aligned.outputs["aligned"]), "training", profile, ranks=True)
+                                          reasoner=aligned.outputs["aligned"], ltp=aligned_ltp()), "training", profile,
+                           ranks=True)
             s3.set_display_name("train-ranker-stage3")
             gate = configure(c.evaluation_gate(config=config, world=world, candidate=s3.outputs["ranker"],
                                                baseline=base.outputs["ranker"], stage1=s1.outputs["ranker"]),

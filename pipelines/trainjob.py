@@ -162,11 +162,17 @@ def run_step(step: str, kwargs: dict, spec: TrainJobSpec | None = None, api=None
     stage = Path(spec.pvc["mount_path"]) / "rgalign-trainjobs" / name
     staged = dict(kwargs)
     for key in ins:                         # the pipeline pod's artifacts are not visible to the training nodes
-        dst = stage / "in" / key
-        if dst.exists():
-            shutil.rmtree(dst)
-        shutil.copytree(kwargs[key], dst)
-        staged[key] = str(dst)
+        if kwargs.get(key) is None:
+            continue
+        many = isinstance(kwargs[key], (list, tuple))   # a list of folders (the sharded LTP's)
+        staged[key] = []
+        for i, src in enumerate(kwargs[key] if many else [kwargs[key]]):
+            dst = stage / "in" / (f"{key}-{i}" if many else key)
+            if dst.exists():
+                shutil.rmtree(dst)
+            shutil.copytree(src, dst)
+            staged[key].append(str(dst))
+        staged[key] = staged[key] if many else staged[key][0]
     for key in outs:
         staged[key] = str(stage / "out" / key)
     (stage / "args.json").write_text(json.dumps(staged, default=str))

@@ -113,13 +113,15 @@ AB_SEGMENTS = {"seg_cold": "cold-start intents", "seg_tail": "intents with <= 10
 def ab_segments(log: pd.DataFrame, world: str | Path) -> pd.DataFrame:
     """``log`` with a boolean column per ``AB_SEGMENTS`` entry: the true intent's and the user's clicked
     training sessions in the dataset (the segments of ``rgalign.metrics.segment_masks``)."""
-    from rgalign.contract import load_contract
-    c = load_contract(world)
-    s = pd.read_parquet(Path(world) / f"{c.tables['sessions']}.parquet", columns=["user_id", "split", "clicked_intent"])
-    clicked = s[(s.split == "train") & (s.clicked_intent > 0)]
-    intent = clicked.clicked_intent.value_counts().reindex(log.true_intent).fillna(0).to_numpy()
-    user = clicked.user_id.value_counts().reindex(log.user_id).fillna(0).to_numpy()
-    return log.assign(seg_cold=intent == 0, seg_tail=intent <= 100, seg_new_user=user == 0)
+    from rgalign.contract.dataset import training_clicks
+    from rgalign.metrics import segment_masks
+    clicked = training_clicks(world)
+    true = log.true_intent.to_numpy(np.int64)
+    n = int(max(clicked.clicked_intent.max() if len(clicked) else 0, true.max() if len(true) else 0)) + 1
+    m = segment_masks(true, np.bincount(clicked.clicked_intent.to_numpy(np.int64), minlength=n),
+                      clicked.user_id.value_counts().reindex(log.user_id).fillna(0).to_numpy(np.int64))
+    return log.assign(seg_cold=m["intent cold-start"], seg_tail=m["intent <= 100 clicks"],
+                      seg_new_user=m["user without training clicks"])
 
 
 def segment_table(log: pd.DataFrame) -> str:

@@ -187,7 +187,7 @@ def cmd_eval(args) -> int:
         path = Path(mlflow.artifacts.download_artifacts(uri)) / "artifacts" / "checkpoint"
         model, spec, cfg, _ = load_ranker(path)
         inputs = load_ranker_inputs(args.world, cfg.query_encoder, cfg.query_dim, cfg.intent_encoder, cfg.val_days,
-                                    cfg.max_train_sessions, cfg.seed)  # an LSA encoder refits on the same corpus
+                                    cfg.max_train_sessions, cfg.seed, shard_rows=cfg.shard_rows)  # an LSA encoder refits on the same corpus
         data = RankerData.build(inputs.eval, spec, inputs.query["eval"], "true_intent")
         label = f"{cfg.model} ({uri})"
         ranks[label] = model_ranks(model, data)

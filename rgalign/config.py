@@ -131,6 +131,8 @@ class RankerConfig(_Config):
     query_dim: int = _f(256, "size of e from the hashing and lsa encoders")
     intent_encoder: str = _f("minilm", "frozen text encoder of the intent texts (z_sem): minilm | hashing | lsa")
     max_train_sessions: int | None = _f(None, "cap on clicked training sessions (None = all)")
+    shard_rows: int = _f(0, "sessions per part of the Feast training set, read and trained on a part at a time from "
+                            "parquet so memory stays flat at any scale (e.g. 250000); 0 = the whole split in memory")
     seed: int = _f(0, "seed of initialisation, shuffling and negative sampling")
 
     def __post_init__(self):
@@ -166,6 +168,8 @@ class RankerConfig(_Config):
         for name in ("epochs", "batch_size", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.shard_rows < 0:
+            raise ValueError(f"shard_rows must be >= 0 (0 = the whole training split in memory), got {self.shard_rows}")
 
 
 # reasoner size -> Qwen3 architecture (hidden, layers, heads, kv heads, intermediate, vocab)

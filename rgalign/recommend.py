@@ -237,8 +237,8 @@ class Recommender:
             from rgalign.features.online_guard import OnlineGuard
             self.store = FeatureStoreSession(world_dir, feast_dir)
             self.online = OnlineGuard(self.store, feature_deadline_s, unready_after_s)
-            s = pd.read_parquet(Path(world_dir) / "sessions.parquet", columns=["split", "clicked_intent"])
-            clicks = s[(s.split == "train") & (s.clicked_intent > 0)].clicked_intent.value_counts()
+            from rgalign.contract.dataset import training_clicks
+            clicks = training_clicks(world_dir, self.store.contract).clicked_intent.value_counts()
             self.popular = clicks.index.to_numpy(np.int64)
             self.popular_share = (clicks / clicks.sum()).to_numpy(np.float32)
             from rgalign.ranker.inputs import verbalizer_of

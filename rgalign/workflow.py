@@ -32,8 +32,9 @@ from rgalign.metrics import METRICS, MetricValue, evaluate_ranks, format_table, 
 _CI = REPRODUCE_PRESETS["ci"]
 
 # the steps of the workflow, in order; the KFP pipeline has one task per entry (tests/test_workflow.py)
-STEPS = ("prepare-features", "build-reasoner", "train-ranker", "train-baseline", "teacher-queries",
-         "reward-best-of-n", "rg-sft", "rg-refine", "train-ranker-stage3", "evaluation-gate", "register-models")
+STEPS = ("prepare-features", "build-reasoner", "embed-ltp", "train-ranker", "train-baseline", "teacher-queries",
+         "reward-best-of-n", "rg-sft", "rg-refine", "embed-ltp-stage3", "train-ranker-stage3", "evaluation-gate",
+         "register-models")
 RGA_METHODS = ("sft-cl", "sft-dpo", "sft")
 WORKFLOW_EXPERIMENT = "rgalign-workflow"
 
@@ -61,6 +62,8 @@ class WorkflowConfig(_Config):
     max_train: int = _f(0, "clicked training sessions of the rankers (0 = all)")
     max_val: int = _f(0, "validation-day sessions (early stopping and the gate; 0 = all)")
     max_eval: int = _f(_CI["max_eval"], "evaluation-week sessions reported (0 = all)")
+    shard_rows: int = _f(0, "sessions per part of the rankers' training set, streamed from parquet a part at a "
+                         "time so memory stays flat at any scale (e.g. 250000); 0 = the whole split in memory")
     ranker_epochs: int = _f(10, "maximum epochs of the Stage-1 / Stage-3 rankers and the baseline")
     ranker_seed: int = _f(0, "seed of the rankers' initialisation, shuffling and negative sampling")
     fusion: str = _f("fixed", "QE-Rec's Eq. 4 fusion: fixed (w = 0.7 for every pair, the paper) or adaptive (a gate "
@@ -166,7 +169,8 @@ STAGE_FIELDS: dict[str, tuple[str, str]] = {
     "reasoner_steps": ("reasoner", "pretrain_steps"), "pretrain_batch": ("reasoner", "pretrain_batch"),
     "corpus_sessions": ("reasoner", "corpus_sessions"), "max_prompt_tokens": ("reasoner", "max_prompt_tokens"),
     "distil_teacher": ("reasoner", "distil_teacher"),
-    "max_train": ("ranker", "max_train_sessions"), "ranker_epochs": ("ranker", "epochs"),
+    "max_train": ("ranker", "max_train_sessions"), "shard_rows": ("ranker", "shard_rows"),
+    "ranker_epochs": ("ranker", "epochs"),
     "ranker_seed": ("ranker", "seed"), "fusion": ("ranker", "fusion"),
     "n_samples": ("alignment", "n_samples"), "min_samples": ("alignment", "min_samples"),
     "strategy": ("alignment", "strategy"), "query_prompt": ("alignment", "query_prompt"),
@@ -241,7 +245,38 @@ def ltp_inputs(world: str | Path, reasoner: str | Path, cfg: RankerConfig, max_v
     return load_ranker_inputs(world, f"ltp-{encoder.reasoner.version}-p{encoder.max_prompt_tokens}", 0,
                               cfg.intent_encoder, cfg.val_days, cfg.max_train_sessions, data_seed, progress,
                               query_fn=encoder.embed, max_val_sessions=max_val_sessions,
-                              max_eval_sessions=max_eval_sessions)
+                              max_eval_sessions=max_eval_sessions, shard_rows=cfg.shard_rows)
+
+
+def ltp_cache(world: str | Path, reasoner):
+    """The LTP cache of a world and reasoner (SQLite beside the world's other cached inputs): the sharded LTP
+    steps write it, the training steps read it."""
+    from rgalign.ranker.inputs import cache_dir
+    from rgalign.reasoner.ltp import LTPCache
+    return LTPCache(cache_dir(world) / f"ltp-{reasoner.version}.sqlite")
+
+
+def session_splits(world: str | Path, cfg: WorkflowConfig, model: str = "qe-rec"):
+    """The sessions a ranker of this run trains and is evaluated on (``rgalign.ranker.inputs.select_sessions``
+    with the run's caps, data seed and ``shard_rows``)."""
+    from rgalign.ranker.inputs import select_sessions
+    rcfg, kw = cfg.ranker(model), cfg.inputs_kw
+    return select_sessions(world, rcfg.val_days, rcfg.max_train_sessions, kw["data_seed"], kw["max_val_sessions"],
+                           kw["max_eval_sessions"], rcfg.shard_rows)
+
+
+def embed_ltp(world_folder: str | Path, reasoner: str | Path, cfg: WorkflowConfig, shard: int, shards: int,
+              out: str | Path, progress: bool = False) -> dict:
+    """Shard ``shard`` of ``shards`` of the bulk LTP of every context the rankers read
+    (``rgalign.reasoner.ltp_shards``): a ParallelFor iteration of the pipeline."""
+    from rgalign.reasoner.ltp import LTPEncoder
+    from rgalign.reasoner.ltp_shards import embed_shard
+    from rgalign.reasoner.sources import load_reasoner
+    inject_failure(f"embed_ltp:{shard}")
+    world = world_of(world_folder)
+    r = load_reasoner(reasoner)
+    return embed_shard(LTPEncoder(r, cache=ltp_cache(world, r)), session_splits(world, cfg), shard, shards, out,
+                       progress)
 
 
 def generated_query_inputs(world: str | Path, reasoner: str | Path, cfg: RankerConfig, sentence_encoder: str = "minilm",
@@ -261,7 +296,8 @@ def generated_query_inputs(world: str | Path, reasoner: str | Path, cfg: RankerC
         return sentence.encode(generate_queries(enc, contexts, batch_size=32))
     return load_ranker_inputs(world, f"gen-{sentence_encoder}-{enc.reasoner.version}-p{enc.max_prompt_tokens}", 0,
                               cfg.intent_encoder, cfg.val_days, cfg.max_train_sessions, data_seed, progress,
-                              query_fn=fn, max_val_sessions=max_val_sessions, max_eval_sessions=max_eval_sessions)
+                              query_fn=fn, max_val_sessions=max_val_sessions, max_eval_sessions=max_eval_sessions,
+                              shard_rows=cfg.shard_rows)
 
 
 def text_inputs(world: str | Path, encoder: str, cfg: RankerConfig, max_val_sessions: int | None = None,
@@ -271,15 +307,15 @@ def text_inputs(world: str | Path, encoder: str, cfg: RankerConfig, max_val_sess
     from rgalign.ranker.inputs import load_ranker_inputs
     return load_ranker_inputs(world, encoder, cfg.query_dim, cfg.intent_encoder, cfg.val_days, cfg.max_train_sessions,
                               data_seed, progress, max_val_sessions=max_val_sessions,
-                              max_eval_sessions=max_eval_sessions)
+                              max_eval_sessions=max_eval_sessions, shard_rows=cfg.shard_rows)
 
 
-def session_frames(world: Path, val_days: int = 3, max_train: int | None = None):
+def session_frames(world: Path, val_days: int = 3, max_train: int | None = None, shard_rows: int = 0):
     """The split frames of the rankers' inputs (the Feast training set, cached beside the world) without their
     query embeddings: cheap hashed text stands in, and validation / evaluation are cut to one session."""
     from rgalign.ranker.inputs import load_ranker_inputs
     return load_ranker_inputs(world, "hashing", 16, "hashing", val_days, max_train, 0, False, max_val_sessions=1,
-                              max_eval_sessions=1)
+                              max_eval_sessions=1, shard_rows=shard_rows)
 
 
 # ------------------------------------------------------------------------------------------------ steps
@@ -297,7 +333,9 @@ def prepare_features(cfg: WorkflowConfig, out: str | Path) -> dict:
     fs = FeatureStoreSession(world)
     fs.apply()
     fs.materialize()
-    return {"train_sessions": len(session_frames(world).train), "world_digest": dataset_digest(world)}
+    rcfg = cfg.ranker()
+    n = len(session_frames(world, rcfg.val_days, None, rcfg.shard_rows).train)
+    return {"train_sessions": n, "world_digest": dataset_digest(world)}
 
 
 def copy_dataset(src: str | Path, out: str | Path) -> Path:
@@ -483,10 +521,9 @@ def split_ranks(model, spec, inputs) -> dict[str, np.ndarray]:
 def user_training_clicks(world: str | Path, user_ids=None, counts=None):
     """Clicked training-week sessions per user (the user-history segments): a Series by user id (users without
     any are absent), or with ``user_ids`` one count per session, (N,) int64. ``counts``: the Series, already read."""
-    import pandas as pd
+    from rgalign.contract.dataset import training_clicks
     if counts is None:
-        s = pd.read_parquet(Path(world) / "sessions.parquet", columns=["user_id", "split", "clicked_intent"])
-        counts = s[(s.split == "train") & (s.clicked_intent > 0)].user_id.value_counts()
+        counts = training_clicks(world).user_id.value_counts()
     return counts if user_ids is None else counts.reindex(user_ids).fillna(0).to_numpy(np.int64)
 
 
@@ -497,10 +534,12 @@ def segments_of(ranks: dict, split: str = "eval") -> dict[str, np.ndarray]:
 
 
 def train_ranker(world_folder: str | Path, reasoner: str | Path, cfg: WorkflowConfig, out: str | Path,
-                 label: str = "Stage 1", model: str = "qe-rec", progress: bool = False) -> dict:
+                 label: str = "Stage 1", model: str = "qe-rec", progress: bool = False,
+                 ltp: list[str | Path] | None = None) -> dict:
     """Stage 1 (raw reasoner), Stage 3 (aligned reasoner) or the production baseline (``model="baseline"``,
     which reads no query) on the same sessions: trained with early stopping on the validation days, saved
-    as a checkpoint with its validation and evaluation-week ranks (what the gate compares), logged to MLflow."""
+    as a checkpoint with its validation and evaluation-week ranks (what the gate compares), logged to MLflow.
+    ``ltp``: folders of the sharded LTP steps (``embed_ltp``) of this reasoner, loaded into its LTP cache first."""
     from rgalign.distributed import DistEnv
     from rgalign.ranker.checkpoint import save_ranker
     from rgalign.ranker.data import family_ids
@@ -511,7 +550,15 @@ def train_ranker(world_folder: str | Path, reasoner: str | Path, cfg: WorkflowCo
     dist = DistEnv.from_env().init()   # several ranks under torchrun / a TrainJob: DDP, rank 0 saves and logs
     if not dist.main:
         dist.barrier()                 # rank 0 embeds first and fills the LTP cache; the others read it
-    inputs = ltp_inputs(world, reasoner, rcfg, progress=progress and dist.main, **cfg.inputs_kw)
+    from rgalign.reasoner.ltp import LTPEncoder
+    from rgalign.reasoner.sources import load_reasoner
+    r = load_reasoner(reasoner)
+    cache = ltp_cache(world, r)
+    if ltp and dist.main:
+        from rgalign.reasoner.ltp_shards import load_shards
+        load_shards(ltp, cache, r.version)
+    inputs = ltp_inputs(world, reasoner, rcfg, progress=progress and dist.main, encoder=LTPEncoder(r, cache=cache),
+                        **cfg.inputs_kw)
     if dist.main:
         dist.barrier()
     checked = check_step(reasoner, world, cfg, "aligned" if label.startswith("Stage 3") else "built") \
@@ -545,8 +592,9 @@ def teacher_queries(world_folder: str | Path, reasoner: str | Path, cfg: Workflo
     world = world_of(world_folder)
     enc = LTPEncoder(load_reasoner(reasoner))
     rcfg = cfg.ranker()
-    inputs = session_frames(world, rcfg.val_days, rcfg.max_train_sessions)   # Stage 1's training sessions
-    p = generate_candidates(inputs.train, inputs.kb, inputs.contract, enc, cfg.alignment())
+    inputs = session_frames(world, rcfg.val_days, rcfg.max_train_sessions, rcfg.shard_rows)  # Stage 1's sessions
+    acfg = cfg.alignment()
+    p = generate_candidates(inputs.train_sample(acfg.n_samples, acfg.seed), inputs.kb, inputs.contract, enc, acfg)
     p.save(out)
     return {"samples": len(p.queries), **{f"dropped_{k}": v for k, v in p.dropped.items()}}
 
@@ -653,7 +701,7 @@ def rank_steps() -> dict:
     """The steps a launcher may start on several ranks (``rgalign step NAME``: the command of a Kubeflow
     Trainer ``TrainJob``, or of ``torchrun`` on one machine): name -> (function, its path arguments: inputs,
     outputs). Every other argument is a plain value."""
-    return {"train-ranker": (train_ranker, ("world_folder", "reasoner"), ("out",)),
+    return {"train-ranker": (train_ranker, ("world_folder", "reasoner", "ltp"), ("out",)),
             "rga": (rga_step, ("candidates", "reasoner"), ("out",))}
 
 
@@ -875,9 +923,11 @@ def run(cfg: WorkflowConfig, out: str | Path, world: str | Path | None = None, r
         say(f"build reasoner ({cfg.reasoner_steps} pre-training steps)")
         build_reasoner(world, cfg, out / "reasoner")
         reasoner = out / "reasoner"
-    say("Stage 1: QE-Rec on the raw reasoner's LTP, and the production baseline")
-    train_ranker(world, reasoner, cfg, out / "stage1", "Stage 1", progress=progress)
-    train_ranker(world, reasoner, cfg, out / "baseline", "Baseline", model="baseline", progress=progress)
+    say("Stage 1: the raw reasoner's LTP of every context, QE-Rec on it, and the production baseline")
+    embed_ltp(world, reasoner, cfg, 0, 1, out / "ltp", progress)
+    train_ranker(world, reasoner, cfg, out / "stage1", "Stage 1", progress=progress, ltp=[out / "ltp"])
+    train_ranker(world, reasoner, cfg, out / "baseline", "Baseline", model="baseline", progress=progress,
+                 ltp=[out / "ltp"])
     current, ranker, rounds = Path(reasoner), out / "stage1", []
     for r in range(1, cfg.rounds + 1):
         d = out / f"round{r}"
@@ -886,7 +936,8 @@ def run(cfg: WorkflowConfig, out: str | Path, world: str | Path | None = None, r
         reward_best_of_n(world, current, ranker, d / "proposals", cfg, d / "candidates")
         rga_step("rg-sft", d / "candidates", current, cfg, d / "sft")
         rga_step("rg-refine", d / "candidates", d / "sft", cfg, d / "aligned")
-        m = train_ranker(world, d / "aligned", cfg, d / "stage3", "Stage 3", progress=progress)
+        embed_ltp(world, d / "aligned", cfg, 0, 1, d / "ltp", progress)
+        m = train_ranker(world, d / "aligned", cfg, d / "stage3", "Stage 3", progress=progress, ltp=[d / "ltp"])
         rounds.append({"round": r, "reasoner": str(d / "aligned"), "ranker": str(d / "stage3"), "metrics": m})
         current, ranker = d / "aligned", d / "stage3"
     say("evaluation gate (validation days)")

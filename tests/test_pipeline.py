@@ -62,6 +62,24 @@ def test_golden_gpu_and_kubernetes_settings(compiled):
     assert got["exec-register-models"]["secretAsEnv"][0]["secretName"] == "mlflow-credentials"
 
 
+def test_the_bulk_ltp_fans_out_over_the_profiles_shards_into_every_ranker(compiled, tmp_path):
+    """gpu-a100 says ``ltp_shards: 4``: one ParallelFor of 4 LTP shards per reasoner (raw, aligned), whose
+    collected vectors feed Stage 1 + the baseline, and Stage 3; kfp.local gets one shard."""
+    def loops(path):
+        spec = next(yaml.safe_load_all(path.read_text()))
+        tasks = {n: t for c in spec["components"].values() for n, t in c.get("dag", {}).get("tasks", {}).items()}
+        items = {n: json.loads(t["parameterIterator"]["items"]["raw"]) for n, t in tasks.items()
+                 if "parameterIterator" in t}
+        feeds = {n: t["inputs"]["artifacts"]["ltp"]["taskOutputArtifact"]["producerTask"] for n, t in tasks.items()
+                 if "ltp" in t.get("inputs", {}).get("artifacts", {})}
+        return items, feeds
+    items, feeds = loops(compiled)
+    assert list(items.values()) == [[0, 1, 2, 3]] * 2
+    assert sorted(feeds) == ["train-ranker", "train-ranker-2", "train-ranker-3"] and set(feeds.values()) == set(items)
+    local, _ = loops(compile_pipeline(tmp_path / "local.yaml", None))
+    assert list(local.values()) == [[0]] * 2
+
+
 def test_compile_is_deterministic(compiled, tmp_path):
     again = compile_pipeline(tmp_path / "again.yaml", "gpu-a100")
     assert again.read_text() == compiled.read_text()

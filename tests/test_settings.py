@@ -83,7 +83,7 @@ RANKER = {
     "confidence_floor": (0.1, "scores", {}), "confidence_span": (0.5, "scores", {}),
     "user_buckets": (1000, "scores", {}), "seed": (1, "scores", {}),
     "query_encoder": ("lsa", "refused", {}), "query_dim": (128, "refused", {}), "intent_encoder": ("hashing", "refused", {}),
-    "val_days": (2, "inputs", {}), "max_train_sessions": (300, "inputs", {}),
+    "val_days": (2, "inputs", {}), "max_train_sessions": (300, "inputs", {}), "shard_rows": (8000, "parts", {}),
 }
 
 
@@ -135,6 +135,12 @@ def test_every_ranker_setting_acts(field, small_inputs, ci_world, monkeypatch):
                                    False)
             return len(i.train), len(i.val)
         assert frames(changed) != frames(base)
+    elif kind == "parts":      # run_ranker reads the training set in parts and streams the training split
+        from rgalign.ranker.inputs import TrainParts
+        from rgalign.ranker.stage1 import run_ranker
+        run = run_ranker(replace(changed, intent_encoder="hashing"), ci_world, tracking=False, progress=False)
+        assert isinstance(run.inputs.train, TrainParts) and len(run.inputs.train.frames) > 1
+        assert (run.result.shard_rows[0] == np.arange(len(run.inputs.train))).all()
 
 
 # ------------------------------------------------------------------------------------------ the reasoner

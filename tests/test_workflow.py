@@ -270,7 +270,7 @@ def test_run_chains_the_steps_in_order_and_every_round_aligns_the_last(monkeypat
             calls.append((name, [str(x) for x in a if isinstance(x, (str, Path))]))
             return ret
         return f
-    for name in ("prepare_features", "build_reasoner", "teacher_queries", "reward_best_of_n", "rga_step"):
+    for name in ("prepare_features", "build_reasoner", "embed_ltp", "teacher_queries", "reward_best_of_n", "rga_step"):
         monkeypatch.setattr(workflow, name, rec(name, {}))
     monkeypatch.setattr(workflow, "train_ranker", lambda *a, **k: calls.append((f"train_ranker:{a[4]}", [str(a[1])])))
     monkeypatch.setattr(workflow, "gate_step", lambda *a, **k: calls.append(("gate", [str(a[1])])) or
@@ -278,8 +278,11 @@ def test_run_chains_the_steps_in_order_and_every_round_aligns_the_last(monkeypat
     monkeypatch.setattr(workflow, "register", rec("register", {"reasoner_version": "1", "ranker_version": "1"}))
     res = workflow.run(WorkflowConfig(rounds=2), tmp_path, world=tmp_path, reasoner=tmp_path / "raw", progress=False)
     names = [c[0] for c in calls]
-    assert names == ["train_ranker:Stage 1", "train_ranker:Baseline"] + [
-        "teacher_queries", "reward_best_of_n", "rga_step", "rga_step", "train_ranker:Stage 3"] * 2 + ["gate", "register"]
+    assert names == ["embed_ltp", "train_ranker:Stage 1", "train_ranker:Baseline"] + [
+        "teacher_queries", "reward_best_of_n", "rga_step", "rga_step", "embed_ltp", "train_ranker:Stage 3"] * 2 + [
+        "gate", "register"]
+    ltp = [c[1] for c in calls if c[0] == "embed_ltp"]
+    assert ltp[0][:2] == [str(tmp_path), str(tmp_path / "raw")] and ltp[2][1] == str(tmp_path / "round2" / "aligned")
     round2 = [c for c in calls if c[0] == "teacher_queries"][1]
     assert str(tmp_path / "round1" / "aligned") in round2[1]                # round 2 aligns round 1's reasoner
     assert calls[-2][1] == [str(tmp_path / "round2" / "stage3")] and res.registered

@@ -84,6 +84,15 @@ def session_days(sessions: pd.DataFrame) -> pd.Series:
     return ((d - d.min()) // pd.Timedelta(days=1)).astype("int64")
 
 
+def training_clicks(folder: str | Path, contract: DataContract | None = None) -> pd.DataFrame:
+    """``user_id, clicked_intent`` of the session log's clicked training-week sessions (the popularity behind
+    serving's fallback, the A/B segments and the user-history segments)."""
+    contract = contract or load_contract(folder)
+    s = pd.read_parquet(Path(folder) / f"{contract.tables['sessions']}.parquet",
+                        columns=["user_id", "split", "clicked_intent"])
+    return s.loc[(s.split == "train") & (s.clicked_intent > 0), ["user_id", "clicked_intent"]]
+
+
 def headroom(folder: str | Path) -> dict:
     """Reference rows a producer measured on its own truth, ``{name: {metric: MetricValue}}``: a generated
     world's Bayes-optimal ceiling and popularity floor of the evaluation week; {} for other datasets."""

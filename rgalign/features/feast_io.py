@@ -136,6 +136,43 @@ class FeatureStoreSession:
             s[[c for c in [*LABEL_COLUMNS, *self.contract.request] if c in s.columns]], on="session_id", how="right")
         return derive_request_features(feats, self.contract).sort_values("session_id").reset_index(drop=True)
 
+    def training_set_parts(self, out: str | Path, rows: int, progress: bool = False) -> list[Path]:
+        """``training_set`` in parts of at most ``rows`` sessions (the session log read ``rows`` at a time, each
+        part one point-in-time retrieval), written as ``out/part-00000.parquet``, ...: memory is set by
+        ``rows``, not by the log. Resumable: a part already on disk is kept (written to a temporary name and
+        renamed, so a killed run leaves no half part); ``out/_SUCCESS`` records the count when all are done."""
+        import json
+
+        import pyarrow.parquet as pq
+        from tqdm.auto import tqdm
+        if rows < 1:
+            raise ValueError(f"rows must be >= 1 (sessions per training-set part), got {rows}")
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        log = pq.ParquetFile(self.world_dir / f"{self.contract.tables['sessions']}.parquet")
+        n = -(-log.metadata.num_rows // rows)
+        done = out / "_SUCCESS"
+        paths = [out / f"part-{i:05d}.parquet" for i in range(n)]
+        if done.is_file() and json.loads(done.read_text()).get("parts") == n and all(p.is_file() for p in paths):
+            return paths
+        day0 = None
+        if "day" not in log.schema_arrow.names:   # the day index counts from the log's first UTC day
+            ts = pd.to_datetime(log.read(columns=["event_timestamp"]).column(0).to_pandas(), utc=True)
+            day0 = ts.min().floor("D")
+        batches = log.iter_batches(batch_size=rows)
+        for path in tqdm(paths, desc="training set", unit="part", disable=None if progress else True):
+            s = next(batches).to_pandas()
+            if path.is_file():
+                continue
+            if day0 is not None:
+                s["day"] = ((pd.to_datetime(s.event_timestamp, utc=True).dt.floor("D") - day0)
+                            // pd.Timedelta(days=1)).astype("int64")
+            tmp = path.with_suffix(".tmp")
+            self.training_set(sessions=s).to_parquet(tmp, index=False)
+            tmp.replace(path)
+        done.write_text(json.dumps({"parts": n, "rows_per_part": rows, "sessions": log.metadata.num_rows}))
+        return paths
+
     def online_context(self, user_ids: list[int], request_ts: pd.Timestamp | None = None,
                        requests: list[dict] | None = None) -> pd.DataFrame:
         """Online features of ``user_ids`` at ``request_ts`` (default: now), with each user's request features

@@ -57,14 +57,31 @@ class FeatureSpec:
                    max_recent=contract.max_recent, **kw)
 
     @classmethod
-    def fit(cls, train: pd.DataFrame, n_intents: int, contract: DataContract, **kw) -> "FeatureSpec":
+    def fit(cls, train, n_intents: int, contract: DataContract, **kw) -> "FeatureSpec":
+        """Fit the standardisation on ``train``: a frame, or ``parts(cols) -> iterable of frames`` (a training
+        split on disk, read twice, a part at a time, only the numeric columns). Two passes of exact sums, so
+        one part gives the same floats as ``mean`` / ``std`` of the whole column."""
         spec = cls.of(contract, n_intents, **kw)
-        scaled = spec._log_scale(_frame_matrix(train, spec.numerical))
+        parts = (lambda cols: [train]) if isinstance(train, pd.DataFrame) else train
+        n = len(spec.numerical)
+
+        def columns():  # (rows,) finite log-scaled values of each numeric column, part by part
+            for df in parts(spec.numerical):
+                scaled = spec._log_scale(_frame_matrix(df, spec.numerical))
+                yield [scaled[:, j][np.isfinite(scaled[:, j])] for j in range(n)]
+        count, total, sq = np.zeros(n, np.int64), np.zeros(n), np.zeros(n)
+        for cols in columns():
+            for j, x in enumerate(cols):
+                count[j] += len(x)
+                total[j] += x.sum()
+        mean = np.divide(total, count, out=np.zeros(n), where=count > 0)
+        for cols in columns():
+            for j, x in enumerate(cols):
+                d = x - mean[j]
+                sq[j] += (d * d).sum()
         for j, c in enumerate(spec.numerical):
-            x = scaled[:, j]
-            x = x[np.isfinite(x)]
-            spec.mean[c] = float(x.mean()) if len(x) else 0.0
-            std = float(x.std()) if len(x) else 0.0
+            spec.mean[c] = float(mean[j])
+            std = float(np.sqrt(sq[j] / count[j])) if count[j] else 0.0
             spec.std[c] = std if std > 1e-12 else 1.0  # constant or absent column: centre only
         return spec
 

@@ -25,7 +25,7 @@ class RankerInputs:
     """Frames of the three splits (train = clicked sessions before the validation days, val = clicked
     sessions of the last ``val_days`` training days, eval = the evaluation week with true intents), the KB,
     and per-split query embeddings (aligned with the frames' rows)."""
-    train: pd.DataFrame
+    train: "pd.DataFrame | TrainParts"  # TrainParts: on disk, read a part at a time (``shard_rows``)
     val: pd.DataFrame
     eval: pd.DataFrame
     kb: pd.DataFrame
@@ -42,6 +42,16 @@ class RankerInputs:
     @property
     def n_intents(self) -> int:
         return len(self.kb)
+
+    def train_sample(self, n: int, seed: int) -> pd.DataFrame:
+        """Training sessions to sample ``n`` from: the whole split when it is in memory, else ``n`` of them
+        drawn over all parts (``TrainParts.sample``)."""
+        return self.train.sample(n, seed) if isinstance(self.train, TrainParts) else self.train
+
+    @property
+    def d_e(self) -> int:
+        """Size of the query embedding e."""
+        return self.train.dim if isinstance(self.train, TrainParts) else int(self.query["train"].shape[1])
 
 
 def _native(col: pd.Series, name: str, contract: DataContract) -> list:
@@ -134,82 +144,231 @@ def _cached_npy(path: Path, make) -> np.ndarray:
     return arr
 
 
+@dataclass
+class TrainParts:
+    """The training split held on disk (``load_ranker_inputs(..., shard_rows=N)``): parquet parts of sessions
+    and their query embeddings (``.npy``, (rows, d_e)), read one part at a time, so memory is set by the part
+    size, not by the number of sessions. ``len`` is the number of sessions of all parts."""
+    frames: list[Path]
+    queries: list[Path]
+    sizes: list[int]
+
+    def __len__(self) -> int:
+        return sum(self.sizes)
+
+    def part(self, i: int) -> tuple[pd.DataFrame, np.ndarray]:
+        """Part ``i``: its sessions and (rows, d_e) query embeddings."""
+        return pd.read_parquet(self.frames[i]), np.load(self.queries[i])
+
+    def columns(self, cols: list[str]) -> pd.DataFrame:
+        """Some columns of every part, concatenated (cheap scalar columns: clicks, numeric features)."""
+        return pd.concat([pd.read_parquet(f, columns=cols) for f in self.frames], ignore_index=True)
+
+    @property
+    def dim(self) -> int:
+        return int(np.load(self.queries[0], mmap_mode="r").shape[1])
+
+    def sample(self, n: int, seed: int) -> pd.DataFrame:
+        """``n`` sessions drawn uniformly over all parts (all of them if there are fewer), in part order."""
+        pick = np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
+        out, start = [], 0
+        for f, size in zip(self.frames, self.sizes):
+            local = pick[(pick >= start) & (pick < start + size)] - start
+            if len(local):
+                out.append(pd.read_parquet(f).iloc[local])
+            start += size
+        return pd.concat(out, ignore_index=True)
+
+
+def train_parts(inputs: "RankerInputs") -> list:
+    """The training split as loaders ``load(cols=None) -> (frame, query)``, one part when it is held in memory;
+    with ``cols`` only those columns are read and ``query`` is None."""
+    t = inputs.train
+    if isinstance(t, TrainParts):
+        import pyarrow.parquet as pq
+
+        def load(cols=None, i=0):
+            if cols is None:
+                return t.part(i)
+            names = set(pq.read_schema(t.frames[i]).names)
+            return pd.read_parquet(t.frames[i], columns=[c for c in cols if c in names]), None
+        return [lambda cols=None, i=i: load(cols, i) for i in range(len(t.frames))]
+    return [lambda cols=None: (t, inputs.query["train"]) if cols is None else (t[[c for c in cols if c in t]], None)]
+
+
+def _signature(df: pd.DataFrame) -> str:
+    return f"{len(df)}-{int(df.session_id.sum()) % 10**12}"
+
+
+def _sample_ids(ids: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """``ids`` (in their order) or, beyond ``n``, the ``n`` that ``DataFrame.sample(n, random_state=seed)`` of
+    their rows keeps, in session-id order."""
+    if n is None or len(ids) <= n:
+        return ids
+    return np.sort(pd.Series(ids).sample(n, random_state=seed).to_numpy())
+
+
+@dataclass
+class SessionSplits:
+    """The sessions of each split before any embedding (``select_sessions``): ``train`` whole in memory, or
+    its parquet parts on disk (several parts); ``train_ids`` the kept training session ids, in row order."""
+    train: pd.DataFrame | list[Path]
+    val: pd.DataFrame
+    eval: pd.DataFrame
+    kb: pd.DataFrame
+    contract: DataContract
+    train_clicks: np.ndarray
+    train_ids: np.ndarray
+    cache: Path
+
+    @property
+    def on_disk(self) -> bool:
+        return not isinstance(self.train, pd.DataFrame)
+
+    @property
+    def train_signature(self) -> str:
+        return f"{len(self.train_ids)}-{int(self.train_ids.sum()) % 10**12}"
+
+    def train_frames(self) -> list:
+        """Loaders of the training split's frames (one when it is in memory)."""
+        if self.on_disk:
+            return [lambda p=p: pd.read_parquet(p) for p in self.train]
+        return [lambda t=self.train: t]
+
+    def frames(self):
+        """``(name, frame)`` of every training part (``train`` or ``train-part00003``), then ``val`` and ``eval``:
+        what ``load_ranker_inputs`` embeds, one frame in memory at a time."""
+        for i, load in enumerate(self.train_frames()):
+            yield (f"train-part{i:05d}" if self.on_disk else "train"), load()
+        yield "val", self.val
+        yield "eval", self.eval
+
+
+def select_sessions(world: str | Path, val_days: int = 3, max_train_sessions: int | None = None, seed: int = 0,
+                    max_val_sessions: int | None = None, max_eval_sessions: int | None = None, shard_rows: int = 0,
+                    progress: bool = False) -> SessionSplits:
+    """The Feast training set of ``world`` (cached beside it) split into training / validation / evaluation
+    sessions, each subsampled to its cap with ``seed``. ``shard_rows`` > 0 reads the training set in parts of
+    that many sessions (``FeatureStoreSession.training_set_parts``) and leaves the training split's parts on
+    disk, so memory is bounded at any scale; one part equals the whole split, row for row."""
+    world = Path(world)
+    fs = FeatureStoreSession(world)
+    cache = cache_dir(world)
+    ts_name = f"training_set-{FEATURE_SERVICE}-{feature_service_digest(fs.repo, fs.contract.path)}"
+    if shard_rows:
+        fs.apply()
+        paths = fs.training_set_parts(cache / f"{ts_name}-r{shard_rows}", shard_rows, progress)
+        sources = [lambda cols=None, p=p: pd.read_parquet(p, columns=cols) for p in paths]
+    else:
+        ts_path = cache / f"{ts_name}.parquet"
+        if not ts_path.is_file():
+            fs.apply()
+            fs.training_set().to_parquet(ts_path.with_suffix(".tmp"), index=False)
+            ts_path.with_suffix(".tmp").replace(ts_path)
+        whole = pd.read_parquet(ts_path)
+        sources = [lambda cols=None: whole if cols is None else whole[cols]]
+    contract = fs.contract
+    from rgalign.contract.dataset import load_kb
+    kb = load_kb(world, contract)
+
+    # pass 1, over the parts' label columns: which sessions each split holds (ids only)
+    metas = [src(["session_id", "split", "day", "clicked_intent"]) for src in sources]
+    labels = eval_labels(world, contract, pd.concat([m[m.split == "eval"] for m in metas], ignore_index=True))
+    train_days = max(int(m.day[m.split == "train"].max()) for m in metas if (m.split == "train").any()) + 1
+    train_clicks = np.zeros(len(kb) + 1, np.int64)
+    ids = {"train": [], "val": [], "eval": []}
+    for m in metas:
+        clicked = m[(m.split == "train") & (m.clicked_intent > 0)]
+        late = clicked.day >= train_days - val_days
+        ids["val"].append(clicked.session_id[late].to_numpy())
+        ids["train"].append(clicked.session_id[~late].to_numpy())
+        train_clicks += np.bincount(clicked.clicked_intent[~late].to_numpy(), minlength=len(kb) + 1)
+        ev = m[m.split == "eval"]
+        ids["eval"].append(ev.session_id[ev.session_id.isin(labels.session_id)].to_numpy())
+    del metas
+    caps = {"train": max_train_sessions, "val": max_val_sessions, "eval": max_eval_sessions}
+    keep = {s: _sample_ids(np.concatenate(v), caps[s], seed) for s, v in ids.items()}
+
+    # pass 2: the rows of each split; the training split's parts stay on disk when there are several
+    on_disk = len(sources) > 1
+    pieces: dict[str, list] = {"train": [], "val": [], "eval": []}
+    part_dir = cache / f"train-{ts_name}-r{shard_rows}-v{val_days}-{len(keep['train'])}-" \
+                       f"{int(keep['train'].sum()) % 10**12}"
+    for i, src in enumerate(sources):
+        df = src()
+        for split in ("val", "eval", "train"):
+            rows = df[df.session_id.isin(keep[split])]
+            if split == "eval":
+                rows = rows.merge(labels, on="session_id")
+            if split == "train" and on_disk:
+                part_dir.mkdir(parents=True, exist_ok=True)
+                path = part_dir / f"part-{i:05d}.parquet"
+                if not path.is_file():
+                    rows.reset_index(drop=True).to_parquet(path.with_suffix(".tmp"), index=False)
+                    path.with_suffix(".tmp").replace(path)
+                pieces["train"].append(path)
+                continue
+            pieces[split].append(rows)
+        del df
+    frames = {s: pd.concat(pieces[s], ignore_index=True).sort_values("session_id").reset_index(drop=True)
+              if len(pieces[s]) > 1 else pieces[s][0].reset_index(drop=True) for s in ("val", "eval")}
+    train = pieces["train"] if on_disk else pieces["train"][0].reset_index(drop=True)
+    return SessionSplits(train, frames["val"], frames["eval"], kb, contract, train_clicks, keep["train"], cache)
+
+
 def load_ranker_inputs(world: str | Path, query_encoder: str = "hashing", query_dim: int = 256,
                        intent_encoder: str = "minilm", val_days: int = 3, max_train_sessions: int | None = None,
                        seed: int = 0, progress: bool = True, query_fn=None, max_val_sessions: int | None = None,
-                       max_eval_sessions: int | None = None) -> RankerInputs:
-    """Build (or load from cache) everything Stage 1 needs for ``world``.
+                       max_eval_sessions: int | None = None, shard_rows: int = 0) -> RankerInputs:
+    """Build (or load from cache) everything Stage 1 needs for ``world``: the sessions of each split
+    (``select_sessions``; ``shard_rows`` > 0 keeps the training split on disk as ``TrainParts``), the intent-text
+    embeddings and every session's query embedding.
 
     ``query_fn(texts) -> (N, d_e)``, when given, replaces the text encoder for the query embedding (the
     reasoner's LTP plugs in here); its name must then be part of ``query_encoder`` for caching.
     """
     world = Path(world)
-    fs = FeatureStoreSession(world)
-    cache = cache_dir(world)
-    ts_path = cache / f"training_set-{FEATURE_SERVICE}-{feature_service_digest(fs.repo, fs.contract.path)}.parquet"
-    if ts_path.is_file():
-        full = pd.read_parquet(ts_path)
-    else:
-        fs.apply()
-        full = fs.training_set()
-        full.to_parquet(ts_path.with_suffix(".tmp"), index=False)
-        ts_path.with_suffix(".tmp").replace(ts_path)
-    contract = fs.contract
-    from rgalign.contract.dataset import load_kb
-    kb = load_kb(world, contract)
-    labels = eval_labels(world, contract, full)
-    train_days = int(full.day[full.split == "train"].max()) + 1
-    clicked = full[(full.split == "train") & (full.clicked_intent > 0)]
-    val = clicked[clicked.day >= train_days - val_days]
-    train = clicked[clicked.day < train_days - val_days]
-    train_clicks = np.bincount(train.clicked_intent.to_numpy(), minlength=len(kb) + 1)
-    if max_train_sessions is not None and len(train) > max_train_sessions:
-        train = train.sample(max_train_sessions, random_state=seed).sort_values("session_id")
-    ev = full[full.split == "eval"].merge(labels, on="session_id")
-    if max_val_sessions is not None and len(val) > max_val_sessions:
-        val = val.sample(max_val_sessions, random_state=seed).sort_values("session_id")
-    if max_eval_sessions is not None and len(ev) > max_eval_sessions:
-        ev = ev.sample(max_eval_sessions, random_state=seed).sort_values("session_id")
-    frames = {"train": train.reset_index(drop=True), "val": val.reset_index(drop=True),
-              "eval": ev.reset_index(drop=True)}
-
+    sp = select_sessions(world, val_days, max_train_sessions, seed, max_val_sessions, max_eval_sessions, shard_rows,
+                         progress)
+    kb, contract, cache = sp.kb, sp.contract, sp.cache
     semantic = _cached_npy(cache / f"intent_text-{_encoder_key(intent_encoder, query_dim)}.npy",
                            lambda: _encoder(intent_encoder, query_dim, lambda: intent_texts(kb))
                            .encode(intent_texts(kb)))
-    texts: dict[str, list[str]] = {}   # verbalized contexts of the split being encoded (+ train while fitting)
-
-    def split_texts(split: str) -> list[str]:
-        if split not in texts:
-            texts[split] = verbalize_frame(frames[split], kb, contract, progress)
-        return texts[split]
 
     def fit_corpus() -> list[str]:  # a fitted query encoder (LSA) learns from training-week contexts only
-        corpus = split_texts("train")
         # a fixed draw: the frozen encoder is a function of the training contexts (its cache key), not of the seed
-        pick = np.random.default_rng(0).permutation(len(corpus))[:LSA_FIT_CONTEXTS]
-        return [corpus[i] for i in np.sort(pick)]
+        pick = np.sort(np.random.default_rng(0).permutation(len(sp.train_ids))[:LSA_FIT_CONTEXTS])
+        corpus, start = [], 0
+        for load in sp.train_frames():
+            df = load()
+            local = pick[(pick >= start) & (pick < start + len(df))] - start
+            corpus += verbalize_frame(df.iloc[local], kb, contract, progress)
+            start += len(df)
+        return corpus
 
     enc = None
 
-    def encode(split: str) -> np.ndarray:
+    def encode(df: pd.DataFrame) -> np.ndarray:
         nonlocal enc
+        texts = verbalize_frame(df, kb, contract, progress)   # one split's (or part's) contexts in memory at a time
         if query_fn is not None:
-            return query_fn(split_texts(split))
+            return query_fn(texts)
         enc = enc or _encoder(query_encoder, query_dim, fit_corpus)
-        return enc.encode(split_texts(split))
+        return enc.encode(texts)
 
-    def signature(df: pd.DataFrame) -> str:
-        return f"{len(df)}-{int(df.session_id.sum()) % 10**12}"
-
-    query = {}
     key = query_encoder if query_fn is not None else _encoder_key(query_encoder, query_dim)
     if query_fn is None and query_encoder in FITTED_ENCODERS:  # the fitting corpus is part of the key
-        key += f"-fit{signature(frames['train'])}"
-    for split, df in frames.items():
-        query[split] = _cached_npy(cache / f"query-{key}-{split}-{signature(df)}.npy", lambda s=split: encode(s))
-        texts.clear()  # one split's contexts in memory at a time
-    return RankerInputs(frames["train"], frames["val"], frames["eval"], kb, semantic, query, world, contract, query_encoder,
-                        intent_encoder, train_clicks)
+        key += f"-fit{sp.train_signature}"
+    query, qpaths, sizes = {}, [], []
+    for name, df in sp.frames():
+        if name.startswith("train-part"):    # a part on disk: its embeddings stay there
+            qpaths.append(cache / f"query-{key}-train-{sp.train_signature}-{name[6:]}.npy")
+            sizes.append(len(_cached_npy(qpaths[-1], lambda d=df: encode(d))))
+        else:
+            query[name] = _cached_npy(cache / f"query-{key}-{name}-{_signature(df)}.npy", lambda d=df: encode(d))
+    train = TrainParts(sp.train, qpaths, sizes) if sp.on_disk else sp.train
+    return RankerInputs(train, sp.val, sp.eval, kb, semantic, query, world, contract, query_encoder,
+                        intent_encoder, sp.train_clicks)
 
 
 def check_encoders(cfg, inputs: RankerInputs) -> None:
@@ -224,7 +383,7 @@ def check_encoders(cfg, inputs: RankerInputs) -> None:
         if built in TEXT_ENCODERS and built != want:
             raise ValueError(f"{name}={want!r}, but the inputs were encoded with {built!r}: build them with "
                              f"load_ranker_inputs(world, {name}={want!r}, ...) or set {name}={built!r}")
-    d = inputs.query["train"].shape[1]
+    d = inputs.d_e
     if inputs.query_encoder in SIZED_ENCODERS and d != cfg.query_dim:
         raise ValueError(f"query_dim={cfg.query_dim}, but the inputs hold {d}-d {inputs.query_encoder} query "
                          f"embeddings: set query_dim={d} or rebuild the inputs with query_dim={cfg.query_dim}")

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -22,7 +23,7 @@ from rgalign.distributed import DistEnv
 from rgalign.metrics import MetricValue, evaluate_ranks, ranks_from_scores
 from rgalign.ranker.baseline import TwoTowerAutoIntMMoE
 from rgalign.ranker.data import FeatureSpec, RankerData, candidate_lists, family_ids
-from rgalign.ranker.inputs import RankerInputs, check_encoders
+from rgalign.ranker.inputs import RankerInputs, check_encoders, train_parts
 from rgalign.ranker.loss import ConfidencePredictor, weighted_intent_loss
 from rgalign.ranker.qe_rec import QERec, qe_score
 
@@ -114,23 +115,29 @@ class RankerTrainer:
         check_encoders(cfg, inputs)
         self.cfg, self.inputs, self.progress, self.log_fn = cfg, inputs, progress, log_fn
         self.dist = dist or DistEnv()
-        self.spec = FeatureSpec.fit(inputs.train, inputs.n_intents, inputs.contract, user_buckets=cfg.user_buckets)
+        if len(inputs.train) == 0:
+            raise ValueError("no clicked training sessions: the world is too small for a ranker")
+        # the training split, a part at a time (one part when held in memory; ``load_ranker_inputs(shard_rows=)``)
+        self.parts = train_parts(inputs)
+        self.spec = FeatureSpec.fit(lambda cols: (load(cols)[0] for load in self.parts), inputs.n_intents,
+                                    inputs.contract, user_buckets=cfg.user_buckets)
         self.data = {s: RankerData.build(getattr(inputs, s), self.spec, inputs.query[s],
                                          "true_intent" if s == "eval" else "clicked_intent")
-                     for s in ("train", "val", "eval")}
-        if len(self.data["train"]) == 0:
-            raise ValueError("no clicked training sessions: the world is too small for a ranker")
+                     for s in (["train"] if len(self.parts) == 1 else []) + ["val", "eval"]}
         kb = inputs.kb
         fam = family_ids(kb)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, self.spec, inputs.n_intents, torch.as_tensor(inputs.semantic, dtype=torch.float32),
-                                 torch.as_tensor(fam, dtype=torch.long), inputs.query["train"].shape[1])
-        self.confidence = (ConfidencePredictor(cfg.d, self.data["train"].shown.shape[1], cfg.confidence_floor,
-                                               span=cfg.confidence_span)
+                                 torch.as_tensor(fam, dtype=torch.long), inputs.d_e)
+        first = self.parts[0](["shown_intents"])[0]
+        shown_k = len(first.shown_intents.iloc[0]) if "shown_intents" in first and len(first) else 0
+        self.confidence = (ConfidencePredictor(cfg.d, shown_k, cfg.confidence_floor, span=cfg.confidence_span)
                            if cfg.model == "qe-rec" and cfg.confidence else None)
         # negatives: half popularity (training clicks, smoothed), half uniform, over intents launched in training
         launched = torch.as_tensor((kb.launch_day.to_numpy() == 0).astype(np.float32))
-        clicks = torch.bincount(self.data["train"].clicked, minlength=inputs.n_intents + 1)[1:].float()
+        clicks = sum(np.bincount(pd.to_numeric(load(["clicked_intent"])[0].clicked_intent).fillna(0).clip(lower=0)
+                                 .to_numpy(np.int64), minlength=inputs.n_intents + 1) for load in self.parts)
+        clicks = torch.as_tensor(clicks)[1:].float()
         pop = (clicks + 1) * launched
         self.neg_probs = 0.5 * pop / pop.sum() + 0.5 * launched / launched.sum()
         self.launched = launched.bool()
@@ -144,14 +151,22 @@ class RankerTrainer:
         ps = list(self.model.parameters())
         return ps + (list(self.confidence.parameters()) if self.confidence is not None else [])
 
-    def global_batch(self, train: RankerData, idx: torch.Tensor, gen: torch.Generator):
+    def global_batch(self, train: RankerData, idx: torch.Tensor, gen: torch.Generator, offset: int = 0):
         """``(part, lists)``: this rank's rows of the global batch ``idx`` and their training lists (cand, y,
         mask; ``candidate_lists``). The negatives are drawn for the whole batch from the shared generator, so
-        every rank draws the same and a part's lists are those of one process."""
+        every rank draws the same and a part's lists are those of one process. ``offset``: the row number of
+        ``train``'s first row in the whole training split (several data parts)."""
         cand, y, mask = candidate_lists(train.clicked[idx], train.shown[idx], self.cfg.n_neg, self.neg_probs, gen)
         part = self.dist.part(len(idx))
-        self.rows_seen[-1].append(idx[part])
+        self.rows_seen[-1].append(idx[part] + offset)
         return train.subset(idx[part]), (cand[part], y[part], mask[part])
+
+    def train_part(self, i: int) -> RankerData:
+        """Data part ``i`` of the training split, encoded (kept when the split is one part)."""
+        if "train" in self.data:
+            return self.data["train"]
+        df, query = self.parts[i]()
+        return RankerData.build(df, self.spec, query)
 
     def train_step(self, part: RankerData, lists, opt, n_global: int) -> float:
         """One optimizer step on this rank's ``part`` of a global batch of ``n_global`` sessions; returns the
@@ -174,7 +189,7 @@ class RankerTrainer:
         return float(np.mean(1 / (target_ranks(scores, v.clicked.numpy()) + 1)))
 
     def train(self) -> TrainResult:
-        cfg, train = self.cfg, self.data["train"]
+        cfg = self.cfg
         gen = torch.Generator().manual_seed(cfg.seed)
         gate = list(self.model.gate.parameters()) if getattr(self.model, "gate", None) is not None else []
         rest = [p for p in self._params() if all(p is not g for g in gate)]
@@ -186,16 +201,25 @@ class RankerTrainer:
         t0, seen = time.perf_counter(), 0
         for epoch in range(1, cfg.epochs + 1):
             self.model.train()
-            perm = torch.randperm(len(train), generator=gen)
             self.rows_seen.append([])
             losses = []
-            bar = tqdm(range(0, len(train), cfg.batch_size), desc=f"{cfg.model} epoch {epoch}/{cfg.epochs}",
+            # several data parts: a fresh part order each epoch, then a shuffle within each part
+            order = torch.randperm(len(self.parts), generator=gen).tolist() if len(self.parts) > 1 else [0]
+            sizes = self.inputs.train.sizes if len(self.parts) > 1 else [len(self.inputs.train)]
+            offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            bar = tqdm(total=sum(-(-n // cfg.batch_size) for n in sizes), desc=f"{cfg.model} epoch {epoch}/{cfg.epochs}",
                        unit="step", disable=None if self.progress else True, leave=False)
-            for i in bar:
-                idx = perm[i:i + cfg.batch_size]
-                losses.append(self.train_step(*self.global_batch(train, idx, gen), opt, len(idx)))
-                seen += len(idx)
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            for p in order:
+                train = self.train_part(p)
+                perm = torch.randperm(len(train), generator=gen)
+                for i in range(0, len(train), cfg.batch_size):
+                    idx = perm[i:i + cfg.batch_size]
+                    losses.append(self.train_step(*self.global_batch(train, idx, gen, int(offsets[p])), opt, len(idx)))
+                    seen += len(idx)
+                    bar.update()
+                    bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+                del train
+            bar.close()
             val_mrr = self.validate()
             rec = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_mrr": val_mrr}
             history.append(rec)

@@ -60,7 +60,8 @@ def run_ranker(cfg: RankerConfig, world: str | Path, tracking: bool = True, trac
     world = Path(world)
     digest = dataset_digest(world)
     inputs = inputs or load_ranker_inputs(world, cfg.query_encoder, cfg.query_dim, cfg.intent_encoder,
-                                          cfg.val_days, cfg.max_train_sessions, cfg.seed, progress)
+                                          cfg.val_days, cfg.max_train_sessions, cfg.seed, progress,
+                                          shard_rows=cfg.shard_rows)
     label = label or MODEL_LABEL[cfg.model]
     if not tracking:
         result, table = _train_and_evaluate(cfg, inputs, progress, None, label, dist)

@@ -180,7 +180,8 @@ class LTPEncoder:
         check = "User Profile: a 'b' \"c\" {{ d }} {% e %}\nOrder Status: <|x|>"
         return (prefix, suffix) if self._render_template(check) == prefix + check + suffix else ()
 
-    def _key(self, prompt: str) -> str:
+    def key(self, prompt: str) -> str:
+        """The cache key of a rendered prompt (reasoner version, truncation length, prompt)."""
         # the truncation length changes the LTP of a long prompt: it is part of the key
         return hashlib.sha256(f"{self.reasoner.version}\x00{self.max_prompt_tokens}\x00{prompt}".encode()).hexdigest()
 
@@ -215,7 +216,7 @@ class LTPEncoder:
     @torch.inference_mode()
     def embed_prompts(self, prompts: list[str]) -> np.ndarray:
         """LTP of already rendered prompts, (N, d) float32."""
-        keys = [self._key(p) for p in prompts]
+        keys = [self.key(p) for p in prompts]
         found = self.cache.get_many(list(set(keys))) if self.cache is not None else {}
         todo = sorted({k: p for k, p in zip(keys, prompts) if k not in found}.items())
         self.hits += sum(k in found for k in keys)
