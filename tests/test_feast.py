@@ -92,6 +92,28 @@ def test_online_store_serves_latest_values(fs, ci_world):
     assert online.entry_point.tolist() == [1, 2, 3]
 
 
+def test_bounded_materialize_leaves_the_online_store_feasts_own_materialize_leaves(small_world, tmp_path):
+    """``FeatureStoreSession.materialize`` (each entity's latest row by DuckDB, written a batch at a time) and
+    Feast's ``materialize`` over the same window give the same online rows, and the registry records the
+    interval as Feast does."""
+    ours = FeatureStoreSession(small_world, feast_dir=tmp_path / "ours")
+    feast = FeatureStoreSession(small_world, feast_dir=tmp_path / "feast")
+    for s in (ours, feast):
+        s.apply()
+    ours.materialize(batch_rows=64)                      # several batches per view
+    start, end = feast.time_range()
+    from rgalign.features.feast_io import _env
+    with _env(**feast.env):
+        feast.store().materialize(start.to_pydatetime(), end.to_pydatetime())
+    users = pd.read_parquet(small_world / "profiles.parquet").user_id.drop_duplicates().tolist()
+    assert len(users) > 64 * 2
+    a, b = ours.online_rows(users, end), feast.online_rows(users, end)
+    assert a == b and sum(r["region"] is not None for r in a) == len(users)
+    with _env(**ours.env):
+        fv = ours.store().list_feature_views()[0]
+        assert [(i[0].date(), i[1].date()) for i in fv.materialization_intervals] == [(start.date(), end.date())]
+
+
 def test_online_and_offline_agree_for_the_same_moment(fs, ci_world):
     """Training/serving parity: a user's last session read offline at its timestamp gives the same stored
     features as the online store, whose latest rows are exactly the ones in force at that session."""
