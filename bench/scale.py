@@ -13,7 +13,8 @@ speed-up of the epoch (``torchrun``, DDP over gloo) on the smallest size.
 
 The query encoder is the hashing encoder: the data path is what is measured (a reasoner's LTP of every
 context is the sharded-LTP step's cost, spread over GPU workers on a cluster). Prints a markdown table with
-ratios against the smallest size, writes ``scale.json`` and ``scale.png`` under ``--out``.
+ratios against the smallest streamed size, writes ``scale.json``, ``scale.md`` (the table; docs/results/scale.md via
+``scripts/docs_results.py --collect``) and ``scale.png`` under ``--out``.
 """
 from __future__ import annotations
 
@@ -159,7 +160,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--world", type=Path, required=True, help="the large world (rgalign world generate --scale paper)")
+    ap.add_argument("--world", type=Path, help="the large world (rgalign world generate --scale paper)")
+    ap.add_argument("--render", type=Path, metavar="SCALE_JSON", help="only redraw the table and plot of a finished run")
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.132, 0.53, 1.0],
                     help="user fractions; 0.132 of the paper world is the bench world's size (1x)")
     ap.add_argument("--shard-rows", type=int, default=250_000, help="sessions per training-set part")
@@ -168,6 +170,10 @@ def main() -> None:
     ap.add_argument("--no-ranks", action="store_true", help="skip the 1- vs 2-rank epoch")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.render:
+        return report(json.loads(args.render.read_text()), args.out)
+    if args.world is None:
+        ap.error("--world is required (or --render SCALE_JSON)")
     worlds = [subsample(args.world, args.out, f) for f in sorted(args.fractions)]
     plan = [(worlds[0], 0, 1, False)] + [(w, args.shard_rows, 1, False) for w in worlds]   # first: the split whole
     if not args.no_ranks:
@@ -177,7 +183,12 @@ def main() -> None:
         rows.append(measure(world, shard_rows, args.cap, ranks, skip_features=skip))
         print(json.dumps(rows[-1]), flush=True)                  # each size as it finishes
         (args.out / "scale.json").write_text(json.dumps(rows, indent=1))
-    plot(rows, args.out / "scale.png")
+    report(rows, args.out)
+
+
+def report(rows: list[dict], out: Path) -> None:
+    plot(rows, out / "scale.png")
+    (out / "scale.md").write_text(table(rows) + "\n")
     print(table(rows))
 
 

@@ -1,4 +1,4 @@
-"""Regenerate the result tables of docs/ from the files the runs wrote, so the pages cannot drift from them.
+"""Regenerate the result tables of docs/ and the README from the files the runs wrote, so the pages cannot drift from them.
 
 A generated block in a page is
 
@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         (docs / "results").mkdir(exist_ok=True)
         shutil.copyfile(path, docs / "results" / f"{name}.md")
     stale = []
-    for page in sorted(docs.glob("*.md")):
+    readme = docs.parent / "README.md"
+    for page in sorted(docs.glob("*.md")) + ([readme] if readme.is_file() else []):
         text = page.read_text()
         try:
             new = render(text, docs / "results")
