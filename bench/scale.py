@@ -175,7 +175,9 @@ def main() -> None:
     if args.world is None:
         ap.error("--world is required (or --render SCALE_JSON)")
     worlds = [subsample(args.world, args.out, f) for f in sorted(args.fractions)]
-    plan = [(worlds[0], 0, 1, False)] + [(w, args.shard_rows, 1, False) for w in worlds]   # first: the split whole
+    # the ends first (streamed smallest and largest), then the split held whole (the baseline), the middle sizes
+    plan = [(worlds[0], args.shard_rows, 1, False), (worlds[-1], args.shard_rows, 1, False),
+            (worlds[0], 0, 1, False)] + [(w, args.shard_rows, 1, False) for w in worlds[1:-1]]
     if not args.no_ranks:
         plan += [(worlds[0], args.shard_rows, 1, True), (worlds[0], args.shard_rows, 2, True)]
     rows = []

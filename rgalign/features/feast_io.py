@@ -24,6 +24,7 @@ import pandas as pd
 from rgalign.contract import load_contract
 from rgalign.contract.dataset import check_dataset, manifest, session_days, time_range
 from rgalign.features.context import derive_request_features, derive_request_row
+from rgalign.memory import release_memory
 
 FEATURE_SERVICE = "intent_ranking_v1"
 LABEL_COLUMNS = ["session_id", "user_id", "event_timestamp", "shown_intents", "clicked_intent", "click_position",
@@ -132,6 +133,7 @@ class FeatureStoreSession:
                         [fv.batch_source.path, start.to_pydatetime(), end.to_pydatetime()]).fetch_record_batch(batch_rows)
                     for batch in reader:
                         store.write_to_online_store(fv.name, batch.to_pandas())
+                        release_memory()
                 store.registry.apply_materialization(fv, store.project, start.to_pydatetime(), end.to_pydatetime())
 
     def sessions(self, split: str | None = None) -> pd.DataFrame:
@@ -193,6 +195,8 @@ class FeatureStoreSession:
             tmp = path.with_suffix(".tmp")
             self.training_set(sessions=s).to_parquet(tmp, index=False)
             tmp.replace(path)
+            del s
+            release_memory()
         done.write_text(json.dumps({"parts": n, "rows_per_part": rows, "sessions": log.metadata.num_rows}))
         return paths
 

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from rgalign.features.feast_io import FEATURE_SERVICE, FeatureStoreSession
 from rgalign.features.text_encoders import TEXT_ENCODERS, get_encoder
 from rgalign.contract import DataContract
+from rgalign.memory import release_memory
 from rgalign.features.verbalize import Verbalizer
 
 
@@ -82,12 +83,12 @@ def verbalize_frame(df: pd.DataFrame, kb: pd.DataFrame | None, contract: DataCon
     return [v.context(r) for r in tqdm(rows, desc="verbalize", unit="ctx", disable=None if progress else True, mininterval=2)]
 
 
-def eval_labels(world: Path, contract: DataContract, full: pd.DataFrame) -> pd.DataFrame:
+def eval_labels(world: Path, contract: DataContract, full: pd.DataFrame | None) -> pd.DataFrame:
     """``session_id, true_intent`` of the evaluation sessions: the refined labels (``eval_labels``) when the
-    dataset has them, else the logged clicks (a session without a click is not evaluated)."""
+    dataset has them, else the logged clicks of ``full`` (a session without a click is not evaluated)."""
     path = Path(world) / f"{contract.tables['eval_labels']}.parquet"
     if path.is_file():
-        return pd.read_parquet(path)[["session_id", "true_intent"]]
+        return pd.read_parquet(path, columns=["session_id", "true_intent"])
     ev = full[(full.split == "eval") & (full.clicked_intent > 0)]
     return ev[["session_id"]].assign(true_intent=ev.clicked_intent.to_numpy())
 
@@ -258,7 +259,9 @@ def select_sessions(world: str | Path, val_days: int = 3, max_train_sessions: in
     if shard_rows:
         fs.apply()
         paths = fs.training_set_parts(cache / f"{ts_name}-r{shard_rows}", shard_rows, progress)
-        sources = [lambda cols=None, p=p: pd.read_parquet(p, columns=cols) for p in paths]
+        # a part's rows of some sessions only: filtered in Arrow, so only those become Python objects
+        sources = [lambda cols=None, ids=None, p=p: pd.read_parquet(
+            p, columns=cols, filters=None if ids is None else [("session_id", "in", ids)]) for p in paths]
     else:
         ts_path = cache / f"{ts_name}.parquet"
         if not ts_path.is_file():
@@ -266,18 +269,23 @@ def select_sessions(world: str | Path, val_days: int = 3, max_train_sessions: in
             fs.training_set().to_parquet(ts_path.with_suffix(".tmp"), index=False)
             ts_path.with_suffix(".tmp").replace(ts_path)
         whole = pd.read_parquet(ts_path)
-        sources = [lambda cols=None: whole if cols is None else whole[cols]]
+        sources = [lambda cols=None, ids=None: (whole if cols is None else whole[cols]) if ids is None
+                   else whole[whole.session_id.isin(ids)]]
     contract = fs.contract
     from rgalign.contract.dataset import load_kb
     kb = load_kb(world, contract)
 
-    # pass 1, over the parts' label columns: which sessions each split holds (ids only)
-    metas = [src(["session_id", "split", "day", "clicked_intent"]) for src in sources]
-    labels = eval_labels(world, contract, pd.concat([m[m.split == "eval"] for m in metas], ignore_index=True))
-    train_days = max(int(m.day[m.split == "train"].max()) for m in metas if (m.split == "train").any()) + 1
+    # pass 1, over the parts' label columns, one part at a time: which sessions each split holds (ids only)
+    def metas():
+        for src in sources:
+            yield src(["session_id", "split", "day", "clicked_intent"])
+    labels = eval_labels(world, contract, pd.concat([m.loc[m.split == "eval", ["session_id", "split", "clicked_intent"]]
+                                                     for m in metas()], ignore_index=True)
+                         if not (world / f"{contract.tables['eval_labels']}.parquet").is_file() else None)
+    train_days = max(int(m.day[m.split == "train"].max()) for m in metas() if (m.split == "train").any()) + 1
     train_clicks = np.zeros(len(kb) + 1, np.int64)
     ids = {"train": [], "val": [], "eval": []}
-    for m in metas:
+    for m in metas():
         clicked = m[(m.split == "train") & (m.clicked_intent > 0)]
         late = clicked.day >= train_days - val_days
         ids["val"].append(clicked.session_id[late].to_numpy())
@@ -285,7 +293,6 @@ def select_sessions(world: str | Path, val_days: int = 3, max_train_sessions: in
         train_clicks += np.bincount(clicked.clicked_intent[~late].to_numpy(), minlength=len(kb) + 1)
         ev = m[m.split == "eval"]
         ids["eval"].append(ev.session_id[ev.session_id.isin(labels.session_id)].to_numpy())
-    del metas
     caps = {"train": max_train_sessions, "val": max_val_sessions, "eval": max_eval_sessions}
     keep = {s: _sample_ids(np.concatenate(v), caps[s], seed) for s, v in ids.items()}
 
@@ -295,9 +302,8 @@ def select_sessions(world: str | Path, val_days: int = 3, max_train_sessions: in
     part_dir = cache / f"train-{ts_name}-r{shard_rows}-v{val_days}-{len(keep['train'])}-" \
                        f"{int(keep['train'].sum()) % 10**12}"
     for i, src in enumerate(sources):
-        df = src()
         for split in ("val", "eval", "train"):
-            rows = df[df.session_id.isin(keep[split])]
+            rows = src(ids=keep[split])
             if split == "eval":
                 rows = rows.merge(labels, on="session_id")
             if split == "train" and on_disk:
@@ -309,7 +315,8 @@ def select_sessions(world: str | Path, val_days: int = 3, max_train_sessions: in
                 pieces["train"].append(path)
                 continue
             pieces[split].append(rows)
-        del df
+        del rows
+        release_memory()
     frames = {s: pd.concat(pieces[s], ignore_index=True).sort_values("session_id").reset_index(drop=True)
               if len(pieces[s]) > 1 else pieces[s][0].reset_index(drop=True) for s in ("val", "eval")}
     train = pieces["train"] if on_disk else pieces["train"][0].reset_index(drop=True)
@@ -364,6 +371,8 @@ def load_ranker_inputs(world: str | Path, query_encoder: str = "hashing", query_
         if name.startswith("train-part"):    # a part on disk: its embeddings stay there
             qpaths.append(cache / f"query-{key}-train-{sp.train_signature}-{name[6:]}.npy")
             sizes.append(len(_cached_npy(qpaths[-1], lambda d=df: encode(d))))
+            del df
+            release_memory()
         else:
             query[name] = _cached_npy(cache / f"query-{key}-{name}-{_signature(df)}.npy", lambda d=df: encode(d))
     train = TrainParts(sp.train, qpaths, sizes) if sp.on_disk else sp.train

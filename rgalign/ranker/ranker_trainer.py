@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from rgalign.config import RankerConfig
 from rgalign.distributed import DistEnv
+from rgalign.memory import release_memory
 from rgalign.metrics import MetricValue, evaluate_ranks, ranks_from_scores
 from rgalign.ranker.baseline import TwoTowerAutoIntMMoE
 from rgalign.ranker.data import FeatureSpec, RankerData, candidate_lists, family_ids
@@ -219,6 +220,8 @@ class RankerTrainer:
                     bar.update()
                     bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
                 del train
+                if len(self.parts) > 1:
+                    release_memory()
             bar.close()
             val_mrr = self.validate()
             rec = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_mrr": val_mrr}
