@@ -169,5 +169,5 @@ def test_a_failed_trainjob_fails_the_pipeline_step_with_its_message(fake_k8s, tm
     with pytest.raises(TrainJobError, match=r"TrainJob ml/rgalign-train-ranker-\w+ failed: trainer exited"):
         c.train_ranker.python_func(config=dataclasses.asdict(WorkflowConfig(tracking=False)), label="Stage 1",
                                    model="qe-rec", world=Art(tmp_path / "empty-world"), reasoner=Art(micro_reasoner),
-                                   ranker=Art(tmp_path / "out"), metrics=Art(tmp_path / "m"))
+                                   ltp=[], ranker=Art(tmp_path / "out"), metrics=Art(tmp_path / "m"))
     assert not (tmp_path / "out").exists()   # nothing half-written where the step's artifact goes
