@@ -130,7 +130,7 @@ class FeatureStoreSession:
                     reader = con.execute(
                         f"SELECT {cols} FROM read_parquet(?) WHERE \"{ts}\" > ? AND \"{ts}\" <= ? QUALIFY "
                         f"row_number() OVER (PARTITION BY {', '.join(keys)} ORDER BY \"{ts}\" DESC) = 1",
-                        [fv.batch_source.path, start.to_pydatetime(), end.to_pydatetime()]).fetch_record_batch(batch_rows)
+                        [fv.batch_source.path, start.to_pydatetime(), end.to_pydatetime()]).to_arrow_reader(batch_rows)
                     for batch in reader:
                         store.write_to_online_store(fv.name, batch.to_pandas())
                         release_memory()

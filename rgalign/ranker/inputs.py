@@ -279,6 +279,7 @@ def select_sessions(world: str | Path, val_days: int = 3, max_train_sessions: in
     def metas():
         for src in sources:
             yield src(["session_id", "split", "day", "clicked_intent"])
+            release_memory()
     labels = eval_labels(world, contract, pd.concat([m.loc[m.split == "eval", ["session_id", "split", "clicked_intent"]]
                                                      for m in metas()], ignore_index=True)
                          if not (world / f"{contract.tables['eval_labels']}.parquet").is_file() else None)
