@@ -65,7 +65,7 @@ if dist.main:
     print("RESULT " + json.dumps({"train_sessions": len(inputs.train), "epoch_s": r.seconds,
           "samples_per_s": r.samples_per_s, "val_mrr": r.history[-1]["val_mrr"],
           "phases": {k: round(v - t["start"], 1) for k, v in t.items()}, "peak_mb_after": peak,
-          "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+          "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
 """
 
 
@@ -125,9 +125,13 @@ def measure(world: Path, shard_rows: int, cap: int, ranks: int = 1, skip_feature
            "PYTHONWARNINGS": "ignore"}
     t0 = time.perf_counter()
     p = subprocess.run(timed, capture_output=True, text=True, env=env)
-    if p.returncode:
-        raise SystemExit(f"{world} (shard_rows={shard_rows}, ranks={ranks}) failed:\n{p.stderr[-3000:]}")
-    res = json.loads(next(line for line in p.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    log = world.parent / f"{world.name}-r{shard_rows}-x{ranks}.log"
+    log.write_text(p.stdout + "\n--- stderr\n" + p.stderr)
+    found = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
+    if p.returncode or not found:
+        raise SystemExit(f"{world} (shard_rows={shard_rows}, ranks={ranks}) failed (rc {p.returncode}, log {log}):\n"
+                         f"{p.stderr[-3000:]}")
+    res = json.loads(found[0][7:])
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
     manifest = json.loads((world / "manifest.json").read_text())
     return {"world": world.name, "sessions": manifest["rows"]["sessions"], "shard_rows": shard_rows,
