@@ -112,8 +112,9 @@ def subsample(src: Path, out: Path, fraction: float) -> Path:
     return dst
 
 
-def measure(world: Path, shard_rows: int, cap: int, ranks: int = 1, skip_features: bool = False) -> dict:
-    """One size in a fresh process (``ranks`` > 1: under torchrun); peak RSS from ``/usr/bin/time -v``."""
+def measure(world: Path, out: Path, shard_rows: int, cap: int, ranks: int = 1, skip_features: bool = False) -> dict:
+    """One size in a fresh process (``ranks`` > 1: under torchrun); peak RSS from ``/usr/bin/time -v``; the
+    process's output goes to a log under ``out`` named by the row."""
     cmd = [sys.executable, "-c", CHILD, str(world), str(shard_rows), str(cap), "1" if skip_features else "0"]
     if ranks > 1:
         script = Path(tempfile.mkdtemp()) / "child.py"
@@ -125,7 +126,7 @@ def measure(world: Path, shard_rows: int, cap: int, ranks: int = 1, skip_feature
            "PYTHONWARNINGS": "ignore"}
     t0 = time.perf_counter()
     p = subprocess.run(timed, capture_output=True, text=True, env=env)
-    log = world.parent / f"{world.name}-r{shard_rows}-x{ranks}.log"
+    log = out / f"{world.name}-r{shard_rows}-x{ranks}{'-epoch' if skip_features else ''}.log"
     log.write_text(p.stdout + "\n--- stderr\n" + p.stderr)
     found = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
     if p.returncode or not found:
@@ -186,7 +187,7 @@ def main() -> None:
         plan += [(worlds[0], args.shard_rows, 1, True), (worlds[0], args.shard_rows, 2, True)]
     rows = []
     for world, shard_rows, ranks, skip in plan:
-        rows.append(measure(world, shard_rows, args.cap, ranks, skip_features=skip))
+        rows.append(measure(world, args.out, shard_rows, args.cap, ranks, skip_features=skip))
         print(json.dumps(rows[-1]), flush=True)                  # each size as it finishes
         (args.out / "scale.json").write_text(json.dumps(rows, indent=1))
     report(rows, args.out)
