@@ -62,18 +62,34 @@ def dataset_digest(folder: str | Path) -> str:
     return manifest(folder).get("config_digest") or content_digest(folder)
 
 
+def _column_range(path: Path, column: str) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """(min, max) of ``column`` in a parquet file, from its row groups' statistics (no data read); a file
+    written without them is scanned a batch at a time. None for an empty column."""
+    import pyarrow.compute as pc
+    f = pq.ParquetFile(path)
+    i = f.schema_arrow.get_field_index(column)
+    stats = [f.metadata.row_group(g).column(i).statistics for g in range(f.metadata.num_row_groups)]
+    if stats and all(st is not None and st.has_min_max for st in stats):
+        pairs = [(st.min, st.max) for st in stats]
+    else:
+        pairs = [tuple(pc.min_max(b.column(0)).values()) for b in f.iter_batches(columns=[column], batch_size=1 << 20)]
+    pairs = [(lo, hi) for lo, hi in pairs if lo is not None]
+    if not pairs:
+        return None
+    stamp = lambda v: pd.Timestamp(v.as_py() if hasattr(v, "as_py") else v)   # noqa: E731
+    utc = lambda t: t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")   # noqa: E731
+    return utc(min(stamp(lo) for lo, _ in pairs)), utc(max(stamp(hi) for _, hi in pairs))
+
+
 def time_range(folder: str | Path, contract: DataContract) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """(earliest feature row - 1 day, latest row + 1 day): the window ``materialize`` loads."""
-    lo, hi = [], []
-    for p in _tables(Path(folder), contract):
-        if "event_timestamp" in pq.read_schema(p).names:
-            ts = pd.to_datetime(pd.read_parquet(p, columns=["event_timestamp"]).event_timestamp, utc=True)
-            if len(ts):
-                lo.append(ts.min())
-                hi.append(ts.max())
-    if not lo:
+    """(earliest feature row - 1 day, latest row + 1 day): the window ``materialize`` loads. Read from the
+    tables' parquet statistics, so its memory does not grow with the tables."""
+    ranges = [r for p in _tables(Path(folder), contract) if "event_timestamp" in pq.read_schema(p).names
+              for r in [_column_range(p, "event_timestamp")] if r is not None]
+    if not ranges:
         raise ValueError(f"{folder}: no table has event_timestamp rows; run `rgalign data validate {folder}`")
-    return min(lo).floor("D") - pd.Timedelta(days=1), max(hi).ceil("D") + pd.Timedelta(days=1)
+    return (min(lo for lo, _ in ranges).floor("D") - pd.Timedelta(days=1),
+            max(hi for _, hi in ranges).ceil("D") + pd.Timedelta(days=1))
 
 
 def session_days(sessions: pd.DataFrame) -> pd.Series:
