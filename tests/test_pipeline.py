@@ -152,8 +152,8 @@ def test_full_pipeline_locally_then_a_failed_late_step_leaves_registry_and_featu
     default's, so the gate sees what a user's run sees), starting from the registered base reasoner (built
     once per test session with the main job's settings: the build step finds it and copies it); the ranker step
     run in one process on the pipeline's world and the RG-DPO-aligned reasoner gives Stage 3's numbers (Stage 1
-    is the same step and component on the raw reasoner) (the in-process chain of every step is tests/test_workflow.py's); then a re-run whose
-    registration fails."""
+    is the same step on the raw reasoner; the in-process chain of every step is tests/test_workflow.py's); then a
+    re-run whose registration fails."""
     from pipelines.run import run_local
     from rgalign import workflow
     from rgalign.registry import Registry
@@ -172,12 +172,11 @@ def test_full_pipeline_locally_then_a_failed_late_step_leaves_registry_and_featu
     metas = {json.loads(p.read_text())["label"]: p.parent for p in run0.glob("*/ranker/meta.json")}
     quiet = dataclasses.replace(cfg, register=False, tracking=False, check_reasoner=False)
     world = workflow.world_of(run0 / "prepare-features" / "world")
-    for label, reasoner in (("Stage 3", run0 / "rg-refine" / "aligned"),):   # Stage 1 is the same step on the raw one
-        folder = tmp_path / "inproc" / label.replace(" ", "")   # the step in one process, on the pipeline's inputs
-        workflow.train_ranker(world, reasoner, quiet, folder, label=label)
-        want = json.loads((metas[label] / "meta.json").read_text())
-        got = json.loads((folder / "meta.json").read_text())
-        assert got["eval"] == pytest.approx(want["eval"], abs=1e-9) and got["val"] == pytest.approx(want["val"], abs=1e-9)
+    folder = tmp_path / "inproc" / "Stage3"   # the Stage-3 step in one process, on the pipeline's inputs
+    workflow.train_ranker(world, run0 / "rg-refine" / "aligned", quiet, folder, label="Stage 3")
+    want = json.loads((metas["Stage 3"] / "meta.json").read_text())
+    got = json.loads((folder / "meta.json").read_text())
+    assert got["eval"] == pytest.approx(want["eval"], abs=1e-9) and got["val"] == pytest.approx(want["val"], abs=1e-9)
     reg = Registry(root=tmp_path)
     before = {k: reg.versions("dev", k) for k in ("reasoner", "ranker")}
     for kind in before:

@@ -72,13 +72,13 @@ def _column_range(path: Path, column: str) -> tuple[pd.Timestamp, pd.Timestamp] 
     if stats and all(st is not None and st.has_min_max for st in stats):
         pairs = [(st.min, st.max) for st in stats]
     else:
-        pairs = [tuple(pc.min_max(b.column(0)).values()) for b in f.iter_batches(columns=[column], batch_size=1 << 20)]
-    pairs = [(lo, hi) for lo, hi in pairs if lo is not None]
+        pairs = [(m["min"].as_py(), m["max"].as_py()) for b in f.iter_batches(columns=[column], batch_size=1 << 20)
+                 for m in [pc.min_max(b.column(0))]]
+    pairs = [(pd.Timestamp(lo), pd.Timestamp(hi)) for lo, hi in pairs if lo is not None]
     if not pairs:
         return None
-    stamp = lambda v: pd.Timestamp(v.as_py() if hasattr(v, "as_py") else v)   # noqa: E731
-    utc = lambda t: t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")   # noqa: E731
-    return utc(min(stamp(lo) for lo, _ in pairs)), utc(max(stamp(hi) for _, hi in pairs))
+    lo, hi = min(lo for lo, _ in pairs), max(hi for _, hi in pairs)
+    return (lo.tz_localize("UTC"), hi.tz_localize("UTC")) if lo.tzinfo is None else (lo.tz_convert("UTC"), hi.tz_convert("UTC"))
 
 
 def time_range(folder: str | Path, contract: DataContract) -> tuple[pd.Timestamp, pd.Timestamp]:
