@@ -38,34 +38,35 @@ t, peak = {"start": time.perf_counter()}, {}
 def mark(name):   # the phase's end time and the peak RSS so far (which phase set the peak)
     t[name] = time.perf_counter()
     peak[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-from rgalign.config import RankerConfig
-from rgalign.distributed import DistEnv
-from rgalign.features.feast_io import FeatureStoreSession
-from rgalign.ranker.inputs import load_ranker_inputs
-from rgalign.ranker.ranker_trainer import RankerTrainer
-world, shard_rows, cap, skip_features = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
-dist = DistEnv.from_env().init()
-if not skip_features:
+world, shard_rows, cap, step = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+res = {}
+if step == "features":     # the pipeline's prepare-features step (rgalign.workflow.prepare_features on a dataset)
+    from rgalign.features.feast_io import FeatureStoreSession
+    from rgalign.workflow import session_frames
     fs = FeatureStoreSession(world)
     fs.apply(); mark("apply")
     fs.materialize(); mark("materialize")
-if not dist.main:
-    dist.barrier()
-inputs = load_ranker_inputs(world, "hashing", 256, "hashing", max_val_sessions=cap, max_eval_sessions=cap,
-                            shard_rows=shard_rows, progress=False)
-if dist.main:
-    dist.barrier()
-mark("inputs")
-cfg = RankerConfig(epochs=1, query_encoder="hashing", intent_encoder="hashing", shard_rows=shard_rows)
-trainer = RankerTrainer(cfg, inputs, progress=False, dist=dist)
-mark("trainer")
-r = trainer.train()
-mark("epoch")
-if dist.main:
-    print("RESULT " + json.dumps({"train_sessions": len(inputs.train), "epoch_s": r.seconds,
-          "samples_per_s": r.samples_per_s, "val_mrr": r.history[-1]["val_mrr"],
-          "phases": {k: round(v - t["start"], 1) for k, v in t.items()}, "peak_mb_after": peak,
-          "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+    res["train_sessions"] = len(session_frames(world, 3, None, shard_rows).train); mark("training_set")
+else:                      # the Stage-1 step: the ranker's inputs from the cached training set, one epoch
+    from rgalign.config import RankerConfig
+    from rgalign.distributed import DistEnv
+    from rgalign.ranker.inputs import load_ranker_inputs
+    from rgalign.ranker.ranker_trainer import RankerTrainer
+    dist = DistEnv.from_env().init()
+    inputs = load_ranker_inputs(world, "hashing", 256, "hashing", max_val_sessions=cap, max_eval_sessions=cap,
+                                shard_rows=shard_rows, progress=False)
+    mark("inputs")
+    cfg = RankerConfig(epochs=1, query_encoder="hashing", intent_encoder="hashing", shard_rows=shard_rows)
+    trainer = RankerTrainer(cfg, inputs, progress=False, dist=dist)
+    mark("trainer")
+    r = trainer.train()
+    mark("epoch")
+    if not dist.main:
+        sys.exit(0)
+    res = {"train_sessions": len(inputs.train), "epoch_s": r.seconds, "samples_per_s": r.samples_per_s,
+           "val_mrr": r.history[-1]["val_mrr"]}
+print("RESULT " + json.dumps({**res, "phases": {k: round(v - t["start"], 1) for k, v in t.items()},
+      "peak_mb_after": peak, "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
 """
 
 
@@ -112,10 +113,21 @@ def subsample(src: Path, out: Path, fraction: float) -> Path:
     return dst
 
 
-def measure(world: Path, out: Path, shard_rows: int, cap: int, ranks: int = 1, skip_features: bool = False) -> dict:
-    """One size in a fresh process (``ranks`` > 1: under torchrun); peak RSS from ``/usr/bin/time -v``; the
-    process's output goes to a log under ``out`` named by the row."""
-    cmd = [sys.executable, "-c", CHILD, str(world), str(shard_rows), str(cap), "1" if skip_features else "0"]
+def fresh(world: Path) -> None:
+    """Drop the world's Feast registry, online store and cached training set: a row measures the whole step."""
+    from rgalign.features.feast_io import FeatureStoreSession
+    from rgalign.ranker.inputs import cache_dir
+    shutil.rmtree(FeatureStoreSession(world).feast_dir, ignore_errors=True)
+    shutil.rmtree(cache_dir(world), ignore_errors=True)
+
+
+def measure(world: Path, out: Path, step: str, shard_rows: int, cap: int, ranks: int = 1) -> dict:
+    """One KFP step (``features``: prepare-features from scratch; ``stage1``: one Stage-1 epoch on its output)
+    in a fresh process, as its pod runs it (``ranks`` > 1: under torchrun); peak RSS from ``/usr/bin/time -v``;
+    the process's output goes to a log under ``out`` named by the row."""
+    if step == "features":
+        fresh(world)
+    cmd = [sys.executable, "-c", CHILD, str(world), str(shard_rows), str(cap), step]
     if ranks > 1:
         script = Path(tempfile.mkdtemp()) / "child.py"
         script.write_text(CHILD)
@@ -126,39 +138,56 @@ def measure(world: Path, out: Path, shard_rows: int, cap: int, ranks: int = 1, s
            "PYTHONWARNINGS": "ignore"}
     t0 = time.perf_counter()
     p = subprocess.run(timed, capture_output=True, text=True, env=env)
-    log = out / f"{world.name}-r{shard_rows}-x{ranks}{'-epoch' if skip_features else ''}.log"
+    log = out / f"{world.name}-r{shard_rows}-{step}-x{ranks}.log"
     log.write_text(p.stdout + "\n--- stderr\n" + p.stderr)
     found = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
     if p.returncode or not found:
-        raise SystemExit(f"{world} (shard_rows={shard_rows}, ranks={ranks}) failed (rc {p.returncode}, log {log}):\n"
-                         f"{p.stderr[-3000:]}")
+        raise SystemExit(f"{world} ({step}, shard_rows={shard_rows}, ranks={ranks}) failed (rc {p.returncode}, "
+                         f"log {log}):\n{p.stderr[-3000:]}")
     res = json.loads(found[0][7:])
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
     manifest = json.loads((world / "manifest.json").read_text())
-    return {"world": world.name, "sessions": manifest["rows"]["sessions"], "shard_rows": shard_rows,
+    return {"world": world.name, "sessions": manifest["rows"]["sessions"], "step": step, "shard_rows": shard_rows,
             "ranks": ranks, "wall_s": time.perf_counter() - t0,
             "peak_rss_mb": int(m.group(1)) / 1024 if m else res["ru_maxrss_mb"], **res}
+
+
+def sizes(rows: list[dict]) -> list[dict]:
+    """One row per (world, shard_rows) run on one rank: its two steps side by side, the job's peak the larger."""
+    out = {}
+    for r in rows:
+        if r["ranks"] == 1:
+            out.setdefault((r["world"], r["shard_rows"]), {})[r["step"]] = r
+    return [{"world": w, "shard_rows": k, "sessions": d["features"]["sessions"],
+             "train_sessions": d["features"]["train_sessions"], "features": d["features"], "stage1": d["stage1"],
+             "peak_rss_mb": max(d["features"]["peak_rss_mb"], d["stage1"]["peak_rss_mb"]),
+             "wall_s": d["features"]["wall_s"] + d["stage1"]["wall_s"]}
+            for (w, k), d in out.items() if {"features", "stage1"} <= d.keys()]
 
 
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    streamed = [r for r in rows if r["shard_rows"] and r["ranks"] == 1]
+    runs = sizes(rows)
+    streamed = sorted((r for r in runs if r["shard_rows"]), key=lambda r: r["train_sessions"])
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
     x = [r["train_sessions"] / 1e6 for r in streamed]
-    ax[0].plot(x, [r["peak_rss_mb"] / 1024 for r in streamed], "o-", label="streamed (shard_rows)")
-    whole = [r for r in rows if not r["shard_rows"]]
+    for step, mark in (("features", "o-"), ("stage1", "^-")):
+        ax[0].plot(x, [r[step]["peak_rss_mb"] / 1024 for r in streamed], mark,
+                   label=f"{'prepare-features' if step == 'features' else 'Stage-1 epoch'} step (streamed)")
+    whole = [r for r in runs if not r["shard_rows"]]
     ax[0].plot([r["train_sessions"] / 1e6 for r in whole], [r["peak_rss_mb"] / 1024 for r in whole], "s",
-               color="C3", label="held whole")
+               color="C3", label="split held whole (larger step)")
     ax[0].axhline(8, ls=":", color="grey")
     ax[0].set(xlabel="clicked training sessions (M)", ylabel="peak RSS (GB)", ylim=(0, None),
-              title="memory: prepare-features + 1 epoch")
-    ax[0].legend()
-    ax[1].plot(x, [r["wall_s"] / 60 for r in streamed], "o-", label="wall, all phases")
-    ax[1].plot(x, [r["epoch_s"] / 60 for r in streamed], "o--", label="Stage-1 epoch")
+              title="memory per KFP step")
+    ax[0].legend(fontsize=8)
+    ax[1].plot(x, [r["features"]["wall_s"] / 60 for r in streamed], "o-", label="prepare-features")
+    ax[1].plot(x, [r["stage1"]["wall_s"] / 60 for r in streamed], "^-", label="Stage-1 step")
+    ax[1].plot(x, [r["stage1"]["epoch_s"] / 60 for r in streamed], "^--", label="of which the epoch")
     ax[1].set(xlabel="clicked training sessions (M)", ylabel="minutes", ylim=(0, None), title="time")
-    ax[1].legend()
+    ax[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -180,15 +209,19 @@ def main() -> None:
     if args.world is None:
         ap.error("--world is required (or --render SCALE_JSON)")
     worlds = [subsample(args.world, args.out, f) for f in sorted(args.fractions)]
-    # the ends first (streamed smallest and largest), then the split held whole (the baseline), the middle sizes
-    plan = [(worlds[0], args.shard_rows, 1, False), (worlds[-1], args.shard_rows, 1, False),
-            (worlds[0], 0, 1, False)] + [(w, args.shard_rows, 1, False) for w in worlds[1:-1]]
+    small, cap = worlds[0], args.cap
+    # the ends first (streamed smallest, its 2-rank epoch, largest), then the split held whole (the baseline),
+    # then the middle sizes; a Stage-1 row reads the training set its world's prepare-features row left
+    plan = [(small, "features", args.shard_rows, 1), (small, "stage1", args.shard_rows, 1)]
     if not args.no_ranks:
-        plan += [(worlds[0], args.shard_rows, 1, True), (worlds[0], args.shard_rows, 2, True)]
+        plan += [(small, "stage1", args.shard_rows, 2)]
+    for w in [worlds[-1]] * (len(worlds) > 1) + [small] + worlds[1:-1]:
+        k = 0 if w is small else args.shard_rows
+        plan += [(w, "features", k, 1), (w, "stage1", k, 1)]
     rows = []
-    for world, shard_rows, ranks, skip in plan:
-        rows.append(measure(world, args.out, shard_rows, args.cap, ranks, skip_features=skip))
-        print(json.dumps(rows[-1]), flush=True)                  # each size as it finishes
+    for world, step, shard_rows, ranks in plan:
+        rows.append(measure(world, args.out, step, shard_rows, cap, ranks))
+        print(json.dumps(rows[-1]), flush=True)                  # each step as it finishes
         (args.out / "scale.json").write_text(json.dumps(rows, indent=1))
     report(rows, args.out)
 
@@ -200,22 +233,24 @@ def report(rows: list[dict], out: Path) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    base = next(r for r in rows if r["shard_rows"] and r["ranks"] == 1)
+    runs = sizes(rows)
+    base = next(r for r in runs if r["shard_rows"])
     out = [f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
-           f"{time.strftime('%Y-%m-%d')}", "",
-           "| world | sessions | clicked train sessions | shard_rows | peak RSS (GB) | prepare + inputs (s) | "
-           "epoch (s) | train samples/s | sessions x | RSS x | time x |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        if r["ranks"] > 1 or "apply" not in r["phases"]:
-            continue
+           f"{time.strftime('%Y-%m-%d')}; each KFP step in its own process, peak RSS by /usr/bin/time -v", "",
+           "| world | sessions | clicked train sessions | shard_rows | prepare-features peak RSS (GB) | "
+           "Stage-1 peak RSS (GB) | prepare-features (s) | Stage-1 inputs (s) | epoch (s) | train samples/s | "
+           "sessions x | RSS x (larger step) | time x |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        f, s1 = r["features"], r["stage1"]
         out.append(f"| {r['world']} | {r['sessions']:,} | {r['train_sessions']:,} | {r['shard_rows'] or 'whole'} | "
-                   f"{r['peak_rss_mb'] / 1024:.2f} | {r['phases']['inputs']:.0f} | {r['epoch_s']:.0f} | "
-                   f"{r['samples_per_s']:,.0f} | {r['train_sessions'] / base['train_sessions']:.1f} | "
-                   f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f} | {r['wall_s'] / base['wall_s']:.2f} |")
-    ranked = [r for r in rows if "apply" not in r["phases"]]
+                   f"{f['peak_rss_mb'] / 1024:.2f} | {s1['peak_rss_mb'] / 1024:.2f} | {f['wall_s']:.0f} | "
+                   f"{s1['phases']['inputs']:.0f} | {s1['epoch_s']:.0f} | {s1['samples_per_s']:,.0f} | "
+                   f"{r['train_sessions'] / base['train_sessions']:.1f} | {r['peak_rss_mb'] / base['peak_rss_mb']:.2f} | "
+                   f"{r['wall_s'] / base['wall_s']:.2f} |")
+    ranked = [r for r in rows if r["step"] == "stage1" and r["world"] == base["world"] and r["shard_rows"]]
     if len(ranked) == 2:
-        one, two = ranked
+        one, two = sorted(ranked, key=lambda r: r["ranks"])
         out += ["", "| ranks (DDP, gloo, 1 thread each) | epoch (s) | train samples/s | speed-up |",
                 "|---:|---:|---:|---:|",
                 f"| 1 | {one['epoch_s']:.0f} | {one['samples_per_s']:,.0f} | 1.00 |",

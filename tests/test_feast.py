@@ -95,18 +95,19 @@ def test_online_store_serves_latest_values(fs, ci_world):
 def test_bounded_materialize_leaves_the_online_store_feasts_own_materialize_leaves(small_world, tmp_path):
     """``FeatureStoreSession.materialize`` (each entity's latest row by DuckDB, written a batch at a time) and
     Feast's ``materialize`` over the same window give the same online rows, and the registry records the
-    interval as Feast does."""
+    interval as Feast does. Read in hash buckets of the entity keys (every user in exactly one), as a view
+    larger than ``bucket_rows`` is."""
     ours = FeatureStoreSession(small_world, feast_dir=tmp_path / "ours")
     feast = FeatureStoreSession(small_world, feast_dir=tmp_path / "feast")
     for s in (ours, feast):
         s.apply()
-    ours.materialize(batch_rows=64)                      # several batches per view
+    ours.materialize(batch_rows=64, bucket_rows=400)     # several buckets per view, several batches per bucket
     start, end = feast.time_range()
     from rgalign.features.feast_io import _env
     with _env(**feast.env):
         feast.store().materialize(start.to_pydatetime(), end.to_pydatetime())
     users = pd.read_parquet(small_world / "profiles.parquet").user_id.drop_duplicates().tolist()
-    assert len(users) > 64 * 2
+    assert len(users) > 64 * 2 and len(pd.read_parquet(small_world / "profiles.parquet")) > 400 * 2
     a, b = ours.online_rows(users, end), feast.online_rows(users, end)
     assert a == b and sum(r["region"] is not None for r in a) == len(users)
     with _env(**ours.env):

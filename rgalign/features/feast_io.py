@@ -122,34 +122,45 @@ class FeatureStoreSession:
             self._range = time_range(self.world_dir, self.contract)
         return self._range
 
-    def materialize(self, end: pd.Timestamp | None = None, batch_rows: int = 100_000) -> None:
+    def materialize(self, end: pd.Timestamp | None = None, batch_rows: int = 25_000,
+                    bucket_rows: int = 2_000_000) -> None:
         """Load the latest feature values up to ``end`` (default: the end of the world) into the online store.
 
         Feast's ``materialize`` holds every source row of the window in memory (8.5 GB for the 4x bench world's
-        9.4M rows); here DuckDB picks each entity's latest row of each view (spilling to disk past 2 GB) and
-        ``write_to_online_store`` writes them ``batch_rows`` at a time, so memory is set by ``batch_rows``. The
-        online store then holds what ``materialize`` would (``tests/test_feast.py``), and the interval is
-        recorded in the registry as ``materialize`` records it."""
+        9.4M rows); here DuckDB picks each entity's latest row of each view and ``write_to_online_store`` writes
+        them ``batch_rows`` at a time. A view of more than ``bucket_rows`` source rows is read in hash buckets of
+        its entity keys (one query each, every entity in exactly one), so the window query's memory is set by
+        ``bucket_rows`` and the protos' by ``batch_rows``, not by the number of entities. The online store then
+        holds what ``materialize`` would (``tests/test_feast.py``), and the interval is recorded in the registry
+        as ``materialize`` records it."""
         import tempfile
 
         import duckdb
+        import pyarrow.parquet as pq
+        if batch_rows < 1 or bucket_rows < 1:
+            raise ValueError(f"batch_rows={batch_rows}, bucket_rows={bucket_rows}: both must be >= 1 (rows)")
         start, stop = self.time_range()
         end = end or stop
         with _env(**self.env):
             store = self.store()
             for fv in store.list_feature_views():
-                keys = [e.name for e in fv.entity_columns]
+                keys = ", ".join(f'"{e.name}"' for e in fv.entity_columns)
                 ts = fv.batch_source.timestamp_field
-                cols = ", ".join(f'"{c}"' for c in [*keys, *(f.name for f in fv.features), ts])
+                cols = ", ".join(f'"{c}"' for c in [*(e.name for e in fv.entity_columns),
+                                                     *(f.name for f in fv.features), ts])
+                buckets = -(-pq.ParquetFile(fv.batch_source.path).metadata.num_rows // bucket_rows)
                 with tempfile.TemporaryDirectory() as spill, duckdb.connect() as con:
                     con.execute(f"SET memory_limit='2GB'; SET temp_directory='{spill}'; SET preserve_insertion_order=false")
-                    reader = con.execute(
-                        f"SELECT {cols} FROM read_parquet(?) WHERE \"{ts}\" > ? AND \"{ts}\" <= ? QUALIFY "
-                        f"row_number() OVER (PARTITION BY {', '.join(keys)} ORDER BY \"{ts}\" DESC) = 1",
-                        [fv.batch_source.path, start.to_pydatetime(), end.to_pydatetime()]).to_arrow_reader(batch_rows)
-                    for batch in reader:
-                        store.write_to_online_store(fv.name, batch.to_pandas())
-                        release_memory()
+                    for b in range(buckets):
+                        reader = con.execute(
+                            f"SELECT {cols} FROM read_parquet(?) WHERE \"{ts}\" > ? AND \"{ts}\" <= ? "
+                            f"AND hash({keys}) % ? = ? QUALIFY "
+                            f"row_number() OVER (PARTITION BY {keys} ORDER BY \"{ts}\" DESC) = 1",
+                            [fv.batch_source.path, start.to_pydatetime(), end.to_pydatetime(), buckets, b]
+                        ).to_arrow_reader(batch_rows)
+                        for batch in reader:
+                            store.write_to_online_store(fv.name, batch.to_pandas())
+                            release_memory()
                 store.registry.apply_materialization(fv, store.project, start.to_pydatetime(), end.to_pydatetime())
 
     def sessions(self, split: str | None = None) -> pd.DataFrame:

@@ -245,6 +245,19 @@ class SessionSplits:
         yield "eval", self.eval
 
 
+def _read_part(path: Path, columns: list[str] | None = None, ids: np.ndarray | None = None) -> pd.DataFrame:
+    """The rows of a training-set part (of sessions ``ids`` only), filtered in Arrow so only those become
+    Python objects. The id set goes to Arrow as one array: a parquet ``filters`` list of the training split's
+    ids is turned into Python objects first (+0.9 GB for the paper world's 7.75M ids)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    t = pq.read_table(path, columns=columns)
+    if ids is not None:
+        t = t.filter(pc.is_in(t["session_id"], value_set=pa.array(ids, type=t.schema.field("session_id").type)))
+    return t.to_pandas()
+
+
 def select_sessions(world: str | Path, val_days: int = 3, max_train_sessions: int | None = None, seed: int = 0,
                     max_val_sessions: int | None = None, max_eval_sessions: int | None = None, shard_rows: int = 0,
                     progress: bool = False) -> SessionSplits:
@@ -259,9 +272,7 @@ def select_sessions(world: str | Path, val_days: int = 3, max_train_sessions: in
     if shard_rows:
         fs.apply()
         paths = fs.training_set_parts(cache / f"{ts_name}-r{shard_rows}", shard_rows, progress)
-        # a part's rows of some sessions only: filtered in Arrow, so only those become Python objects
-        sources = [lambda cols=None, ids=None, p=p: pd.read_parquet(
-            p, columns=cols, filters=None if ids is None else [("session_id", "in", ids)]) for p in paths]
+        sources = [lambda cols=None, ids=None, p=p: _read_part(p, cols, ids) for p in paths]
     else:
         ts_path = cache / f"{ts_name}.parquet"
         if not ts_path.is_file():
