@@ -229,7 +229,24 @@ def main() -> None:
 def report(rows: list[dict], out: Path) -> None:
     plot(rows, out / "scale.png")
     (out / "scale.md").write_text(table(rows) + "\n")
-    print(table(rows))
+    (out / "scale_summary.md").write_text(summary(rows) + "\n")
+    print(table(rows) + "\n\n" + summary(rows))
+
+
+def summary(rows: list[dict]) -> str:
+    """The table in two sentences (the README's): each step's peak at the smallest and the largest streamed
+    size, their ratio, and the split held whole."""
+    runs = [r for r in sizes(rows) if r["shard_rows"]]
+    lo, hi = min(runs, key=lambda r: r["sessions"]), max(runs, key=lambda r: r["sessions"])
+    gb = lambda r, k: r[k]["peak_rss_mb"] / 1024   # noqa: E731
+    steps = "; ".join(f"{name} {gb(lo, k):.2f} -> {gb(hi, k):.2f} GB ({gb(hi, k) / gb(lo, k):.2f}x)"
+                      for k, name in (("features", "prepare-features"), ("stage1", "Stage 1")))
+    whole = [r for r in sizes(rows) if not r["shard_rows"]]
+    held = (f" Held whole (`shard_rows=0`), the {whole[0]['world']} split needs {whole[0]['peak_rss_mb'] / 1024:.2f} GB."
+            if whole else "")
+    return (f"Peak RSS per KFP step from {lo['sessions']:,} to {hi['sessions']:,} sessions "
+            f"({hi['sessions'] / lo['sessions']:.1f}x), streamed in parts of {lo['shard_rows']:,}: {steps}; "
+            f"wall time {hi['wall_s'] / lo['wall_s']:.1f}x.{held}")
 
 
 def table(rows: list[dict]) -> str:
