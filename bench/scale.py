@@ -1,20 +1,21 @@
-"""Benchmark: peak memory and time of prepare-features + one Stage-1 epoch as the world grows (issue 23).
+"""Benchmark: peak memory and time of prepare-features + one Stage-1 epoch as the world grows, per KFP step.
 
 One large world is generated once (``rgalign world generate --scale paper``) and subsampled by user into
 smaller ones (every table filtered to the same users), so every size has the same KB and behaviour. Each size
-runs in a fresh process under ``/usr/bin/time -v``: Feast apply + materialize, the point-in-time training set
-in parts of ``--shard-rows`` sessions, verbalization and the query encoding of every split, then one Stage-1
-epoch of QE-Rec streamed a part at a time. The smallest size also runs with the training split held whole
-(``shard_rows=0``, the default below bench scale): the baseline measured in the same run. Then the 1- vs 2-rank
-speed-up of the epoch (``torchrun``, DDP over gloo) on the smallest size.
+runs its two KFP steps, each in a fresh process under ``/usr/bin/time -v`` as its pod runs it: prepare-features
+from scratch (Feast apply + materialize, the point-in-time training set in parts of ``--shard-rows`` sessions,
+the split), then Stage 1 on its output (verbalization and the query encoding of every split, one QE-Rec epoch
+streamed a part at a time). The smallest size also runs with the training split held whole (``shard_rows=0``,
+the default below bench scale): the baseline measured in the same run. Then the 1- vs 2-rank speed-up of the
+epoch (``torchrun``, DDP over gloo) on the smallest size.
 
-    rgalign world generate --scale paper --out /data/worlds            # once: ~7.5M sessions, ~20 min
+    rgalign world generate --scale paper --out /data/worlds            # once: ~7.75M sessions, ~12 min on 2 cores
     python bench/scale.py --world /data/worlds/paper-s0 --fractions 0.132 0.53 1 --out /data/scale
 
 The query encoder is the hashing encoder: the data path is what is measured (a reasoner's LTP of every
 context is the sharded-LTP step's cost, spread over GPU workers on a cluster). Prints a markdown table with
 ratios against the smallest streamed size, writes ``scale.json``, ``scale.md`` (the table; docs/results/scale.md via
-``scripts/docs_results.py --collect``) and ``scale.png`` under ``--out``.
+``scripts/docs_results.py --collect``), ``scale_summary.md`` (the README's two sentences) and ``scale.png`` under ``--out``.
 """
 from __future__ import annotations
 
