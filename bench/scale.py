@@ -239,7 +239,9 @@ def summary(rows: list[dict]) -> str:
     size, their ratio, and the split held whole."""
     runs = [r for r in sizes(rows) if r["shard_rows"]]
     lo, hi = min(runs, key=lambda r: r["sessions"]), max(runs, key=lambda r: r["sessions"])
-    gb = lambda r, k: r[k]["peak_rss_mb"] / 1024   # noqa: E731
+
+    def gb(run: dict, step: str) -> float:
+        return run[step]["peak_rss_mb"] / 1024
     steps = "; ".join(f"{name} {gb(lo, k):.2f} -> {gb(hi, k):.2f} GB ({gb(hi, k) / gb(lo, k):.2f}x)"
                       for k, name in (("features", "prepare-features"), ("stage1", "Stage 1")))
     whole = [r for r in sizes(rows) if not r["shard_rows"]]

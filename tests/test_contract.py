@@ -192,11 +192,11 @@ def test_time_range_reads_the_statistics_or_scans_and_agrees_with_the_data(tmp_p
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from rgalign.contract.dataset import _column_range
+    from rgalign.contract.dataset import column_range
     ts = pd.to_datetime(["2026-03-02 05:00", "2026-01-31 23:30", "2026-02-10 12:00"])
     path = tmp_path / "t.parquet"
     pq.write_table(pa.table({"event_timestamp": ts, "x": [1, 2, 3]}), path, row_group_size=1, write_statistics=stats)
-    lo, hi = _column_range(path, "event_timestamp")
+    lo, hi = column_range(path, "event_timestamp")
     assert (lo, hi) == (ts.min().tz_localize("UTC"), ts.max().tz_localize("UTC"))
     pq.write_table(pa.table({"event_timestamp": ts[:0], "x": pa.array([], pa.int64())}), path, write_statistics=stats)
-    assert _column_range(path, "event_timestamp") is None
+    assert column_range(path, "event_timestamp") is None

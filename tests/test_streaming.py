@@ -43,6 +43,24 @@ def test_training_set_parts_are_the_training_set_and_a_rerun_redoes_only_missing
         fs.training_set_parts(tmp_path, 0)
 
 
+def test_training_set_parts_of_a_log_without_a_day_column_count_days_from_the_whole_log(small_world, tmp_path):
+    """A session log without ``day``: every part counts its sessions' days from the whole log's first UTC day
+    (read from the parquet statistics), as ``training_set`` does over the whole log."""
+    import shutil
+    world = tmp_path / small_world.name
+    shutil.copytree(small_world, world, ignore=shutil.ignore_patterns("feature_repo"))
+    log = pd.read_parquet(world / "sessions.parquet")
+    log.drop(columns=["day"]).to_parquet(world / "sessions.parquet", index=False)
+    fs = FeatureStoreSession(world, feast_dir=tmp_path / "feast")
+    fs.apply()
+    full = fs.training_set()
+    parts = pd.concat([pd.read_parquet(p) for p in fs.training_set_parts(tmp_path / "parts", 400)])
+    assert len(parts) == len(full) and parts.day.min() == 0 < parts.day.max()
+    got = parts.set_index("session_id").day.sort_index()
+    assert (got == full.set_index("session_id").day.sort_index()).all()
+    assert (got == log.set_index("session_id").day.sort_index()).all()    # the world's own day index
+
+
 def test_streamed_inputs_hold_the_same_sessions_embeddings_and_feature_spec(whole, parts, small_world):
     assert isinstance(parts.train, TrainParts) and len(parts.train.frames) > 2
     assert len(parts.train) == len(whole.train) > 0

@@ -62,7 +62,7 @@ def dataset_digest(folder: str | Path) -> str:
     return manifest(folder).get("config_digest") or content_digest(folder)
 
 
-def _column_range(path: Path, column: str) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+def column_range(path: Path, column: str) -> tuple[pd.Timestamp, pd.Timestamp] | None:
     """(min, max) of ``column`` in a parquet file, from its row groups' statistics (no data read); a file
     written without them is scanned a batch at a time. None for an empty column."""
     import pyarrow.compute as pc
@@ -85,19 +85,20 @@ def time_range(folder: str | Path, contract: DataContract) -> tuple[pd.Timestamp
     """(earliest feature row - 1 day, latest row + 1 day): the window ``materialize`` loads. Read from the
     tables' parquet statistics, so its memory does not grow with the tables."""
     ranges = [r for p in _tables(Path(folder), contract) if "event_timestamp" in pq.read_schema(p).names
-              for r in [_column_range(p, "event_timestamp")] if r is not None]
+              for r in [column_range(p, "event_timestamp")] if r is not None]
     if not ranges:
         raise ValueError(f"{folder}: no table has event_timestamp rows; run `rgalign data validate {folder}`")
     return (min(lo for lo, _ in ranges).floor("D") - pd.Timedelta(days=1),
             max(hi for _, hi in ranges).ceil("D") + pd.Timedelta(days=1))
 
 
-def session_days(sessions: pd.DataFrame) -> pd.Series:
-    """Each session's day index (0 = the first session's UTC day): the log's ``day`` column when it has one."""
+def session_days(sessions: pd.DataFrame, day0: pd.Timestamp | None = None) -> pd.Series:
+    """Each session's day index (0 = ``day0``, default the first session's UTC day; a part of the log passes
+    the whole log's): the log's ``day`` column when it has one."""
     if "day" in sessions:
         return sessions["day"]
     d = pd.to_datetime(sessions.event_timestamp, utc=True).dt.floor("D")
-    return ((d - d.min()) // pd.Timedelta(days=1)).astype("int64")
+    return ((d - (d.min() if day0 is None else day0)) // pd.Timedelta(days=1)).astype("int64")
 
 
 def training_clicks(folder: str | Path, contract: DataContract | None = None) -> pd.DataFrame:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from rgalign.contract import load_contract
-from rgalign.contract.dataset import check_dataset, manifest, session_days, time_range
+from rgalign.contract.dataset import check_dataset, column_range, manifest, session_days, time_range
 from rgalign.features.context import derive_request_features, derive_request_row
 from rgalign.memory import release_memory
 
@@ -144,10 +144,10 @@ class FeatureStoreSession:
         with _env(**self.env):
             store = self.store()
             for fv in store.list_feature_views():
-                keys = ", ".join(f'"{e.name}"' for e in fv.entity_columns)
+                names = [e.name for e in fv.entity_columns]
+                keys = ", ".join(f'"{k}"' for k in names)
                 ts = fv.batch_source.timestamp_field
-                cols = ", ".join(f'"{c}"' for c in [*(e.name for e in fv.entity_columns),
-                                                     *(f.name for f in fv.features), ts])
+                cols = ", ".join(f'"{c}"' for c in [*names, *(f.name for f in fv.features), ts])
                 buckets = -(-pq.ParquetFile(fv.batch_source.path).metadata.num_rows // bucket_rows)
                 with tempfile.TemporaryDirectory() as spill, duckdb.connect() as con:
                     con.execute(f"SET memory_limit='2GB'; SET temp_directory='{spill}'; SET preserve_insertion_order=false")
@@ -202,7 +202,8 @@ class FeatureStoreSession:
             raise ValueError(f"rows must be >= 1 (sessions per training-set part), got {rows}")
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        log = pq.ParquetFile(self.world_dir / f"{self.contract.tables['sessions']}.parquet")
+        log_path = self.world_dir / f"{self.contract.tables['sessions']}.parquet"
+        log = pq.ParquetFile(log_path)
         n = -(-log.metadata.num_rows // rows)
         done = out / "_SUCCESS"
         paths = [out / f"part-{i:05d}.parquet" for i in range(n)]
@@ -210,16 +211,14 @@ class FeatureStoreSession:
             return paths
         day0 = None
         if "day" not in log.schema_arrow.names:   # the day index counts from the log's first UTC day
-            ts = pd.to_datetime(log.read(columns=["event_timestamp"]).column(0).to_pandas(), utc=True)
-            day0 = ts.min().floor("D")
+            day0 = column_range(log_path, "event_timestamp")[0].floor("D")   # statistics, no column read
         batches = log.iter_batches(batch_size=rows)
         for path in tqdm(paths, desc="training set", unit="part", disable=None if progress else True):
             s = next(batches).to_pandas()
             if path.is_file():
                 continue
             if day0 is not None:
-                s["day"] = ((pd.to_datetime(s.event_timestamp, utc=True).dt.floor("D") - day0)
-                            // pd.Timedelta(days=1)).astype("int64")
+                s["day"] = session_days(s, day0)
             tmp = path.with_suffix(".tmp")
             self.training_set(sessions=s).to_parquet(tmp, index=False)
             tmp.replace(path)
