@@ -261,7 +261,7 @@ def cmd_reasoner_check(args) -> int:
     from rgalign.config import ReasonerCheckConfig
     from rgalign.reasoner.check import check_reasoner
     cfg = config_from_args(ReasonerCheckConfig, args)
-    report = check_reasoner(_encoder(args), Path(args.world), cfg, cache_dir=Path(args.artifacts) / "cache" / "check")
+    report = check_reasoner(_encoder(args), Path(args.world), cfg)
     print(report.table())
     if args.json:
         Path(args.json).write_text(json.dumps(report.metrics(), indent=2))

@@ -196,7 +196,7 @@ def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
         pairs[f"QE-Rec: LTP - {cfg.text_encoder.upper()}"] = paired_seeds(stage1, text[0])
         t = tick(f"Stage 1 QE-Rec on {cfg.text_encoder.upper()}", t)
     check_cfg = ReasonerCheckConfig()
-    checks = {"raw": check_reasoner(raw_enc, world, check_cfg, out / "check-cache")}
+    checks = {"raw": check_reasoner(raw_enc, world, check_cfg)}
 
     acfg = wcfg.alignment()
     cands = build_candidates(inputs_raw.train, inputs_raw.kb, inputs_raw.contract, stage1[0].model, stage1[0].spec, raw_enc, acfg, progress)
@@ -216,7 +216,7 @@ def run_reproduce(cfg: ReproduceConfig, progress: bool = True) -> dict:
         aligned[f"{strategy}-cl"] = align(cands, sel, raw, replace(wcfg, strategy=strategy, rga_method="sft-cl"),
                                           out / "reasoners" / strategy)
         checks[f"{strategy}-cl"] = check_reasoner(LTPEncoder(load_reasoner(aligned[f"{strategy}-cl"])), world,
-                                                  check_cfg, out / "check-cache")
+                                                  check_cfg)
         if strategy == "V2" and cfg.sft_dpo:
             aligned["V2-dpo"] = align(cands, sel, raw, replace(wcfg, strategy=strategy, rga_method="sft-dpo"),
                                       out / "reasoners" / "V2")

@@ -374,7 +374,7 @@ def check_step(reasoner: str | Path, world_folder: str | Path, cfg: WorkflowConf
     done = _meta(reasoner, CHECK_FILE)
     if done.get("digest") == r.version:
         return done
-    report = check_reasoner(LTPEncoder(r), world_of(world_folder), cache_dir=Path(cfg.root) / "cache" / "check")
+    report = check_reasoner(LTPEncoder(r), world_of(world_folder))
     out = {"passed": report.passed, "failures": report.failures, "metrics": report.metrics(), "table": report.table(),
            "digest": r.version}
     log_step(cfg, "reasoner-check", {"reasoner": label}, report.metrics(),

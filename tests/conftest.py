@@ -12,6 +12,21 @@ def _isolated_mlflow_env(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shared_reference_cache(tmp_path_factory):
+    """One content-keyed cache of the reasoner check's reference scores (MiniLM, TF-IDF) for the whole test
+    session, shared by the pytest-xdist workers and the processes they start, and never the user's ~/.cache."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    before = os.environ.get("RGALIGN_CACHE_DIR")
+    os.environ["RGALIGN_CACHE_DIR"] = str(root / "rgalign-cache")
+    yield
+    if before is None:
+        os.environ.pop("RGALIGN_CACHE_DIR", None)
+    else:
+        os.environ["RGALIGN_CACHE_DIR"] = before
+
+
 @pytest.fixture
 def two_threads(monkeypatch):
     """Long single-job tests (pre-training, reproduce, the pipeline) use the cores no other test process uses

@@ -146,22 +146,21 @@ def test_the_telecom_example_follows_its_contract_and_differs_in_shape(telecom):
 
 
 @pytest.mark.slow
-def test_the_telecom_domain_runs_the_pipeline_and_answers_through_the_kserve_server(telecom, tmp_path, two_threads):
-    """The second domain through the training pipeline (kfp.local, small settings: a 40-step tiny reasoner built on
-    the domain's own corpus, RG-SFT only, no reasoner check: a reasoner that short is near-constant) and a
-    recommend call through `rgalign serve`, which finds the dataset from the version's lineage: no code knows the
-    domain, only its contract."""
+def test_the_telecom_domain_runs_the_training_workflow_and_answers_through_the_kserve_server(telecom, tmp_path, two_threads):
+    """The second domain through every step of the training workflow (in this process: the functions the KFP
+    components call, whose kfp.local run on the benchmark world is tests/test_pipeline.py's; small settings: a
+    40-step tiny reasoner built on the domain's own corpus, RG-SFT only, no reasoner check: a reasoner that
+    short is near-constant), registered, and a recommend call through `rgalign serve`, which finds the dataset
+    from the version's lineage: no code knows the domain, only its contract."""
     import httpx
     from conftest import free_port, start_server
-    from pipelines.run import run_local
+    from rgalign import workflow
     from rgalign.registry import Registry
-    from rgalign.workflow import WorkflowConfig
-    cfg = WorkflowConfig(data=str(telecom), reasoner_steps=40, corpus_sessions=300, n_samples=48, min_samples=4,
-                         ranker_epochs=4, max_eval=500, rga_method="sft", check_reasoner=False, artifacts=str(tmp_path))
-    run_local(cfg)
-    (run,) = sorted((tmp_path / "kfp").glob("rgalign-training-*"))
-    gate = json.loads((run / "evaluation-gate" / "gate" / "gate.json").read_text())
-    assert gate["passed"], gate["reasons"]
+    cfg = workflow.WorkflowConfig(data=str(telecom), reasoner_steps=40, corpus_sessions=300, n_samples=48,
+                                  min_samples=4, ranker_epochs=4, max_eval=500, rga_method="sft",
+                                  check_reasoner=False, artifacts=str(tmp_path))
+    res = workflow.run(cfg, tmp_path / "run", progress=False)
+    assert res.gate.passed and res.registered, res.gate.reasons
     (ranker,) = Registry(root=tmp_path).versions("dev", "ranker")
     assert Path(ranker["tags"]["dataset"]).name == "telecom" and ranker["aliases"] == ["candidate"]
     port = free_port()

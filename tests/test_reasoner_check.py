@@ -112,3 +112,23 @@ def test_separability_counts_winners_beyond_one_rank_step():
     s = c.separability()
     assert s["contexts"] == 2 and s["resolved_share"] == 0.5
     assert s["ndcg_spread"] == pytest.approx(((1 - 0.1) + 0) / 2)
+
+
+def test_reference_scores_are_cached_by_encoder_and_texts(tmp_path, monkeypatch):
+    """The second check of the same texts reads the reference scores back instead of encoding again; other
+    texts, or another encoder, miss; the default location follows $RGALIGN_CACHE_DIR."""
+    from rgalign.reasoner import check
+    calls = []
+    real = check.reference_scores
+    monkeypatch.setattr(check, "reference_scores", lambda *a: calls.append(a[0]) or real(*a))
+    q, kb = ["where is my parcel", "refund please"], ["track order", "get refund", "cancel order"]
+    first = check._cached(tmp_path, "tfidf", q, kb)
+    assert first.shape == (2, 3) and calls == ["tfidf"]
+    np.testing.assert_array_equal(check._cached(tmp_path, "tfidf", q, kb), first)
+    assert calls == ["tfidf"]                                          # read back
+    check._cached(tmp_path, "tfidf", q, kb[:2])
+    assert calls == ["tfidf", "tfidf"]                                 # other texts miss
+    monkeypatch.setenv("RGALIGN_CACHE_DIR", str(tmp_path / "c"))
+    assert check.reference_cache_dir() == tmp_path / "c" / "check"
+    check._cached(None, "tfidf", q, kb)
+    assert calls == ["tfidf"] * 3 and len(list((tmp_path / "c" / "check").glob("tfidf-*.npy"))) == 1

@@ -83,7 +83,7 @@ RANKER = {
     "confidence_floor": (0.1, "scores", {}), "confidence_span": (0.5, "scores", {}),
     "user_buckets": (1000, "scores", {}), "seed": (1, "scores", {}),
     "query_encoder": ("lsa", "refused", {}), "query_dim": (128, "refused", {}), "intent_encoder": ("hashing", "refused", {}),
-    "val_days": (2, "inputs", {}), "max_train_sessions": (300, "inputs", {}), "shard_rows": (8000, "parts", {}),
+    "val_days": (2, "inputs", {}), "max_train_sessions": (300, "inputs", {}), "shard_rows": (8000, "parts", {"max_train_sessions": 1000}),
 }
 
 

