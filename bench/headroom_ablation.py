@@ -2,7 +2,9 @@
 with terms removed (persona marginalised, slot matches dropped, slot matches kept only for intents with enough
 training clicks), and MRR by the true intent's number of training clicks - the buckets a ranker is read in.
 
-    python bench/headroom_ablation.py --world artifacts/worlds/bench-s0 [--sessions 40000]
+    python bench/headroom_ablation.py --world artifacts/worlds/bench-s0 [--sessions 40000] [--out DIR]
+
+Writes the table to DIR/headroom.md (default artifacts/bench/headroom).
 
 Reads the world's hidden parameters: an analysis tool, never a model input.
 """
@@ -27,6 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--world", required=True)
     ap.add_argument("--sessions", type=int, default=40_000, help="evaluation sessions sampled (seed 0)")
+    ap.add_argument("--out", default="artifacts/bench/headroom", help="folder of headroom.md")
     a = ap.parse_args()
     w = Path(a.world)
     man = json.loads((w / "manifest.json").read_text())
@@ -63,9 +66,12 @@ def main() -> None:
     n = [int(((clicks[true + 1] >= lo) & (clicks[true + 1] <= hi)).sum()) for lo, hi in BUCKETS]
     head = ["ranking", "R@3", "MRR"] + [f"MRR, {lo}-{hi if hi < 10**9 else 'max'} clicks (n={k:,})"
                                         for (lo, hi), k in zip(BUCKETS, n)]
-    print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    md = [f"World `{w.name}`, {len(ev):,} evaluation sessions (seed 0); MRR by the true intent's training clicks.", "",
+          "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "headroom.md").write_text("\n".join(md) + "\n")
+    print("\n" + "\n".join(md))
 
 
 if __name__ == "__main__":
