@@ -68,6 +68,8 @@ class WorkflowConfig(_Config):
     ranker_seed: int = _f(0, "seed of the rankers' initialisation, shuffling and negative sampling")
     fusion: str = _f("fixed", "QE-Rec's Eq. 4 fusion: fixed (w = 0.7 for every pair, the paper) or adaptive (a gate "
                      "over the intent's training clicks and the user's recent clicks, started at 0.7)")
+    intent_id_std: float = _f(1.0, "QE-Rec's initial intent-ID embedding scale; 0.01 starts every intent near its "
+                              "text (a text-first intent tower: the validation choice at bench scale, docs/results.md)")
     n_samples: int = _f(_CI["n_samples"], "Stage-2 contexts with candidate queries")
     min_samples: int = _f(8, "fail Stage 2 if fewer contexts keep enough candidate queries")
     strategy: str = _f("V2", "best-of-N strategy: V1, V2, V3 or V4")
@@ -172,6 +174,7 @@ STAGE_FIELDS: dict[str, tuple[str, str]] = {
     "max_train": ("ranker", "max_train_sessions"), "shard_rows": ("ranker", "shard_rows"),
     "ranker_epochs": ("ranker", "epochs"),
     "ranker_seed": ("ranker", "seed"), "fusion": ("ranker", "fusion"),
+    "intent_id_std": ("ranker", "intent_id_std"),
     "n_samples": ("alignment", "n_samples"), "min_samples": ("alignment", "min_samples"),
     "strategy": ("alignment", "strategy"), "query_prompt": ("alignment", "query_prompt"),
     "sft_epochs": ("sft", "epochs"), "cl_epochs": ("cl", "epochs"), "rga_max_length": ("rga", "max_length"),
