@@ -590,8 +590,11 @@ def cmd_monitor(args) -> int:
                   f"{'DRIFT' if e['drift'] else 'no drift'}")
         if res["scores"]:
             v = res["scores"].per_column["top_score"]
-            print(f"ranker top-1 score drift: {v['method']} = {v['score']:.4f} (threshold {v['threshold']}): "
-                  f"{'DRIFT' if v['drift'] else 'no drift'}")
+            from monitoring.drift import P_VALUE_METHODS
+            pvalue = v["method"] in P_VALUE_METHODS               # a statistical test's p-value, else a distance
+            rule = f"drift below p {v['threshold']}" if pvalue else f"threshold {v['threshold']}"
+            print(f"ranker top-1 score drift: {v['method']} {'p' if pvalue else 'distance'} = {v['score']:.4f} "
+                  f"({rule}): {'DRIFT' if v['drift'] else 'no drift'}")
         g = res["gate"]
         print("drift gate: " + ("FIRED: " + "; ".join(g.reasons) if g.fired else "quiet"))
         if g.fired and args.retrain:
