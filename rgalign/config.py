@@ -318,6 +318,8 @@ class ReproduceConfig(_Config):
     sft_dpo: bool = _f(True, "also align V2 with RG-DPO (Table 2's SFT&DPO row)")
     fusion: str = _f("fixed", "QE-Rec's Eq. 4 fusion in every row: fixed (the paper's w = 0.7) or adaptive "
                      "(rgalign.ranker.qe_rec.FusionGate)")
+    intent_id_std: float = _f(1.0, "QE-Rec's initial intent-ID embedding scale in every row (0.01: the text-first "
+                              "intent tower chosen on validation at bench scale)")
     bge_rows: bool = _f(True, "Table 3's BGE-style rows (the reasoner generates a query, sentence_encoder embeds it)")
 
     @property
@@ -334,6 +336,8 @@ class ReproduceConfig(_Config):
             raise ValueError(f"scale={self.scale!r}; reproduce supports {sorted(REPRODUCE_PRESETS)}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if self.intent_id_std <= 0:
+            raise ValueError(f"intent_id_std must be > 0, got {self.intent_id_std}")
         for k, v in REPRODUCE_PRESETS[self.scale].items():
             if getattr(self, k) is None:
                 setattr(self, k, v)

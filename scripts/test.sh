@@ -5,7 +5,9 @@
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 set +e
-workers="${RGALIGN_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}"
+# (GNU nproc counts OMP_NUM_THREADS, which env.sh sets to 1 for the tests: count the cores without it)
+cores="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"
+workers="${RGALIGN_TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}"
 if [ "$workers" -gt 1 ]; then
   python -m pytest -n "$workers" --dist loadfile "$@"
 else

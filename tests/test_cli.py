@@ -97,3 +97,18 @@ def test_the_popularity_arm_reads_through_the_other_arms_version_so_a_candidate_
     assert cli._arm("candidate", args, "popularity") == ("ranked", "dev.ranker v4 (@candidate)")
     assert asked[1:] == ["champion", "candidate"]
     assert cli._arm(url, args) == (url, url) and cli._arm("4", args)[1] == "dev.ranker v4"
+
+
+@pytest.mark.parametrize("omp", ["1", "3"])
+def test_the_test_script_runs_one_worker_per_core_whatever_omp_num_threads_says(omp):
+    """scripts/test.sh picks its pytest-xdist workers from the cores; env.sh sets OMP_NUM_THREADS=1 first, and
+    GNU nproc counts that variable, so a plain $(nproc) ran the whole suite in one process."""
+    import os
+    from pathlib import Path
+    lines = [ln for ln in (Path(__file__).resolve().parents[1] / "scripts" / "test.sh").read_text().splitlines()
+             if ln.startswith(("cores=", "workers="))]
+    assert lines and lines[-1].startswith("workers="), "scripts/test.sh: expected a workers= line"
+    env = {k: v for k, v in os.environ.items() if k != "RGALIGN_TEST_WORKERS"} | {"OMP_NUM_THREADS": omp}
+    got = subprocess.run(["bash", "-c", "\n".join(lines) + '\necho "$workers"'], capture_output=True, text=True,
+                         env=env, check=True).stdout.strip()
+    assert int(got) == min(len(os.sched_getaffinity(0)), 4)

@@ -51,6 +51,9 @@ def test_reproduce_ci_end_to_end(tmp_path, two_threads, half_ci_sizes, built_rea
     assert res["kept"]["V1"]["samples"] >= res["kept"]["V2"]["samples"]      # V2 only removes samples
     assert res["kept"]["V4"]["samples"] >= res["kept"]["V3"]["samples"]      # union >= intersection
     assert res["kept"]["V2"]["winners"]["reasoner"] == 0
+    sep = res["separation"]      # can the reward tell the pool apart (printed beside the teacher table)
+    assert sep["contexts"] > 0 and sep["ndcg_spread"] >= 0 and 0 <= sep["resolved_share"] <= 1
+    assert f"Reward separation over {sep['contexts']:,} contexts" in md
     d = res["paired"]["QE-Rec: LTP - LSA"]
     assert len(d["per_seed"]) == 2 and d["per_seed"][0]["MRR"]["lo"] <= d["per_seed"][0]["MRR"]["hi"]
     # RG-CL changed the reasoner: its check differs from the raw one's

@@ -373,11 +373,15 @@ def test_every_reproduce_size_reaches_the_workflow_it_runs():
              "corpus_sessions": "corpus_sessions", "max_train": "max_train", "max_val": "max_val",
              "max_eval": "max_eval", "n_samples": "n_samples", "ranker_epochs": "ranker_epochs",
              "sft_epochs": "sft_epochs", "cl_epochs": "cl_epochs", "dpo_epochs": "dpo_epochs", "dpo_pairs": "dpo_pairs",
-             "world_seed": "world_seed", "scale": "scale", "fusion": "fusion"}
+             "world_seed": "world_seed", "scale": "scale", "fusion": "fusion",
+             "intent_id_std": "intent_id_std"}
     base = ReproduceConfig()
     for field, target in sizes.items():
         value = {"scale": "bench", "fusion": "adaptive"}.get(field) or getattr(base, field) + 1
-        assert getattr(workflow_config(ReproduceConfig(**{field: value})), target) == value, field
+        wcfg = workflow_config(ReproduceConfig(**{field: value}))
+        assert getattr(wcfg, target) == value, field
+        if field in ("fusion", "intent_id_std"):      # and the rankers of every row
+            assert getattr(wcfg.ranker("qe-rec"), field) == value, field
     # the rest act in run_reproduce itself (tests/test_reproduce.py runs --seeds 2 --strategies V2 --no-sft-dpo
     # into its own --out and checks the rows they add or drop)
     assert set(sizes) | {"seeds", "out", "reasoner", "sentence_encoder", "text_encoder", "strategies", "sft_dpo",
