@@ -105,8 +105,10 @@ class RankerConfig(_Config):
                                    "interacting layers first); the autoint-mmoe tower is AutoInt already and refuses it")
     user_activation: str | None = _f(None, "sigma of z_u = sigma(MLP(...)): sigmoid, tanh or none; default: sigmoid for the "
                                            "hierarchical tower (as the paper writes it), none for autoint-mmoe")
-    intent_id_std: float = _f(1.0, "qe-rec: initial scale of the intent-ID embedding; small (0.01) starts every "
-                                    "intent from its text, so intents with few clicks are ranked by what they say")
+    intent_id_std: float = _f(0.01, "qe-rec: initial scale of the intent-ID embedding; small (0.01, the default: "
+                                     "chosen on validation at ci and bench scale, docs/results.md) starts every "
+                                     "intent from its text, so intents with few clicks are ranked by what they say; "
+                                     "1.0 starts the ID vectors at full scale")
     intent_family: bool = _f(False, "qe-rec: add the intent's family-ID embedding to the intent tower (the KB "
                                     "category id the baseline's intent tower also has)")
     intent_id_dropout: float = _f(0.0, "qe-rec: in training, zero a candidate's intent-ID embedding with this "
@@ -318,8 +320,8 @@ class ReproduceConfig(_Config):
     sft_dpo: bool = _f(True, "also align V2 with RG-DPO (Table 2's SFT&DPO row)")
     fusion: str = _f("fixed", "QE-Rec's Eq. 4 fusion in every row: fixed (the paper's w = 0.7) or adaptive "
                      "(rgalign.ranker.qe_rec.FusionGate)")
-    intent_id_std: float = _f(1.0, "QE-Rec's initial intent-ID embedding scale in every row (0.01: the text-first "
-                              "intent tower chosen on validation at bench scale)")
+    intent_id_std: float = _f(0.01, "QE-Rec's initial intent-ID embedding scale in every row (0.01: the text-first "
+                              "intent tower chosen on validation; 1.0: ID vectors at full scale)")
     bge_rows: bool = _f(True, "Table 3's BGE-style rows (the reasoner generates a query, sentence_encoder embeds it)")
 
     @property

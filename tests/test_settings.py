@@ -77,7 +77,7 @@ RANKER = {
     "lr": (3e-3, "scores", {}), "epochs": (2, "history", {}), "patience": (1, "patience", {"epochs": 4}),
     "batch_size": (64, "scores", {}), "n_neg": (5, "scores", {}), "user_tower": ("hierarchical", "scores", {}),
     "non_seq": ("autoint", "scores", {"user_tower": "hierarchical"}), "user_activation": ("tanh", "scores", {}),
-    "intent_id_std": (0.01, "scores", {}), "intent_family": (True, "scores", {}),
+    "intent_id_std": (1.0, "scores", {}), "intent_family": (True, "scores", {}),
     "intent_id_dropout": (0.5, "scores", {}), "fusion": ("adaptive", "scores", {}),
     "fusion_lr": (0.2, "scores", {"fusion": "adaptive"}), "query_loss_weight": (0.0, "scores", {}), "confidence": (False, "scores", {}),
     "confidence_floor": (0.1, "scores", {}), "confidence_span": (0.5, "scores", {}),
