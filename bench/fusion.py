@@ -11,7 +11,7 @@ clicks; mean w of cold and warm intents).
 
     python bench/fusion.py --run artifacts/kfp/<run> --seeds 0,1,2          # the main job's world and reasoner
     python bench/fusion.py --world DIR --reasoner DIR --seeds 0,1,2 --max-train 8000 \
-        --variants "fixed:fusion=fixed adaptive:fusion=adaptive text:fusion=adaptive,intent_id_std=0.01"
+        --variants "fixed:fusion=fixed adaptive:fusion=adaptive id-first:fusion=fixed,intent_id_std=1.0"
 
 Resumable: each trained ranker's ranks are kept under ``--out``/runs (keyed by world, reasoner and sizes;
 a variant's settings are kept beside them). ~30 s a model on 2 cores at ci scale, ~1-2 min at 8,000 bench
