@@ -320,8 +320,9 @@ class ReproduceConfig(_Config):
     sft_dpo: bool = _f(True, "also align V2 with RG-DPO (Table 2's SFT&DPO row)")
     fusion: str = _f("fixed", "QE-Rec's Eq. 4 fusion in every row: fixed (the paper's w = 0.7) or adaptive "
                      "(rgalign.ranker.qe_rec.FusionGate)")
-    intent_id_std: float = _f(0.01, "QE-Rec's initial intent-ID embedding scale in every row (0.01: the text-first "
-                              "intent tower chosen on validation; 1.0: ID vectors at full scale)")
+    intent_id_std: float = _f(RankerConfig.intent_id_std,
+                              "QE-Rec's initial intent-ID embedding scale in every row (0.01: the text-first intent "
+                              "tower chosen on validation; 1.0: ID vectors at full scale)")
     bge_rows: bool = _f(True, "Table 3's BGE-style rows (the reasoner generates a query, sentence_encoder embeds it)")
 
     @property

@@ -68,9 +68,10 @@ class WorkflowConfig(_Config):
     ranker_seed: int = _f(0, "seed of the rankers' initialisation, shuffling and negative sampling")
     fusion: str = _f("fixed", "QE-Rec's Eq. 4 fusion: fixed (w = 0.7 for every pair, the paper) or adaptive (a gate "
                      "over the intent's training clicks and the user's recent clicks, started at 0.7)")
-    intent_id_std: float = _f(0.01, "QE-Rec's initial intent-ID embedding scale; 0.01 (the default) starts every "
-                              "intent near its text, a text-first intent tower: the validation choice on the main "
-                              "job's run and at bench scale (docs/results.md); 1.0 starts the ID vectors at full scale")
+    intent_id_std: float = _f(RankerConfig.intent_id_std,
+                              "QE-Rec's initial intent-ID embedding scale; 0.01 (the default) starts every intent near "
+                              "its text, a text-first intent tower: the validation choice on the main job's run and at "
+                              "bench scale (docs/results.md); 1.0 starts the ID vectors at full scale")
     n_samples: int = _f(_CI["n_samples"], "Stage-2 contexts with candidate queries")
     min_samples: int = _f(8, "fail Stage 2 if fewer contexts keep enough candidate queries")
     strategy: str = _f("V2", "best-of-N strategy: V1, V2, V3 or V4")
